@@ -1,0 +1,191 @@
+"""The registry as an aiohttp low-level request handler.
+
+`Registry.handle` is the single entry point: it resolves the route, checks the caller's
+rights, runs the handler and turns every `RegistryError` (and every unexpected failure)
+into the spec's JSON envelope, logging each refusal once. The identity of the caller is
+read from the connection by `identify` (the SSH bridge puts it there), never from a
+global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..access import Action, Identity
+from ..references import is_valid_name
+from ..storage.base import PreconditionFailed, StorageError
+from ..storage.store import RegistryStore
+from .errors import Code, RegistryError
+from .routes import Access, Route, resolve
+from .sessions import UploadSessions
+
+log = logging.getLogger("sshreg.registry")
+audit_log = logging.getLogger("sshreg.audit")
+
+IDENTITY_INFO = "sshreg.identity"
+WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
+_ACTIONS = {Access.PULL: Action.PULL, Access.PUSH: Action.PUSH, Access.DELETE: Action.DELETE}
+
+
+def identity_from_transport(request: web.BaseRequest) -> Identity | None:
+    """The identity the SSH bridge attached to this request's connection."""
+    transport = request.transport
+    return transport.get_extra_info(IDENTITY_INFO) if transport is not None else None
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    max_manifest_size: int = 4 << 20
+    upload_batch: int = 4 << 20  # bytes hashed and written per storage call
+    upload_idle_timeout: float = 600.0  # an upload session with no request for this long is aborted
+    part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None
+    redirect_expiry: int = 0  # >0: pulls of blobs are redirected to presigned URLs valid this long
+    max_page: int = 10_000  # largest `n` for tags/list and _catalog
+
+
+@dataclass
+class Context:
+    """What a handler needs to answer one request."""
+
+    registry: Registry
+    identity: Identity
+    route: Route
+    params: dict[str, str]
+    bytes_in: int = 0
+    reference: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def store(self) -> RegistryStore:
+        return self.registry.store
+
+    @property
+    def sessions(self) -> UploadSessions:
+        return self.registry.sessions
+
+    @property
+    def settings(self) -> RegistrySettings:
+        return self.registry.settings
+
+    @property
+    def name(self) -> str:
+        return self.params["name"]
+
+    def may(self, action: Action, repository: str) -> bool:
+        return self.identity.may(action, repository)
+
+
+class Registry:
+    """The OCI Distribution v1.1 API over a `RegistryStore`."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        settings: RegistrySettings | None = None,
+        *,
+        identify: Callable[[web.BaseRequest], Identity | None] = identity_from_transport,
+    ) -> None:
+        self.store = store
+        self.settings = settings or RegistrySettings()
+        self.identify = identify
+        self.sessions = UploadSessions(self.settings.upload_idle_timeout)
+
+    async def start(self) -> None:
+        self.sessions.start()
+
+    async def close(self) -> None:
+        await self.sessions.close()
+
+    def server(self, **kwargs: object) -> web.Server:
+        """An aiohttp protocol factory serving this registry (one protocol per connection)."""
+        kwargs.setdefault("access_log", None)
+        return web.Server(self.handle, **kwargs)  # type: ignore[arg-type]
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        ctx: Context | None = None
+        identity = self.identify(request)
+        try:
+            if identity is None:
+                raise RegistryError(Code.UNAUTHORIZED, "no SSH identity on this connection")
+            path = unquote(request.rel_url.raw_path)
+            route, params = resolve(request.method, path)
+            ctx = Context(self, identity, route, params)
+            self._authorize(ctx)
+            response = await route.handler(request, ctx)
+        except RegistryError as exc:
+            response = self._refusal(request, identity, exc)
+        except PreconditionFailed as exc:
+            response = self._refusal(request, identity, RegistryError(
+                Code.TOOMANYREQUESTS, "concurrent update, retry", headers={"Retry-After": "1"}))
+            log.warning("conflict on %s %s: %s", request.method, request.path, exc)
+        except StorageError as exc:
+            log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+            response = self._error_response(RegistryError(
+                Code.UNAVAILABLE, "storage unavailable", headers={"Retry-After": "5"}))
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = web.Response(
+                status=500, content_type="application/json",
+                body=json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
+                                             "detail": None}]}).encode())
+        response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+        if ctx is not None and request.method in WRITE_METHODS and response.status < 400:
+            self._audit(request, ctx.identity, response.status, ctx, started)
+        return response
+
+    def _authorize(self, ctx: Context) -> None:
+        name = ctx.params.get("name")
+        if name is not None and not is_valid_name(name):
+            raise RegistryError(Code.NAME_INVALID, {"name": name})
+        action = _ACTIONS.get(ctx.route.access)
+        if action is not None and name is not None and not ctx.may(action, name):
+            raise RegistryError(Code.DENIED, f"this key may not {action.value} {name}")
+
+    def _refusal(self, request: web.BaseRequest, identity: Identity | None,
+                 exc: RegistryError) -> web.Response:
+        who = identity.fingerprint if identity else "-"
+        if exc.status in (401, 403):
+            log.warning("refused %s %s for key %s: %s", request.method, request.path, who, exc)
+            self._audit(request, identity, exc.status, None, None, error=exc.code.name)
+        else:
+            log.info("%s %s -> %d %s (key %s)", request.method, request.path, exc.status,
+                     exc.code.name, who)
+        return self._error_response(exc)
+
+    @staticmethod
+    def _error_response(exc: RegistryError) -> web.Response:
+        return web.Response(status=exc.status, body=exc.body(), content_type="application/json",
+                            headers=exc.headers)
+
+    @staticmethod
+    def _audit(request: web.BaseRequest, identity: Identity | None, status: int,
+               ctx: Context | None, started: float | None, error: str | None = None) -> None:
+        event: dict[str, object] = {
+            "time": round(time.time(), 3),
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+        }
+        if identity is not None:
+            event.update(identity.log_fields())
+        if ctx is not None:
+            event["repository"] = ctx.params.get("name")
+            if ctx.reference:
+                event["reference"] = ctx.reference
+            event["bytes"] = ctx.bytes_in
+        if started is not None:
+            event["seconds"] = round(time.monotonic() - started, 3)
+        if error:
+            event["error"] = error
+        audit_log.info(json.dumps(event, sort_keys=True))

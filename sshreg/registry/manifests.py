@@ -1,0 +1,146 @@
+"""Manifests: GET/HEAD/PUT/DELETE by tag or digest, stored exactly as sent."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..oci import INDEXES, ManifestError, parse_manifest
+from ..references import Digest, is_digest, is_valid_tag
+from ..storage.store import ManifestLink
+from .errors import Code, RegistryError
+from .params import digest_param, manifest_location
+
+if TYPE_CHECKING:
+    from .app import Context
+
+log = logging.getLogger("sshreg.manifests")
+
+
+async def _resolve(ctx: Context, reference: str) -> Digest:
+    """The digest a tag or digest reference names in this repository."""
+    if is_digest(reference):
+        return digest_param(reference)
+    if not is_valid_tag(reference):
+        raise RegistryError(Code.MANIFEST_UNKNOWN, {"tag": reference})
+    digest = await ctx.store.tag(ctx.name, reference)
+    if digest is None:
+        raise RegistryError(Code.MANIFEST_UNKNOWN, {"tag": reference})
+    return digest
+
+
+async def get_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    digest = await _resolve(ctx, ctx.params["reference"])
+    found = await ctx.store.manifest(ctx.name, digest)
+    if found is None:
+        raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": str(digest)})
+    link, data = found
+    headers = {
+        "Content-Type": link.media_type,
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+    }
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(data))
+        return web.Response(status=200, headers=headers)
+    return web.Response(status=200, body=data, headers=headers)
+
+
+async def _read_limited(request: web.BaseRequest, limit: int) -> bytes:
+    too_large = RegistryError(Code.MANIFEST_INVALID, f"manifests are limited to {limit} bytes",
+                              status=413, message="manifest too large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    data = bytearray()
+    async for chunk in request.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            raise too_large
+    return bytes(data)
+
+
+async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    reference = ctx.params["reference"]
+    tags = request.query.getall("tag", [])
+    if is_digest(reference):
+        claimed: Digest | None = digest_param(reference)
+    else:
+        claimed = None
+        tags = [reference, *tags]
+    for tag in tags:
+        if not is_valid_tag(tag):
+            raise RegistryError(Code.MANIFEST_INVALID, f"invalid tag {tag!r}",
+                                message="invalid tag")
+
+    data = await _read_limited(request, ctx.settings.max_manifest_size)
+    ctx.bytes_in = len(data)
+    digest = Digest.of(data, claimed.algorithm if claimed else "sha256")
+    if claimed is not None and claimed != digest:
+        raise RegistryError(Code.DIGEST_INVALID, {"expected": str(claimed),
+                                                  "computed": str(digest)})
+    try:
+        manifest = parse_manifest(data, request.headers.get("Content-Type"))
+    except ManifestError as exc:
+        raise RegistryError(Code.MANIFEST_INVALID, str(exc)) from None
+    await _check_references(ctx, manifest.blobs, manifest.children, manifest.media_type)
+
+    link = ManifestLink(
+        digest=digest,
+        media_type=manifest.media_type,
+        size=len(data),
+        artifact_type=manifest.artifact_type,
+        subject=manifest.subject.digest if manifest.subject else None,
+        annotations=manifest.annotations or None,
+    )
+    await ctx.store.put_manifest(ctx.name, link, data)
+    for tag in tags:
+        await ctx.store.set_tag(ctx.name, tag, digest)
+    ctx.reference = ", ".join([str(digest), *tags])
+    log.info("manifest %s pushed to %s%s by %s", digest, ctx.name,
+             f" as {', '.join(tags)}" if tags else "", ctx.identity.fingerprint)
+
+    response = web.Response(status=201, headers={
+        "Location": manifest_location(ctx.name, digest),
+        "Docker-Content-Digest": str(digest),
+    })
+    if link.subject is not None:
+        response.headers["OCI-Subject"] = str(link.subject)
+    if claimed is not None:
+        for tag in tags:
+            response.headers.add("OCI-Tag", tag)
+    return response
+
+
+async def _check_references(ctx: Context, blobs, children, media_type: str) -> None:
+    """Every blob and child manifest a manifest names must be in this repository."""
+    missing = []
+    for desc in blobs:
+        if desc.external:
+            continue
+        record = await ctx.store.repository_blob(ctx.name, desc.digest)
+        if record is None:
+            missing.append(str(desc.digest))
+        elif record.size != desc.size:
+            raise RegistryError(Code.MANIFEST_INVALID,
+                                f"{desc.digest} is {record.size} bytes, not {desc.size}")
+    for desc in children:
+        if await ctx.store.manifest_link(ctx.name, desc.digest) is None:
+            missing.append(str(desc.digest))
+    if missing:
+        kind = "manifests" if media_type in INDEXES else "blobs"
+        raise RegistryError(Code.MANIFEST_BLOB_UNKNOWN, {kind: missing})
+
+
+async def delete_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    reference = ctx.params["reference"]
+    ctx.reference = reference
+    if is_digest(reference):
+        digest = digest_param(reference)
+        if not await ctx.store.delete_manifest(ctx.name, digest):
+            raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": reference})
+    elif not is_valid_tag(reference) or not await ctx.store.delete_tag(ctx.name, reference):
+        raise RegistryError(Code.MANIFEST_UNKNOWN, {"tag": reference})
+    log.info("manifest %s deleted from %s by %s", reference, ctx.name, ctx.identity.fingerprint)
+    return web.Response(status=202)

@@ -1,0 +1,45 @@
+"""Request parameters turned into validated values, or into the spec's error."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote
+
+from ..references import Digest
+from .errors import Code, RegistryError
+
+
+def digest_param(text: str | None, *, what: str = "digest") -> Digest:
+    if not text:
+        raise RegistryError(Code.DIGEST_INVALID, f"missing {what}")
+    try:
+        return Digest.parse(text)
+    except ValueError as exc:
+        raise RegistryError(Code.DIGEST_INVALID, str(exc)) from None
+
+
+def page_params(query: Mapping[str, str], max_page: int) -> tuple[int | None, str]:
+    """`n` and `last` of a paginated list; n=None means everything."""
+    raw = query.get("n")
+    n: int | None = None
+    if raw is not None and raw != "":
+        if not raw.isdigit() or len(raw) > 9:
+            raise RegistryError(Code.SIZE_INVALID, "n must be a non-negative integer",
+                                message="invalid pagination size")
+        n = min(int(raw), max_page)
+    return n, query.get("last", "")
+
+
+def next_link(path: str, n: int, last: str, extra: Mapping[str, str] | None = None) -> str:
+    """The `Link` header pointing at the page after `last`."""
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in (extra or {}).items())
+    query = (query + "&" if query else "") + f"n={n}&last={quote(last, safe='')}"
+    return f'<{path}?{query}>; rel="next"'
+
+
+def blob_location(name: str, digest: Digest) -> str:
+    return f"/v2/{name}/blobs/{digest}"
+
+
+def manifest_location(name: str, digest: Digest) -> str:
+    return f"/v2/{name}/manifests/{digest}"

@@ -1,0 +1,144 @@
+"""Blob upload sessions: the state a push carries across its POST, PATCH and PUT requests.
+
+A session lives in the memory of the gateway that the client's tunnel reached (hash state
+cannot be shared); a session id this process does not know is BLOB_UPLOAD_UNKNOWN and the
+client restarts the blob. Sessions idle for longer than the timeout are aborted, which
+also releases their storage upload (a temporary file or a multipart upload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from ..storage.base import Upload
+
+log = logging.getLogger("sshreg.uploads")
+
+_hash_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sshreg-hash")
+
+
+class UploadSession:
+    """One blob being pushed: its storage upload and the running digest of its bytes."""
+
+    def __init__(self, name: str, upload: Upload, owner: str, algorithm: str = "sha256") -> None:
+        self.id = str(uuid.uuid4())
+        self.name = name
+        self.owner = owner  # fingerprint of the key that started the upload
+        self.upload = upload
+        self.algorithm = algorithm
+        self.hasher = hashlib.new(algorithm)
+        self.size = 0
+        self.created = time.time()
+        self.touched = time.monotonic()
+        self.lock = asyncio.Lock()  # one request at a time per session
+        self._pending: asyncio.Future[object] | None = None
+        self.closed = False
+
+    def switch_algorithm(self, algorithm: str) -> None:
+        """Hash with another algorithm; only before the first byte arrived."""
+        assert self.size == 0
+        self.algorithm = algorithm
+        self.hasher = hashlib.new(algorithm)
+
+    async def append(self, data: bytes | bytearray) -> None:
+        """Hash and store `data` off the event loop, overlapping with the caller's next read.
+
+        Returns once the previous batch is done, so at most two batches are in flight.
+        The caller must not modify `data` afterwards.
+        """
+        await self.flush()
+        loop = asyncio.get_running_loop()
+        hashed = loop.run_in_executor(_hash_pool, self.hasher.update, data)
+        self._pending = asyncio.gather(hashed, self.upload.write(data))
+        self.size += len(data)
+
+    async def flush(self) -> None:
+        """Wait until every appended byte is hashed and handed to storage."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    def hexdigest(self) -> str:
+        return self.hasher.hexdigest()
+
+    async def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await pending
+        try:
+            await self.upload.abort()
+        except Exception:
+            log.exception("aborting upload %s failed", self.id)
+
+
+class UploadSessions:
+    """The live sessions of this gateway, with an expiry sweep for abandoned ones."""
+
+    def __init__(self, idle_timeout: float) -> None:
+        self.idle_timeout = idle_timeout
+        self._sessions: dict[str, UploadSession] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def add(self, session: UploadSession) -> None:
+        self._sessions[session.id] = session
+
+    def get(self, session_id: str, name: str, owner: str) -> UploadSession | None:
+        session = self._sessions.get(session_id)
+        if session is None or session.name != name or session.owner != owner:
+            return None
+        session.touched = time.monotonic()
+        return session
+
+    async def discard(self, session: UploadSession) -> None:
+        """Forget a session and abort its storage upload."""
+        self._sessions.pop(session.id, None)
+        await session.abort()
+
+    def finish(self, session: UploadSession) -> None:
+        """Forget a session whose upload was committed."""
+        session.closed = True
+        self._sessions.pop(session.id, None)
+
+    async def sweep(self) -> int:
+        cutoff = time.monotonic() - self.idle_timeout
+        stale = [s for s in self._sessions.values() if s.touched < cutoff and not s.lock.locked()]
+        for session in stale:
+            log.info("aborting upload %s to %s: idle for %.0fs", session.id, session.name,
+                     self.idle_timeout)
+            await self.discard(session)
+        return len(stale)
+
+    async def _sweep_forever(self) -> None:
+        interval = max(1.0, min(60.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("upload sweep failed")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for session in list(self._sessions.values()):
+            await self.discard(session)

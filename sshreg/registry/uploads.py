@@ -1,0 +1,200 @@
+"""Blob uploads in every style clients use.
+
+- `POST ?digest=` with the body: one request (oras, conformance tests).
+- POST, then `PUT ?digest=` with the whole body (containerd, BuildKit, nerdctl).
+- POST, one streamed PATCH (chunked encoding, no length), empty `PUT ?digest=` (docker,
+  podman, skopeo, buildah): a 100 GB layer arrives as one body and is re-chunked here.
+- POST, several `PATCH`es with `Content-Range: a-b`, then PUT (oras chunked, conformance).
+- `POST ?mount=&from=`: cross-repository mount.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..access import Action
+from ..references import Digest, is_valid_name
+from ..storage.store import DigestMismatch
+from .errors import Code, RegistryError
+from .params import blob_location, digest_param
+from .ranges import parse_content_range
+from .sessions import UploadSession
+
+if TYPE_CHECKING:
+    from .app import Context
+
+log = logging.getLogger("sshreg.uploads")
+
+
+def _session_headers(ctx: Context, session: UploadSession) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{ctx.name}/blobs/uploads/{session.id}",
+        "Range": f"0-{max(session.size - 1, 0)}",
+        "Docker-Upload-UUID": session.id,
+    }
+
+
+def _session_response(status: int, ctx: Context, session: UploadSession) -> web.Response:
+    return web.Response(status=status, headers=_session_headers(ctx, session))
+
+
+def _blob_created(ctx: Context, digest: Digest) -> web.Response:
+    ctx.reference = str(digest)
+    return web.Response(status=201, headers={
+        "Location": blob_location(ctx.name, digest),
+        "Docker-Content-Digest": str(digest),
+    })
+
+
+async def _new_session(ctx: Context, algorithm: str = "sha256") -> UploadSession:
+    upload = await ctx.store.begin_blob_upload(ctx.settings.part_size)
+    session = UploadSession(ctx.name, upload, ctx.identity.fingerprint, algorithm)
+    ctx.sessions.add(session)
+    return session
+
+
+def _session(ctx: Context) -> UploadSession:
+    session = ctx.sessions.get(ctx.params["session"], ctx.name, ctx.identity.fingerprint)
+    if session is None:
+        raise RegistryError(Code.BLOB_UPLOAD_UNKNOWN, {"session": ctx.params["session"]})
+    return session
+
+
+async def _receive(request: web.BaseRequest, ctx: Context, session: UploadSession,
+                   expected: int | None = None) -> int:
+    """Stream the request body into the session; return the number of bytes received."""
+    batch_size = ctx.settings.upload_batch
+    received = 0
+    batch = bytearray()
+    async for chunk in request.content.iter_any():
+        batch += chunk
+        received += len(chunk)
+        if expected is not None and received > expected:
+            break
+        if len(batch) >= batch_size:
+            await session.append(batch)
+            batch = bytearray()
+    if expected is not None and received != expected:
+        raise RegistryError(Code.BLOB_UPLOAD_INVALID, f"body has {received} bytes, "
+                            f"Content-Range announced {expected}")
+    if batch:
+        await session.append(batch)
+    await session.flush()
+    ctx.bytes_in += received
+    return received
+
+
+async def _commit(ctx: Context, session: UploadSession, digest: Digest) -> web.Response:
+    """Verify the digest, publish the blob and link it into the repository."""
+    verified = digest.algorithm == session.algorithm
+    if verified and session.hexdigest() != digest.hex:
+        await ctx.sessions.discard(session)
+        raise RegistryError(Code.DIGEST_INVALID, {"expected": str(digest),
+                                                  "computed": f"{session.algorithm}:"
+                                                              f"{session.hexdigest()}"})
+    ctx.sessions.finish(session)
+    try:
+        await ctx.store.commit_blob(digest, session.upload, verified=verified)
+    except DigestMismatch as exc:
+        raise RegistryError(Code.DIGEST_INVALID, str(exc)) from None
+    except BaseException:
+        await session.abort()
+        raise
+    await ctx.store.link_blob(ctx.name, digest)
+    log.info("blob %s (%d bytes) pushed to %s by %s", digest, session.size, ctx.name,
+             ctx.identity.fingerprint)
+    return _blob_created(ctx, digest)
+
+
+async def _mount(ctx: Context, digest_text: str, source: str | None) -> web.Response | None:
+    """Link a blob from another readable repository; None if it cannot be mounted."""
+    try:
+        digest = Digest.parse(digest_text)
+    except ValueError:
+        return None
+    if await ctx.store.blob(digest) is None:
+        return None
+    candidates = [source] if source is not None else [ctx.name, *(await ctx.store.repositories())]
+    for repository in candidates:
+        if not is_valid_name(repository) or not ctx.may(Action.PULL, repository):
+            if source is not None:
+                log.warning("mount of %s from %s refused for key %s", digest, repository,
+                            ctx.identity.fingerprint)
+            continue
+        if await ctx.store.is_blob_linked(repository, digest):
+            await ctx.store.link_blob(ctx.name, digest)
+            return _blob_created(ctx, digest)
+    return None
+
+
+async def start_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    query = request.query
+    if "mount" in query:
+        mounted = await _mount(ctx, query["mount"], query.get("from"))
+        if mounted is not None:
+            return mounted
+    elif "digest" in query:
+        digest = digest_param(query["digest"])
+        session = await _new_session(ctx, digest.algorithm)
+        try:
+            await _receive(request, ctx, session)
+        except BaseException:
+            await ctx.sessions.discard(session)
+            raise
+        return await _commit(ctx, session, digest)
+    session = await _new_session(ctx)
+    return _session_response(202, ctx, session)
+
+
+async def upload_status(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    session = _session(ctx)
+    return _session_response(204, ctx, session)
+
+
+def _chunk_range(request: web.BaseRequest, session: UploadSession) -> int | None:
+    """Check a chunk's Content-Range against the session; return its announced length."""
+    header = request.headers.get("Content-Range")
+    if header is None:
+        return None
+    start, end = parse_content_range(header)
+    if start != session.size:
+        raise RegistryError(
+            Code.BLOB_UPLOAD_INVALID, f"chunk starts at {start}, upload is at {session.size}",
+            status=416, message="requested range not satisfiable")
+    length = end - start + 1
+    if request.content_length is not None and request.content_length != length:
+        raise RegistryError(Code.SIZE_INVALID, f"Content-Length {request.content_length} "
+                            f"does not match Content-Range {header}")
+    return length
+
+
+async def append_chunk(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    session = _session(ctx)
+    async with session.lock:
+        try:
+            expected = _chunk_range(request, session)
+        except RegistryError as exc:
+            exc.headers.update(_session_headers(ctx, session))
+            raise
+        await _receive(request, ctx, session, expected)
+    return _session_response(202, ctx, session)
+
+
+async def finish_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    session = _session(ctx)
+    async with session.lock:
+        digest = digest_param(request.query.get("digest"))
+        if session.size == 0 and digest.algorithm != session.algorithm:
+            session.switch_algorithm(digest.algorithm)
+        expected = _chunk_range(request, session)
+        await _receive(request, ctx, session, expected)
+        return await _commit(ctx, session, digest)
+
+
+async def cancel_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
+    session = _session(ctx)
+    await ctx.sessions.discard(session)
+    return web.Response(status=204)

@@ -1,0 +1,373 @@
+"""The registry's data model, laid out as objects on any `Driver`.
+
+Layout (every key below is a small object unless noted):
+
+    data/<xx>/<uuid>                                   blob bytes (large; written by an Upload)
+    blobs/<alg>/<xx>/<hex>                             blob record: {"key": data key, "size": n}
+    catalog/<name>/_repository                         marker: the repository exists
+    repositories/<name>/_layers/<alg>/<hex>            the repository may serve this blob
+    repositories/<name>/_manifests/revisions/<alg>/<hex>   manifest link: {"mediaType", "size", ...}
+    repositories/<name>/_manifests/tags/<tag>          the tag's digest
+    repositories/<name>/_referrers/<alg>/<hex>/<alg>/<hex> a descriptor of a manifest whose
+                                                       subject is the first digest
+
+Blob bytes are written once under a fresh `data/` key and published by writing the
+record with `if_none_match`, which is O(1) whatever the size and makes concurrent pushes
+of one blob safe: the loser deletes its copy. A blob is readable through a repository
+only if the repository links it, so knowing a digest does not leak content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..references import Digest
+from .base import Driver, ObjectInfo, PreconditionFailed, Upload
+
+log = logging.getLogger(__name__)
+
+REPOSITORY_MARKER = "_repository"
+TAG_WRITE_ATTEMPTS = 8
+
+
+class DigestMismatch(ValueError):
+    """Bytes read back from storage do not hash to the digest the client claimed."""
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    digest: Digest
+    size: int
+    key: str  # where the bytes live
+
+
+@dataclass(frozen=True)
+class ManifestLink:
+    """What a repository knows about one of its manifests, besides its bytes."""
+
+    digest: Digest
+    media_type: str
+    size: int
+    artifact_type: str | None = None
+    subject: Digest | None = None
+    annotations: dict[str, str] | None = None
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {"mediaType": self.media_type, "size": self.size}
+        if self.artifact_type:
+            doc["artifactType"] = self.artifact_type
+        if self.subject:
+            doc["subject"] = str(self.subject)
+        if self.annotations:
+            doc["annotations"] = self.annotations
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, digest: Digest, data: bytes) -> ManifestLink:
+        doc = json.loads(data)
+        subject = doc.get("subject")
+        return cls(
+            digest=digest,
+            media_type=doc["mediaType"],
+            size=doc["size"],
+            artifact_type=doc.get("artifactType"),
+            subject=Digest.parse(subject) if subject else None,
+            annotations=doc.get("annotations"),
+        )
+
+    def descriptor(self) -> dict[str, Any]:
+        """The OCI descriptor a referrers index lists for this manifest."""
+        desc: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
+        if self.artifact_type:
+            desc["artifactType"] = self.artifact_type
+        if self.annotations:
+            desc["annotations"] = self.annotations
+        return desc
+
+
+def _digest_path(digest: Digest) -> str:
+    return f"{digest.algorithm}/{digest.hex}"
+
+
+def _digest_from_path(path: str) -> Digest:
+    algorithm, _, encoded = path.partition("/")
+    return Digest.parse(f"{algorithm}:{encoded}")
+
+
+class RegistryStore:
+    """Blobs, repositories, manifests, tags and referrers on top of a `Driver`."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self._known_repositories: set[str] = set()
+
+    # -- keys ----------------------------------------------------------------------
+
+    @staticmethod
+    def blob_key(digest: Digest) -> str:
+        return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+    @staticmethod
+    def _repo(name: str) -> str:
+        return f"repositories/{name}"
+
+    def _layer_key(self, name: str, digest: Digest) -> str:
+        return f"{self._repo(name)}/_layers/{_digest_path(digest)}"
+
+    def _revision_key(self, name: str, digest: Digest) -> str:
+        return f"{self._repo(name)}/_manifests/revisions/{_digest_path(digest)}"
+
+    def _tags_prefix(self, name: str) -> str:
+        return f"{self._repo(name)}/_manifests/tags/"
+
+    def _referrers_prefix(self, name: str, subject: Digest) -> str:
+        return f"{self._repo(name)}/_referrers/{_digest_path(subject)}/"
+
+    # -- blobs ---------------------------------------------------------------------
+
+    async def blob(self, digest: Digest) -> BlobRecord | None:
+        obj = await self.driver.get(self.blob_key(digest))
+        if obj is None:
+            return None
+        doc = json.loads(obj.data)
+        return BlobRecord(digest, doc["size"], doc["key"])
+
+    async def begin_blob_upload(self, part_size: int | None = None) -> Upload:
+        name = uuid.uuid4().hex
+        return await self.driver.begin_upload(f"data/{name[:2]}/{name}", part_size)
+
+    async def commit_blob(self, digest: Digest, upload: Upload, *, verified: bool = True
+                          ) -> BlobRecord:
+        """Publish finished upload bytes as `digest`.
+
+        `verified=False` means the caller hashed with another algorithm than the digest's
+        (a sha512 digest announced only at the end): the bytes are then read back once and
+        hashed before anything becomes visible.
+        """
+        await upload.commit()
+        record = BlobRecord(digest, upload.size, upload.key)
+        if not verified:
+            hasher = digest.hasher()
+            async for chunk in self.driver.read(upload.key):
+                await asyncio.to_thread(hasher.update, chunk)
+            if hasher.hexdigest() != digest.hex:
+                await self.driver.delete(upload.key)
+                raise DigestMismatch(f"content does not match {digest}")
+        return await self._publish(record)
+
+    async def put_blob_bytes(self, digest: Digest, data: bytes) -> BlobRecord:
+        """Store a small blob (a manifest) given whole."""
+        existing = await self.blob(digest)
+        if existing and await self.driver.stat(existing.key):
+            return existing
+        upload = await self.begin_blob_upload()
+        try:
+            await upload.write(data)
+        except BaseException:
+            await upload.abort()
+            raise
+        return await self.commit_blob(digest, upload)
+
+    async def _publish(self, record: BlobRecord) -> BlobRecord:
+        body = json.dumps({"key": record.key, "size": record.size}).encode()
+        key = self.blob_key(record.digest)
+        try:
+            await self.driver.put(key, body, if_none_match=True)
+            return record
+        except PreconditionFailed:
+            pass
+        # Someone published this digest first. Keep theirs if its bytes are still there.
+        current = await self.driver.get(key)
+        if current is not None:
+            existing = json.loads(current.data)
+            if await self.driver.stat(existing["key"]):
+                await self.driver.delete(record.key)
+                return BlobRecord(record.digest, existing["size"], existing["key"])
+            try:
+                await self.driver.put(key, body, if_match=current.etag)
+                return record
+            except PreconditionFailed:
+                pass
+        else:
+            try:
+                await self.driver.put(key, body, if_none_match=True)
+                return record
+            except PreconditionFailed:
+                pass
+        winner = await self.blob(record.digest)
+        if winner is None:
+            raise RuntimeError(f"blob record for {record.digest} vanished while publishing")
+        await self.driver.delete(record.key)
+        return winner
+
+    def read_blob(self, record: BlobRecord, start: int = 0, end: int | None = None
+                  ) -> AsyncIterator[bytes]:
+        return self.driver.read(record.key, start, end)
+
+    async def blob_bytes(self, record: BlobRecord) -> bytes:
+        return b"".join([chunk async for chunk in self.read_blob(record)])
+
+    async def delete_blob(self, digest: Digest) -> None:
+        """Remove a blob from the store entirely (garbage collection only)."""
+        record = await self.blob(digest)
+        await self.driver.delete(self.blob_key(digest))
+        if record is not None:
+            await self.driver.delete(record.key)
+
+    # -- repositories ----------------------------------------------------------------
+
+    async def _ensure_repository(self, name: str) -> None:
+        if name in self._known_repositories:
+            return
+        key = f"catalog/{name}/{REPOSITORY_MARKER}"
+        if await self.driver.stat(key) is None:
+            await self.driver.put(key, b"")
+        self._known_repositories.add(name)
+
+    async def repository_exists(self, name: str) -> bool:
+        if name in self._known_repositories:
+            return True
+        return await self.driver.stat(f"catalog/{name}/{REPOSITORY_MARKER}") is not None
+
+    async def repositories(self) -> list[str]:
+        """All repository names, sorted."""
+        suffix = "/" + REPOSITORY_MARKER
+        names = [
+            obj.key[len("catalog/"): -len(suffix)]
+            async for obj in self.driver.list("catalog/")
+            if obj.key.endswith(suffix)
+        ]
+        return sorted(names)
+
+    async def link_blob(self, name: str, digest: Digest) -> None:
+        await self._ensure_repository(name)
+        await self.driver.put(self._layer_key(name, digest), b"")
+
+    async def unlink_blob(self, name: str, digest: Digest) -> None:
+        await self.driver.delete(self._layer_key(name, digest))
+
+    async def is_blob_linked(self, name: str, digest: Digest) -> bool:
+        return await self.driver.stat(self._layer_key(name, digest)) is not None
+
+    async def repository_blob(self, name: str, digest: Digest) -> BlobRecord | None:
+        """The blob, if this repository may serve it."""
+        if not await self.is_blob_linked(name, digest):
+            return None
+        return await self.blob(digest)
+
+    async def linked_blobs(self, name: str) -> AsyncIterator[Digest]:
+        prefix = f"{self._repo(name)}/_layers/"
+        async for obj in self.driver.list(prefix):
+            yield _digest_from_path(obj.key[len(prefix):])
+
+    # -- manifests -------------------------------------------------------------------
+
+    async def put_manifest(self, name: str, link: ManifestLink, data: bytes) -> None:
+        await self._ensure_repository(name)
+        await self.put_blob_bytes(link.digest, data)
+        await self.driver.put(self._revision_key(name, link.digest), link.to_json())
+        if link.subject is not None:
+            key = self._referrers_prefix(name, link.subject) + _digest_path(link.digest)
+            await self.driver.put(key, json.dumps(link.descriptor()).encode())
+
+    async def manifest_link(self, name: str, digest: Digest) -> ManifestLink | None:
+        obj = await self.driver.get(self._revision_key(name, digest))
+        return ManifestLink.from_json(digest, obj.data) if obj else None
+
+    async def manifest(self, name: str, digest: Digest) -> tuple[ManifestLink, bytes] | None:
+        link = await self.manifest_link(name, digest)
+        if link is None:
+            return None
+        record = await self.blob(digest)
+        if record is None:
+            log.warning("manifest %s@%s is linked but its blob is missing", name, digest)
+            return None
+        return link, await self.blob_bytes(record)
+
+    async def delete_manifest(self, name: str, digest: Digest) -> bool:
+        """Unlink a manifest from a repository, with the tags and referrer entry naming it."""
+        link = await self.manifest_link(name, digest)
+        if link is None:
+            return False
+        async for tag, tagged in self.tags(name):
+            if tagged == digest:
+                await self.delete_tag(name, tag)
+        if link.subject is not None:
+            key = self._referrers_prefix(name, link.subject) + _digest_path(digest)
+            await self.driver.delete(key)
+        await self.driver.delete(self._revision_key(name, digest))
+        return True
+
+    async def manifests(self, name: str) -> AsyncIterator[ManifestLink]:
+        prefix = f"{self._repo(name)}/_manifests/revisions/"
+        async for obj in self.driver.list(prefix):
+            link = await self.manifest_link(name, _digest_from_path(obj.key[len(prefix):]))
+            if link is not None:
+                yield link
+
+    # -- tags --------------------------------------------------------------------------
+
+    async def tag(self, name: str, tag: str) -> Digest | None:
+        obj = await self.driver.get(self._tags_prefix(name) + tag)
+        return Digest.parse(obj.data.decode()) if obj else None
+
+    async def set_tag(self, name: str, tag: str, digest: Digest) -> None:
+        """Point a tag at a manifest, as a compare-and-swap so no update is lost silently."""
+        key = self._tags_prefix(name) + tag
+        value = str(digest).encode()
+        for _ in range(TAG_WRITE_ATTEMPTS):
+            current = await self.driver.get(key)
+            if current is not None and current.data == value:
+                return
+            try:
+                if current is None:
+                    await self.driver.put(key, value, if_none_match=True)
+                else:
+                    await self.driver.put(key, value, if_match=current.etag)
+                return
+            except PreconditionFailed:
+                continue
+        raise PreconditionFailed(f"tag {name}:{tag} kept changing")
+
+    async def delete_tag(self, name: str, tag: str) -> bool:
+        key = self._tags_prefix(name) + tag
+        if await self.driver.stat(key) is None:
+            return False
+        await self.driver.delete(key)
+        return True
+
+    async def tags(self, name: str, last: str = "") -> AsyncIterator[tuple[str, Digest]]:
+        """Tags in lexical order after `last`, with the digests they point at."""
+        prefix = self._tags_prefix(name)
+        start = prefix + last if last else ""
+        async for obj in self.driver.list(prefix, start_after=start):
+            value = await self.driver.get(obj.key)
+            if value is not None:
+                yield obj.key[len(prefix):], Digest.parse(value.data.decode())
+
+    async def tag_names(self, name: str, last: str = "") -> AsyncIterator[ObjectInfo]:
+        """Tag objects in lexical order after `last` (cheaper than `tags`: no reads)."""
+        prefix = self._tags_prefix(name)
+        async for obj in self.driver.list(prefix, start_after=prefix + last if last else ""):
+            yield obj
+
+    # -- referrers ---------------------------------------------------------------------
+
+    async def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
+        """Descriptors of the manifests in `name` whose subject is `subject`."""
+        descriptors = []
+        async for obj in self.driver.list(self._referrers_prefix(name, subject)):
+            value = await self.driver.get(obj.key)
+            if value is not None:
+                descriptors.append(json.loads(value.data))
+        return descriptors
