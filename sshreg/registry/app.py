@@ -97,6 +97,7 @@ class Registry:
         self.settings = settings or RegistrySettings()
         self.identify = identify
         self.sessions = UploadSessions(self.settings.upload_idle_timeout)
+        self.in_flight = 0  # requests being handled right now
 
     async def start(self) -> None:
         self.sessions.start()
@@ -110,6 +111,20 @@ class Registry:
         return web.Server(self.handle, **kwargs)  # type: ignore[arg-type]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.in_flight -= 1
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is being handled; False if `timeout` ran out first."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return not self.in_flight
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         ctx: Context | None = None
         identity = self.identify(request)
@@ -188,4 +203,4 @@ class Registry:
             event["seconds"] = round(time.monotonic() - started, 3)
         if error:
             event["error"] = error
-        audit_log.info(json.dumps(event, sort_keys=True))
+        audit_log.info(event)

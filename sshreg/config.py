@@ -1,0 +1,220 @@
+"""Configuration: embedded defaults, then a TOML file, then command-line flags.
+
+Every key of the file, with its default (sizes accept `32MiB`-style strings, durations
+`90s`, `10m`, `24h`, `7d` or plain seconds):
+
+    [server]
+    listen = "0.0.0.0:2222"       # address and port of the SSH server
+    keys = "keys"                 # folder with authorized_keys and the host key
+    public_name = ""              # host name shown in the help text (default: hostname)
+    registry_port = 80            # the port users forward to: ssh -L 5000:localhost:80
+    ciphers = []                  # SSH ciphers; default from the CPU's AES support
+    login_timeout = "30s"
+    keepalive_interval = "30s"
+
+    [storage]
+    url = "data"                  # a folder, or s3://BUCKET[/PREFIX] for R2/S3
+    endpoint_url = ""             # S3 endpoint; else AWS_ENDPOINT_URL(_S3)
+    region = "auto"
+    part_size = "32MiB"           # fixed multipart part size (R2: all parts equal)
+    part_concurrency = 4          # parts uploaded in parallel per blob
+    redirect_expiry = "0s"        # >0: blob pulls redirect to presigned URLs valid this long
+    stale_upload_age = "24h"      # multipart uploads older than this are aborted
+
+    [registry]
+    max_manifest_size = "4MiB"
+    upload_idle_timeout = "10m"   # an upload session untouched this long is aborted
+
+    [log]
+    level = "info"
+    format = "text"               # text, json or logfmt
+
+Secrets (S3 keys) never live here: they come from the environment or AWS profiles.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem, explained in one line."""
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(value: Any, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match[2].lower() not in _SIZE_UNITS:
+        raise ConfigError(f"{what}: {value!r} is not a size (like 32MiB)")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def parse_duration(value: Any, what: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+    if not match:
+        raise ConfigError(f"{what}: {value!r} is not a duration (like 90s, 10m, 24h)")
+    return float(match[1]) * _DURATION_UNITS[match[2]]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen: {value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 2222
+    keys: Path = Path("keys")
+    public_name: str = ""
+    registry_port: int = 80
+    ciphers: tuple[str, ...] = ()
+    login_timeout: float = 30.0
+    keepalive_interval: float = 30.0
+
+    storage: str = "data"
+    endpoint_url: str = ""
+    region: str = "auto"
+    part_size: int = 32 << 20
+    part_concurrency: int = 4
+    redirect_expiry: float = 0.0
+    stale_upload_age: float = 86400.0
+
+    max_manifest_size: int = 4 << 20
+    upload_idle_timeout: float = 600.0
+
+    log_level: str = "info"
+    log_format: str = "text"
+
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def is_s3(self) -> bool:
+        return self.storage.startswith("s3://")
+
+
+# (section, key) in the file -> (Config field, parser)
+_FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
+    ("server", "keys"): ("keys", lambda v, w: Path(_str(v, w))),
+    ("server", "public_name"): ("public_name", lambda v, w: _str(v, w)),
+    ("server", "registry_port"): ("registry_port", lambda v, w: _port(v, w)),
+    ("server", "ciphers"): ("ciphers", lambda v, w: _str_tuple(v, w)),
+    ("server", "login_timeout"): ("login_timeout", parse_duration),
+    ("server", "keepalive_interval"): ("keepalive_interval", parse_duration),
+    ("storage", "url"): ("storage", lambda v, w: _str(v, w)),
+    ("storage", "endpoint_url"): ("endpoint_url", lambda v, w: _str(v, w)),
+    ("storage", "region"): ("region", lambda v, w: _str(v, w)),
+    ("storage", "part_size"): ("part_size", parse_size),
+    ("storage", "part_concurrency"): ("part_concurrency", lambda v, w: _positive(v, w)),
+    ("storage", "redirect_expiry"): ("redirect_expiry", parse_duration),
+    ("storage", "stale_upload_age"): ("stale_upload_age", parse_duration),
+    ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
+    ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
+    ("log", "level"): ("log_level", lambda v, w: _choice(v, w, ("debug", "info", "warning", "error"))),
+    ("log", "format"): ("log_format", lambda v, w: _choice(v, w, ("text", "json", "logfmt"))),
+}
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{what}: expected a string, got {value!r}")
+    return value
+
+
+def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{what}: expected a list of strings")
+    return tuple(value)
+
+
+def _positive(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _port(value: Any, what: str) -> int:
+    port = _positive(value, what)
+    if port > 65535:
+        raise ConfigError(f"{what}: {port} is not a port")
+    return port
+
+
+def _choice(value: Any, what: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{what}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> Config:
+    """Defaults, then the TOML file (if any), then non-None `overrides` (the CLI flags)."""
+    config = Config()
+    if path is not None:
+        config = _apply_file(config, path)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "listen" in changes:
+        host, port = parse_listen(changes.pop("listen"))
+        changes.update(listen_host=host, listen_port=port)
+    if "keys" in changes:
+        changes["keys"] = Path(changes["keys"])
+    known = {f.name for f in fields(Config)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    config = replace(config, **changes)
+    validate(config)
+    return config
+
+
+def _apply_file(config: Config, path: Path) -> Config:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    changes: dict[str, Any] = {}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section!r} must be a [section]")
+        for key, value in table.items():
+            what = f"{path}: {section}.{key}"
+            if (section, key) == ("server", "listen"):
+                host, port = parse_listen(_str(value, what))
+                changes.update(listen_host=host, listen_port=port)
+                continue
+            spec = _FILE_KEYS.get((section, key))
+            if spec is None:
+                raise ConfigError(f"{what}: unknown setting")
+            name, parse = spec
+            changes[name] = parse(value, what)
+    return replace(config, source=str(path), **changes)
+
+
+def validate(config: Config) -> None:
+    if config.is_s3 and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?", config.storage):
+        raise ConfigError(f"storage: {config.storage!r} is not s3://BUCKET[/PREFIX]")
+    if not 5 << 20 <= config.part_size <= 5 << 30:
+        raise ConfigError("storage.part_size must be between 5MiB and 5GiB (R2 and S3 limits)")
+    if config.max_manifest_size < 4 << 20:
+        raise ConfigError("registry.max_manifest_size must be at least 4MiB (OCI requirement)")

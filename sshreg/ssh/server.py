@@ -1,0 +1,238 @@
+"""The SSH gateway: public-key logins, the forwarding policy, and the bridge into the registry.
+
+Every use of SSH other than these is refused and logged:
+- public-key authentication against authorized_keys (no password, keyboard-interactive,
+  host-based or GSS);
+- `direct-tcpip` to the registry's own names (`localhost`, `127.0.0.1`, `::1`, the
+  configured port), served in-process by the registry;
+- a session channel, which prints help (and later runs management commands).
+Remote forwarding, forwarding anywhere else, agent and X11 forwarding, sftp and other
+subsystems are refused: otherwise the gateway is an open proxy into the box's network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+
+from ..access import Identity
+from .authorized_keys import AuthorizedKeys, KeyEntry
+from .bridge import HttpChannelSession
+from .flow import create_channel
+from .session import HelpSession, help_text
+
+log = logging.getLogger("sshreg.ssh")
+
+REGISTRY_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+AES_GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+AES_CTR = ("aes128-ctr", "aes192-ctr", "aes256-ctr")
+CHACHA = ("chacha20-poly1305@openssh.com",)
+
+
+def cpu_has_aes() -> bool:
+    """Whether the CPU has AES instructions (x86 `aes` flag, ARM `aes` feature)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and "aes" in value.split():
+            return True
+    return False
+
+
+def default_ciphers(has_aes: bool | None = None) -> tuple[str, ...]:
+    """The client's order wins and OpenSSH lists chacha20 first, which costs asyncssh ~40%
+    where AES instructions exist: leave it out there, and put it first where they don't."""
+    if has_aes if has_aes is not None else cpu_has_aes():
+        return AES_GCM + AES_CTR
+    return CHACHA + AES_GCM + AES_CTR
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "0.0.0.0"
+    port: int = 2222
+    registry_port: int = 80
+    public_name: str = ""  # how users reach this box, for the help text; hostname if empty
+    ciphers: tuple[str, ...] = ()  # empty: chosen from the CPU's AES support
+    login_timeout: float = 30.0
+    keepalive_interval: float = 30.0
+
+
+class GatewayConnection(asyncssh.SSHServer):
+    """One SSH connection: authenticates it, then decides what each channel may do."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._peer = ("", 0)
+        self._entry: KeyEntry | None = None
+        self.identity: Identity | None = None
+
+    # -- connection and authentication -------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._gateway.connections.add(conn)
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self._peer = (str(peer[0]), int(peer[1]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gateway.connections.discard(self._conn)
+        if self.identity is None:
+            log.info("connection from %s closed before authentication", self._peer_text)
+
+    @property
+    def _peer_text(self) -> str:
+        return f"{self._peer[0]}:{self._peer[1]}"
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        fingerprint = key.get_fingerprint("sha256")
+        entries = [e for e in self._gateway.keys.entries() if e.key.public_data == key.public_data]
+        if not entries:
+            log.warning("refused unknown key %s from %s (user %r)", fingerprint, self._peer_text,
+                        username)
+            return False
+        for entry in entries:
+            if entry.expired():
+                reason = "expired"
+            elif not entry.allows_address("", self._peer[0]):
+                reason = f"not allowed from {self._peer[0]} (from= option)"
+            else:
+                self._entry = entry  # asyncssh validates again with the signature, then
+                return True          # calls auth_completed for the key validated last
+            log.warning("refused key %s (%s) from %s: %s", fingerprint, entry.comment,
+                        self._peer_text, reason)
+        return False
+
+    def auth_completed(self) -> None:
+        assert self._entry is not None
+        self.identity = self._entry.identity(self._peer[0])
+        log.info("key %s (%s) logged in from %s", self.identity.fingerprint,
+                 self.identity.comment, self._peer_text)
+
+    # -- channels --------------------------------------------------------------------
+
+    def _refuse(self, what: str) -> None:
+        who = self.identity.fingerprint if self.identity else "-"
+        comment = self.identity.comment if self.identity else ""
+        log.warning("refused %s for key %s (%s) from %s", what, who, comment, self._peer_text)
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int):
+        entry, identity = self._entry, self.identity
+        assert entry is not None and identity is not None and self._conn is not None
+        target = f"{dest_host}:{dest_port}"
+        if not entry.port_forwarding:
+            self._refuse(f"forwarding to {target} (key may not forward)")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            "port forwarding is not permitted for this key")
+        if (dest_host.lower() not in REGISTRY_HOSTS
+                or dest_port != self._gateway.settings.registry_port
+                or not entry.may_open(dest_host, dest_port)):
+            self._refuse(f"forwarding to {target}")
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"only the registry at localhost:{self._gateway.settings.registry_port} "
+                "can be reached through this server")
+        session = HttpChannelSession(self._gateway.protocol_factory, identity, self._peer)
+        return create_channel(self._conn), session
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self._refuse(f"remote forwarding of {listen_host}:{listen_port}")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        self._refuse(f"forwarding to unix socket {dest_path}")
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self._refuse(f"remote forwarding of unix socket {listen_path}")
+        return False
+
+    def session_requested(self) -> HelpSession:
+        assert self.identity is not None and self._entry is not None
+        return HelpSession(self._gateway.render_help(self.identity, self._entry.port_forwarding),
+                           self.identity)
+
+
+class Gateway:
+    """The SSH server in front of the registry."""
+
+    def __init__(self, settings: GatewaySettings, keys: AuthorizedKeys, host_key: asyncssh.SSHKey,
+                 protocol_factory: Callable[[], asyncio.Protocol]) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.host_key = host_key
+        self.protocol_factory = protocol_factory
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def ciphers(self) -> tuple[str, ...]:
+        return self.settings.ciphers or default_ciphers()
+
+    def render_help(self, identity: Identity, forwarding: bool) -> str:
+        name = self.settings.public_name or socket.gethostname()
+        target = name if self.settings.port == 22 else f"-p {self.settings.port} {name}"
+        return help_text(identity, target, self.settings.registry_port, forwarding)
+
+    async def start(self) -> None:
+        self.keys.reload_if_changed()
+        self._server = await asyncssh.create_server(
+            lambda: GatewayConnection(self),
+            self.settings.host,
+            self.settings.port,
+            server_host_keys=[self.host_key],
+            encryption_algs=list(self.ciphers),
+            compression_algs=["none"],
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            sftp_factory=None,
+            login_timeout=self.settings.login_timeout,
+            keepalive_interval=self.settings.keepalive_interval,
+            keepalive_count_max=4,
+            reuse_address=True,
+        )
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._server.sockets) if self._server else []
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        """Stop accepting and close every connection."""
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.close()
+        for conn in list(self.connections):
+            await conn.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
