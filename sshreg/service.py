@@ -84,48 +84,70 @@ async def _sweep_stale_uploads(driver: Driver, age: float) -> None:
         await asyncio.sleep(STALE_SWEEP_INTERVAL)
 
 
+class Service:
+    """Storage, registry and SSH gateway of one process, started and stopped together."""
+
+    def __init__(self, config: Config, driver: Driver | None = None) -> None:
+        self.config = config
+        try:
+            self.host_key = load_or_create_host_key(config.keys)
+        except (HostKeyError, OSError) as exc:
+            raise ConfigError(f"host key: {exc}") from None
+        self.keys = AuthorizedKeys(config.keys / "authorized_keys")
+        self.driver = driver or open_driver(config)
+        self.registry = Registry(RegistryStore(self.driver), registry_settings(config))
+        self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
+                               self.registry.server())
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        sockets = self.gateway.sockets
+        return sockets[0].getsockname()[1] if sockets else self.config.listen_port
+
+    async def start(self) -> None:
+        await self.registry.start()
+        try:
+            await self.gateway.start()
+        except OSError as exc:
+            await self.registry.close()
+            await self.driver.close()
+            raise ConfigError(f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
+                              ) from None
+        self._sweeper = asyncio.create_task(
+            _sweep_stale_uploads(self.driver, self.config.stale_upload_age))
+        log.info("sshreg ready: ssh on %s:%d, storage %s, host key %s, %d authorized key(s)",
+                 self.config.listen_host, self.port, self.driver,
+                 self.host_key.get_fingerprint("sha256"), len(self.keys.entries()))
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop accepting, let running requests finish for `grace` seconds, then close all."""
+        log.info("stopping: no new connections; waiting up to %.0fs for %d request(s)",
+                 grace, self.registry.in_flight)
+        self.gateway.stop_accepting()
+        if not await self.registry.drain(grace):
+            log.warning("%d request(s) still running at shutdown; aborting them",
+                        self.registry.in_flight)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.gateway.close()
+        await self.registry.close()
+        await self.driver.close()
+        log.info("stopped")
+
+
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads authorized_keys."""
-    try:
-        host_key = load_or_create_host_key(config.keys)
-    except (HostKeyError, OSError) as exc:
-        raise ConfigError(f"host key: {exc}") from None
-    keys = AuthorizedKeys(config.keys / "authorized_keys")
-    driver = open_driver(config)
-    registry = Registry(RegistryStore(driver), registry_settings(config))
-    gateway = Gateway(gateway_settings(config), keys, host_key, registry.server())
-    await registry.start()
-    try:
-        await gateway.start()
-    except OSError as exc:
-        await registry.close()
-        await driver.close()
-        raise ConfigError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
-    sweeper = asyncio.create_task(_sweep_stale_uploads(driver, config.stale_upload_age))
-
+    service = Service(config)
+    await service.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, keys.reload_if_changed)
-
-    port = gateway.sockets[0].getsockname()[1] if gateway.sockets else config.listen_port
-    log.info("sshreg ready: ssh on %s:%d, storage %s, host key %s, %d authorized key(s)",
-             config.listen_host, port, driver, host_key.get_fingerprint("sha256"),
-             len(keys.entries()))
+    loop.add_signal_handler(signal.SIGHUP, service.keys.reload_if_changed)
     notify_systemd("READY=1")
     await stop.wait()
-
-    log.info("stopping: no new connections; waiting up to %.0fs for %d request(s)",
-             SHUTDOWN_GRACE, registry.in_flight)
     notify_systemd("STOPPING=1")
-    gateway.stop_accepting()
-    if not await registry.drain(SHUTDOWN_GRACE):
-        log.warning("%d request(s) still running at shutdown; aborting them", registry.in_flight)
-    sweeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeper
-    await gateway.close()
-    await registry.close()
-    await driver.close()
-    log.info("stopped")
+    await service.stop()

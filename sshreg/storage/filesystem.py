@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 TMP_DIR = "_tmp"
 READ_CHUNK = 1 << 20
+WRITEBACK_EVERY = 32 << 20  # start writing a growing upload to disk every this many bytes
 
 
 def _etag(st: os.stat_result) -> str:
@@ -272,6 +273,7 @@ class FilesystemUpload:
         self._tmp = tmp
         self._file = f
         self._size = 0
+        self._written_back = 0
 
     @property
     def key(self) -> str:
@@ -282,8 +284,18 @@ class FilesystemUpload:
         return self._size
 
     async def write(self, data: bytes | bytearray) -> None:
-        await self._driver._run(self._file.write, data)
+        await self._driver._run(self._write, data)
+
+    def _write(self, data: bytes | bytearray) -> None:
+        self._file.write(data)
         self._size += len(data)
+        if self._size - self._written_back >= WRITEBACK_EVERY:
+            # Start writeback now (without waiting for it), so that the fsync at commit only
+            # waits for the tail instead of the whole blob.
+            self._file.flush()
+            os.posix_fadvise(self._file.fileno(), self._written_back,
+                             self._size - self._written_back, os.POSIX_FADV_DONTNEED)
+            self._written_back = self._size
 
     async def commit(self) -> None:
         def finish() -> None:
