@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ..access import Action, Identity
 from ..references import is_valid_name
@@ -135,6 +135,7 @@ class Registry:
             route, params = resolve(request.method, path)
             ctx = Context(self, identity, route, params)
             self._authorize(ctx)
+            await self._continue(request)
             response = await route.handler(request, ctx)
         except RegistryError as exc:
             response = self._refusal(request, identity, exc)
@@ -166,6 +167,16 @@ class Registry:
         action = _ACTIONS.get(ctx.route.access)
         if action is not None and name is not None and not ctx.may(action, name):
             raise RegistryError(Code.DENIED, f"this key may not {action.value} {name}")
+
+    @staticmethod
+    async def _continue(request: web.BaseRequest) -> None:
+        """Answer `Expect: 100-continue` (curl sends it for bodies over 1 MiB and otherwise
+        waits a second); aiohttp only does so for `web.Application` routes, not for us.
+        Requests refused before this point get their final status instead, without a body."""
+        if (request.version >= HttpVersion11
+                and request.headers.get("Expect", "").lower() == "100-continue"):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the interim response is not part of the answer
 
     def _refusal(self, request: web.BaseRequest, identity: Identity | None,
                  exc: RegistryError) -> web.Response:
