@@ -70,7 +70,7 @@ def parse_duration(value: Any, what: str) -> float:
 
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"listen: {value!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
