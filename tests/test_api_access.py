@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from sshreg.oci import OCI_MANIFEST
@@ -119,3 +121,21 @@ async def test_refusal_reveals_nothing_about_existence(client):
     missing = await client.get("/v2/other/nothing/manifests/latest", headers=TEAM)
     await assert_error(existing, 403, "DENIED")
     await assert_error(missing, 403, "DENIED")
+
+
+async def test_pushes_deletes_and_refusals_are_audited_with_the_key(client, caplog):
+    caplog.set_level(logging.INFO, logger="sshreg.audit")
+    digest = await push_blob(client, "team/app", b"audited", identity="team")
+    await client.delete(f"/v2/team/app/blobs/{digest}", headers=TEAM)
+    await client.delete(f"/v2/team/app/blobs/{digest}", headers=READER)
+    await client.get("/v2/team/app/tags/list", headers=READER)  # a read: not audited
+    events = [r.msg for r in caplog.records if r.name == "sshreg.audit"]
+    assert [(e["method"], e["status"], e["key"]) for e in events] == [
+        ("POST", 201, "SHA256:team-test-key"),
+        ("DELETE", 202, "SHA256:team-test-key"),
+        ("DELETE", 403, "SHA256:read-only-test-key"),
+    ]
+    assert events[0]["repository"] == "team/app"
+    assert events[0]["reference"] == digest
+    assert events[0]["bytes"] == len(b"audited")
+    assert events[2]["error"] == "DENIED"

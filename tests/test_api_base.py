@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from sshreg.storage.base import PreconditionFailed, StorageError
+
 from .conftest import TEST_IDENTITY_HEADER
-from .helpers_api import as_identity, assert_error, raw_request, start_upload
+from .helpers_api import as_identity, assert_error, push_image, put_manifest, raw_request, start_upload
 
 
 async def test_v2_base_answers_200_with_an_empty_json_object(client):
@@ -84,3 +86,34 @@ async def test_refused_request_with_expect_gets_its_final_status_without_100(cli
     location = await start_upload(client, "app")
     early, _ = await expect_continue(client, location, b"x" * 1000, identity="reader")
     assert early.startswith(b"HTTP/1.1 403 ")
+
+
+async def test_storage_failure_is_503_unavailable_with_retry_after(client, registry, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise StorageError("disk on fire")
+
+    monkeypatch.setattr(registry.store.driver, "get", broken)
+    resp = await client.get("/v2/app/manifests/latest")
+    await assert_error(resp, 503, "UNAVAILABLE")
+    assert resp.headers["Retry-After"] == "5"
+
+
+async def test_lost_compare_and_swap_is_429_toomanyrequests_with_retry_after(client, registry, monkeypatch):
+    image = await push_image(client, "app")
+
+    async def always_changed(*args, **kwargs):
+        raise PreconditionFailed("tag moved")
+
+    monkeypatch.setattr(registry.store, "set_tag", always_changed)
+    resp = await put_manifest(client, "app", "latest", image.manifest)
+    await assert_error(resp, 429, "TOOMANYREQUESTS")
+    assert resp.headers["Retry-After"] == "1"
+
+
+async def test_unexpected_failure_is_500_with_the_error_envelope(client, registry, monkeypatch):
+    async def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(registry.store, "repositories", bug)
+    resp = await client.get("/v2/_catalog")
+    await assert_error(resp, 500, "UNKNOWN")
