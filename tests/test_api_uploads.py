@@ -55,6 +55,12 @@ async def test_single_post_with_digest_and_body_is_201(client):
     assert await blob_bytes(client, "app", DIGEST) == BLOB
 
 
+async def test_single_post_may_stream_its_body_with_chunked_encoding(client):
+    resp = await client.post("/v2/app/blobs/uploads/", params={"digest": DIGEST}, data=chunked(BLOB))
+    assert_created(resp, "app", DIGEST)
+    assert await blob_bytes(client, "app", DIGEST) == BLOB
+
+
 async def test_post_then_monolithic_put_with_the_body_is_201(client):
     location = await start_upload(client, "app")
     resp = await client.put(location, params={"digest": DIGEST}, data=BLOB,
@@ -96,6 +102,17 @@ async def test_several_patches_with_content_range_then_put_is_201(client):
     resp = await client.put(location, params={"digest": DIGEST})
     assert_created(resp, "app", DIGEST)
     assert await blob_bytes(client, "app", DIGEST) == BLOB
+
+
+async def test_ranged_patches_may_stream_with_chunked_encoding(client):
+    location = await start_upload(client, "app")
+    resp = await client.patch(location, data=chunked(BLOB[:60_000]), headers={"Content-Range": "0-59999"})
+    assert resp.status == 202
+    resp = await client.patch(location, data=chunked(BLOB[60_000:]),
+                              headers={"Content-Range": f"60000-{len(BLOB) - 1}"})
+    assert resp.status == 202
+    resp = await client.put(location, params={"digest": DIGEST})
+    assert_created(resp, "app", DIGEST)
 
 
 async def test_final_chunk_carried_by_the_closing_put_is_201(client):
@@ -255,6 +272,15 @@ async def test_chunked_body_shorter_than_its_content_range_is_blob_upload_invali
     location = await start_upload(client, "app")
     resp = await client.patch(location, data=chunked(BLOB[:100]), headers={"Content-Range": "0-199"})
     await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+
+
+async def test_chunked_body_longer_than_its_content_range_is_rejected_and_the_session_survives(client):
+    location = await start_upload(client, "app")
+    resp = await client.patch(location, data=chunked(BLOB[:300]), headers={"Content-Range": "0-199"})
+    await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+    assert (await client.get(location)).headers["Range"] == "0-0"
+    resp = await client.put(location, params={"digest": DIGEST}, data=BLOB)
+    assert_created(resp, "app", DIGEST)
 
 
 async def test_malformed_content_range_is_400_blob_upload_invalid(client):
