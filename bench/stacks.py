@@ -1,0 +1,292 @@
+"""The two stacks under test, each started and stopped by the bench on loopback.
+
+- `SshregStack`: `python -m sshreg serve` with its own keys folder and client key.
+- `ReferenceStack`: Debian's OpenSSH `sshd` (own config, host key, client key, port)
+  forwarding to Debian's `docker-registry` (distribution 2.8) with a config we write.
+
+Both are reached the same way: an OpenSSH `ssh -N -L` tunnel (`Tunnel`) with the client's
+default cipher preferences (`-F /dev/null`), so each negotiates what a user would get.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .procs import Proc, accepts, free_port, run, wait_until
+from .seaweed import Seaweed
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SSHD = "/usr/sbin/sshd"
+REGISTRY = "/usr/bin/docker-registry"
+START_TIMEOUT = 60.0
+TUNNEL_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a stack keeps its blobs: a folder, or a bucket on the shared SeaweedFS."""
+
+    kind: str  # "fs" or "s3"
+    path: Path | None = None
+    s3: Seaweed | None = None
+    bucket: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind == "s3":
+            assert self.s3 is not None and self.bucket
+        else:
+            assert self.path is not None
+
+    def prepare(self) -> None:
+        if self.s3 is not None:
+            self.s3.create_bucket(self.bucket)
+        elif self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def cleanup(self) -> None:
+        if self.s3 is not None:
+            self.s3.delete_bucket(self.bucket)
+        elif self.path is not None:
+            run(["rm", "-rf", str(self.path)], timeout=300)
+
+
+class Stack(Protocol):
+    name: str
+    ssh_port: int
+    target: str  # what the tunnel forwards to, as seen from the server
+    user: str
+    key: Path
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def server_pids(self) -> list[int]: ...
+
+
+def make_client_key(directory: Path, name: str) -> Path:
+    path = directory / name
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@bench", "-f", path],
+        timeout=30)
+    return path
+
+
+def env_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}
+
+
+class SshregStack:
+    """sshreg serving on a free loopback port, its storage in `storage`."""
+
+    name = "sshreg"
+    target = "localhost:80"
+    user = "bench"
+
+    def __init__(self, workdir: Path, storage: Storage) -> None:
+        self.workdir = workdir
+        self.storage = storage
+        self.keys = workdir / "keys"
+        self.keys.mkdir(parents=True, exist_ok=True)
+        self.key = make_client_key(workdir, "client")
+        (self.keys / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
+        self.ssh_port = free_port()
+        self.proc: Proc | None = None
+
+    def _storage_args(self) -> tuple[str, dict[str, str]]:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        if self.storage.s3 is None:
+            return str(self.storage.path), env
+        s3 = self.storage.s3
+        env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key,
+                   AWS_ENDPOINT_URL_S3=s3.endpoint)
+        env.pop("AWS_PROFILE", None)
+        return f"s3://{self.storage.bucket}/registry", env
+
+    def start(self) -> None:
+        url, env = self._storage_args()
+        log = self.workdir / "sshreg.log"
+        self.proc = Proc([sys.executable, "-m", "sshreg", "serve", "--listen",
+                          f"127.0.0.1:{self.ssh_port}", "--keys", self.keys, "--storage", url],
+                         log, env=env, cwd=self.workdir)
+        self.proc.wait_ready(lambda: "sshreg ready" in log.read_text(errors="replace"),
+                             START_TIMEOUT, "sshreg to start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=30)
+
+    def server_pids(self) -> list[int]:
+        assert self.proc is not None
+        return [self.proc.pid]
+
+
+SSHD_CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {pid_file}
+AuthorizedKeysFile {authorized_keys}
+StrictModes no
+UsePAM no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthenticationMethods publickey
+AllowTcpForwarding local
+PermitOpen 127.0.0.1:{registry_port}
+AllowAgentForwarding no
+X11Forwarding no
+PermitTTY no
+PrintMotd no
+MaxStartups 200
+LogLevel ERROR
+"""
+
+
+def registry_config(storage: Storage, root: Path, port: int) -> dict[str, object]:
+    """distribution's configuration (JSON is valid YAML), pulls kept in the tunnel."""
+    if storage.s3 is not None:
+        driver: dict[str, object] = {"s3": {
+            "accesskey": storage.s3.access_key, "secretkey": storage.s3.secret_key,
+            "region": "us-east-1", "regionendpoint": storage.s3.endpoint,
+            "bucket": storage.bucket, "rootdirectory": "/registry", "forcepathstyle": True,
+            "secure": False, "v4auth": True}}
+    else:
+        driver = {"filesystem": {"rootdirectory": str(storage.path)}}
+    return {
+        "version": "0.1",
+        "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {**driver, "delete": {"enabled": True}, "redirect": {"disable": True},
+                    "maintenance": {"uploadpurging": {"enabled": False}}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+    }
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+class ReferenceStack:
+    """OpenSSH sshd forwarding to distribution, both on free loopback ports."""
+
+    name = "reference"
+    user = "root"
+
+    def __init__(self, workdir: Path, storage: Storage) -> None:
+        self.workdir = workdir
+        self.storage = storage
+        self.key = make_client_key(workdir, "client")
+        self.host_key = workdir / "ssh_host_ed25519_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.host_key], timeout=30)
+        self.ssh_port = free_port()
+        self.registry_port = free_port()
+        self.target = f"127.0.0.1:{self.registry_port}"
+        self.sshd: Proc | None = None
+        self.registry: Proc | None = None
+
+    def _write_configs(self) -> tuple[Path, Path]:
+        authorized = self.workdir / "authorized_keys"
+        authorized.write_text(self.key.with_suffix(".pub").read_text())
+        sshd_config = self.workdir / "sshd_config"
+        sshd_config.write_text(SSHD_CONFIG.format(
+            port=self.ssh_port, host_key=self.host_key, pid_file=self.workdir / "sshd.pid",
+            authorized_keys=authorized, registry_port=self.registry_port))
+        registry_yml = self.workdir / "registry.yml"
+        registry_yml.write_text(json.dumps(registry_config(
+            self.storage, self.workdir, self.registry_port), indent=1))
+        registry_yml.chmod(0o600)
+        return sshd_config, registry_yml
+
+    def start(self) -> None:
+        sshd_config, registry_yml = self._write_configs()
+        # distribution's S3 driver panics when AWS_CA_BUNDLE is set; only its env drops it.
+        self.registry = Proc([REGISTRY, "serve", registry_yml], self.workdir / "registry.log",
+                             env=env_without("AWS_CA_BUNDLE"), cwd=self.workdir)
+        self.registry.wait_ready(lambda: http_ok(f"http://{self.target}/v2/"), START_TIMEOUT,
+                                 "docker-registry to answer")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+        self.sshd = Proc([SSHD, "-D", "-e", "-f", sshd_config], self.workdir / "sshd.log",
+                         cwd=self.workdir)
+        self.sshd.wait_ready(lambda: accepts(self.ssh_port), START_TIMEOUT, "sshd to listen")
+
+    def stop(self) -> None:
+        for proc in (self.sshd, self.registry):
+            if proc is not None:
+                proc.stop()
+
+    def server_pids(self) -> list[int]:
+        assert self.sshd is not None and self.registry is not None
+        return [self.sshd.pid, self.registry.pid]
+
+
+CIPHER_LINE = re.compile(r"kex: server->client cipher: (\S+) MAC: (\S+)")
+
+
+class Tunnel:
+    """`ssh -N -L 127.0.0.1:PORT:TARGET` to a stack, with OpenSSH's default preferences."""
+
+    def __init__(self, stack: Stack, log_dir: Path, index: int = 0) -> None:
+        self.port = free_port()
+        self.log_path = log_dir / f"ssh-{stack.name}-{index}-{self.port}.log"
+        args = ["ssh", "-v", "-F", "/dev/null", "-p", str(stack.ssh_port), "-i", str(stack.key),
+                "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=15", "-o", "ExitOnForwardFailure=yes",
+                "-N", "-L", f"127.0.0.1:{self.port}:{stack.target}", f"{stack.user}@127.0.0.1"]
+        self.proc = Proc(args, self.log_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = TUNNEL_TIMEOUT) -> None:
+        self.proc.wait_ready(lambda: accepts(self.port) and http_ok(self.url + "/v2/"), timeout,
+                             f"the tunnel on port {self.port}")
+
+    def cipher(self) -> str:
+        match = CIPHER_LINE.search(self.log_path.read_text(errors="replace"))
+        if not match:
+            return "unknown"
+        return match[1] if match[2] == "<implicit>" else f"{match[1]}+{match[2]}"
+
+    def close(self) -> None:
+        self.proc.stop()
+
+
+def open_tunnel(stack: Stack, log_dir: Path, index: int = 0) -> Tunnel:
+    tunnel = Tunnel(stack, log_dir, index)
+    try:
+        tunnel.wait_ready()
+    except BaseException:
+        tunnel.close()
+        raise
+    return tunnel
+
+
+def wait_tunnels(tunnels: list[Tunnel], timeout: float) -> None:
+    """Wait for several tunnels at once (their SSH handshakes overlap)."""
+    pending = list(tunnels)
+
+    def all_ready() -> bool:
+        for tunnel in list(pending):
+            if not tunnel.proc.alive():
+                raise RuntimeError(f"ssh exited:\n{tunnel.proc.log_tail()}")
+            if accepts(tunnel.port) and http_ok(tunnel.url + "/v2/"):
+                pending.remove(tunnel)
+        return not pending
+
+    wait_until(all_ready, timeout, f"{len(tunnels)} tunnels", interval=0.1)
