@@ -56,6 +56,7 @@ DEFAULT_PART_SIZE = 32 << 20  # 10,000 parts of 32 MiB: blobs up to 312.5 GiB
 DEFAULT_PART_CONCURRENCY = 4
 READ_CHUNK = 1 << 20
 LIST_PAGE = 1000
+MAX_LISTING_PAGES = 1_000_000  # a bound on any listing loop, should a server never end one
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 ABORT_WAIT_SECONDS = 120.0  # how long abort waits for in-flight parts before aborting anyway
 
@@ -317,26 +318,20 @@ class S3Driver:
         if start_after:
             params["StartAfter"] = self._prefix + start_after
         cut = len(self._prefix)
-        async for page in self._pages("list_objects_v2", params, ("NextContinuationToken",),
-                                      ("ContinuationToken",)):
+        tokens: set[str] = set()
+        for _ in range(MAX_LISTING_PAGES):
+            page = await self.call("list_objects_v2", **params)
             for obj in page.get("Contents", ()):
                 yield ObjectInfo(obj["Key"][cut:], obj["Size"], obj["LastModified"].timestamp(),
                                  obj["ETag"])
-
-    async def _pages(self, operation: str, params: dict[str, Any], next_fields: tuple[str, ...],
-                     marker_fields: tuple[str, ...]) -> AsyncIterator[dict[str, Any]]:
-        """Pages of a listing, one request at a time; stops if the markers stop moving."""
-        seen: set[tuple[Any, ...]] = set()
-        while True:
-            page = await self.call(operation, **params)
-            yield page
             if not page.get("IsTruncated"):
                 return
-            markers = tuple(page.get(name) for name in next_fields)
-            if not any(markers) or markers in seen:
-                raise S3StorageError(f"s3 {operation}: the listing does not advance")
-            seen.add(markers)
-            params = {**params, **dict(zip(marker_fields, markers, strict=True))}
+            token = page.get("NextContinuationToken")
+            if not token or token in tokens:
+                raise S3StorageError("s3 list_objects_v2: the listing does not advance")
+            tokens.add(token)
+            params["ContinuationToken"] = token
+        raise S3StorageError("s3 list_objects_v2: too many pages")
 
     # -- large objects -------------------------------------------------------------
 
@@ -377,24 +372,44 @@ class S3Driver:
                               Params=params, ExpiresIn=seconds)
 
     async def abort_stale_uploads(self, older_than: float) -> int:
-        """Abort multipart uploads under the prefix initiated more than `older_than` s ago."""
+        """Abort multipart uploads under the prefix initiated more than `older_than` s ago.
+
+        Page by page, so memory stays bounded. A server that pages without a NextKeyMarker
+        (SeaweedFS 4.48 does, and its second page comes back empty) is listed again from the
+        start after each page that had something to abort: aborted uploads are gone then.
+        """
         cutoff = time.time() - older_than
         params: dict[str, Any] = {"Prefix": self._prefix, "MaxUploads": LIST_PAGE}
         aborted = 0
-        # Page by page, so memory stays bounded; the markers are positions, so aborting what
-        # a page listed does not disturb the next page.
-        async for page in self._pages("list_multipart_uploads", params,
-                                      ("NextKeyMarker", "NextUploadIdMarker"),
-                                      ("KeyMarker", "UploadIdMarker")):
-            for upload in page.get("Uploads", ()):
-                if upload["Initiated"].timestamp() >= cutoff:
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    await self.call("abort_multipart_upload", Key=upload["Key"],
-                                    UploadId=upload["UploadId"])
+        seen: set[tuple[str, str]] = set()
+        for _ in range(MAX_LISTING_PAGES):
+            page = await self.call("list_multipart_uploads", **params)
+            stale = [u for u in page.get("Uploads", ()) if u["Initiated"].timestamp() < cutoff]
+            for upload in stale:
+                if await self._abort_upload(upload["Key"], upload["UploadId"]):
                     aborted += 1
-                    log.info("aborted stale multipart upload of %s", upload["Key"])
-        return aborted
+            if not page.get("IsTruncated"):
+                return aborted
+            markers = (page.get("NextKeyMarker") or "", page.get("NextUploadIdMarker") or "")
+            if markers[0] and markers not in seen:
+                seen.add(markers)
+                params.update(KeyMarker=markers[0], UploadIdMarker=markers[1])
+            elif stale:
+                params.pop("KeyMarker", None)
+                params.pop("UploadIdMarker", None)
+            else:
+                log.warning("listing multipart uploads does not advance; stopped after "
+                            "aborting %d", aborted)
+                return aborted
+        raise S3StorageError("s3 list_multipart_uploads: too many pages")
+
+    async def _abort_upload(self, key: str, upload_id: str) -> bool:
+        try:
+            await self.call("abort_multipart_upload", Key=key, UploadId=upload_id)
+        except FileNotFoundError:
+            return False
+        log.info("aborted stale multipart upload %s of %s", upload_id, key)
+        return True
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -541,7 +556,7 @@ class S3Upload:
         if self._error is None and self._state != "aborted":
             return
         error = self._error
-        await self.abort()
+        await self._abort_quietly()
         if isinstance(error, StorageError):
             raise error
         if error is None:
@@ -565,10 +580,10 @@ class S3Upload:
             else:
                 await self._complete()
         except FileNotFoundError as exc:  # NoSuchUpload: aborted under us (a stale sweep)
-            await self.abort()
+            await self._abort_quietly()
             raise StorageError(f"{self._key}: the multipart upload is gone: {exc}") from exc
         except BaseException:
-            await self.abort()
+            await self._abort_quietly()
             raise
         self._state = "committed"
         self._buffer = None
@@ -605,6 +620,14 @@ class S3Upload:
         await self._driver.call("complete_multipart_upload", Key=self._full_key,
                                 UploadId=upload_id, MultipartUpload={"Parts": parts})
         self._upload_id = None
+
+    async def _abort_quietly(self) -> None:
+        """Abort on a failure path: the failure is what the caller must see, not the abort's
+        own trouble (an unreachable service); the stale-upload sweep retries it later."""
+        try:
+            await self.abort()
+        except StorageError as exc:
+            log.warning("aborting the upload to %s failed: %s", self._key, exc)
 
     async def abort(self) -> None:
         """Discard everything; idempotent, and retried by a later call if the service failed."""
