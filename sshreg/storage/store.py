@@ -190,6 +190,8 @@ class RegistryStore:
         current = await self.driver.get(key)
         if current is not None:
             existing = json.loads(current.data)
+            if existing["key"] == record.key:
+                return record  # our write landed; a retry of it was what failed (S3)
             if await self.driver.stat(existing["key"]):
                 await self.driver.delete(record.key)
                 return BlobRecord(record.digest, existing["size"], existing["key"])
@@ -207,7 +209,8 @@ class RegistryStore:
         winner = await self.blob(record.digest)
         if winner is None:
             raise RuntimeError(f"blob record for {record.digest} vanished while publishing")
-        await self.driver.delete(record.key)
+        if winner.key != record.key:
+            await self.driver.delete(record.key)
         return winner
 
     def read_blob(self, record: BlobRecord, start: int = 0, end: int | None = None
