@@ -412,7 +412,9 @@ class S3Driver:
         return True
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Finish running calls (bounded by boto's timeouts) without blocking the loop."""
+        shutdown = functools.partial(self._pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, shutdown)
         self._client.close()
 
 
