@@ -512,7 +512,7 @@ async def test_a_server_that_stops_mid_upload_fails_the_upload(tmp_path):
 
 def test_settings_from_an_s3_url():
     settings = S3Settings.from_url("s3://my-bucket/some/prefix/", endpoint_url=None,
-                                   region=None, part_size=8 * MiB, part_concurrency=3)
+                                   region="", part_size=8 * MiB, part_concurrency=3)
     assert (settings.bucket, settings.prefix, settings.region) == ("my-bucket", "some/prefix/",
                                                                    "auto")
     assert (settings.part_size, settings.part_concurrency, settings.pool_threads) == (

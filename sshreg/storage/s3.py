@@ -123,7 +123,7 @@ class S3Settings:
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> S3Settings:
-        """Settings for `s3://BUCKET[/PREFIX]`; overrides that are None are ignored."""
+        """Settings for `s3://BUCKET[/PREFIX]`; overrides that are None or "" are ignored."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"not an s3://BUCKET[/PREFIX] URL: {url!r}")
@@ -131,7 +131,7 @@ class S3Settings:
         unknown = set(overrides) - known
         if unknown:
             raise TypeError(f"unknown S3 settings: {', '.join(sorted(unknown))}")
-        given = {k: v for k, v in overrides.items() if v is not None}
+        given = {k: v for k, v in overrides.items() if v is not None and v != ""}
         return cls(bucket=parts.netloc, prefix=parts.path, **given)
 
 
