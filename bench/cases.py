@@ -68,6 +68,7 @@ class RunContext:
     sizes: Sizes
     run_index: int
     state: dict[str, Any] = field(default_factory=dict)  # what one case leaves for the next
+    notes: list[str] = field(default_factory=list)  # what went wrong, for the log
 
     def measure(self) -> Measure:
         return Measure(self.stack.server_pids())
@@ -224,20 +225,26 @@ def _pull_all(tunnels: list[Tunnel], image: PushedImage) -> tuple[int, int, floa
 
 
 def concurrent_pulls(ctx: RunContext) -> Metrics:
-    """N tunnels (N SSH connections), each pulling the small image, all at once."""
+    """N tunnels (N SSH connections), each pulling the small image, all at once. A tunnel
+    that does not come up counts as a failed pull."""
     image = _small_image(ctx)
     started = time.perf_counter()
     tunnels = [Tunnel(ctx.stack, ctx.log_dir, i + 1) for i in range(ctx.sizes.tunnels)]
     try:
-        wait_tunnels(tunnels, TUNNELS_TIMEOUT)
+        broken = wait_tunnels(tunnels, TUNNELS_TIMEOUT)
         setup = time.perf_counter() - started
+        for tunnel in broken:
+            ctx.notes.append(f"tunnel {tunnel.port} failed: {tunnel.proc.log_tail(8)}")
+        working = [t for t in tunnels if t not in broken]
         with ctx.measure() as m:
-            nbytes, failures, seconds = _pull_all(tunnels, image)
+            nbytes, failures, seconds = _pull_all(working, image)
     finally:
         for tunnel in tunnels:
             tunnel.close()
-    return {"mb_s": nbytes / seconds / 1e6, "failures": failures, "seconds": seconds,
-            "tunnel_setup_s": setup, "cpu_per_gib": m.cpu_seconds / (nbytes / (1 << 30)) if nbytes else 0}
+    return {"mb_s": nbytes / seconds / 1e6 if seconds > 0 else 0.0,
+            "failures": failures + len(broken),
+            "seconds": seconds, "tunnel_setup_s": setup,
+            "cpu_per_gib": m.cpu_seconds / (nbytes / (1 << 30)) if nbytes else 0}
 
 
 CASES: dict[str, Callable[[RunContext], Metrics]] = {

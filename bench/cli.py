@@ -81,6 +81,7 @@ class Bench:
         self.workdir = workdir
         self.client_dir = client_dir
         self.ciphers: dict[str, dict[str, str]] = {}
+        self.troubled = False  # something failed in the current stack: keep its logs
 
     def storage_for(self, kind: str, directory: Path, seaweed: Seaweed | None, name: str,
                     run: int) -> Storage:
@@ -98,6 +99,7 @@ class Bench:
         directory.mkdir(parents=True)
         storage = self.storage_for(kind, directory, seaweed, name, run)
         results: dict[str, Metrics] = {}
+        self.troubled = False
         try:
             storage.prepare()
             stack = _make_stack(name, directory, storage)
@@ -107,13 +109,24 @@ class Bench:
             finally:
                 stack.stop()
         except Exception as exc:
+            self.troubled = True
             progress(f"{kind} {name} run {run + 1}: stack failed: {exc}")
             for case in self.cases_for(run):
                 results.setdefault(case, {"error": f"stack: {type(exc).__name__}: {exc}"[:800]})
         finally:
+            if self.troubled:
+                self.keep_logs(directory)
             storage.cleanup()
             shutil.rmtree(directory, ignore_errors=True)
         return results
+
+    def keep_logs(self, directory: Path) -> None:
+        """Copy the server and tunnel logs of a stack that had trouble next to the results."""
+        target = self.args.out.parent / "logs" / directory.name
+        target.mkdir(parents=True, exist_ok=True)
+        for log in directory.rglob("*.log"):
+            shutil.copy(log, target / log.name)
+        progress(f"  logs kept in {target}")
 
     def _run_cases(self, kind: str, stack: Stack, run: int, directory: Path,
                    state: dict[str, Any], results: dict[str, Metrics]) -> None:
@@ -128,6 +141,10 @@ class Bench:
                 except Exception as exc:
                     results[case] = {"error": f"{type(exc).__name__}: {exc}"[:800]}
                 progress(f"{kind} run {run + 1} {stack.name} {case}: {_summary(results[case])}")
+                for note in ctx.notes:
+                    progress(f"  note: {note}")
+                self.troubled |= bool(ctx.notes) or "error" in results[case]
+                ctx.notes.clear()
         finally:
             tunnel.close()
 

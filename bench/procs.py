@@ -43,10 +43,38 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port outside the kernel's ephemeral range: a port picked from that range can
+    be taken as the source port of some outgoing connection (50 ssh clients make plenty)
+    before the process meant to listen on it binds it."""
+    low, high = _ephemeral_range()
+    candidates = [(1025, low - 1), (high + 1, 65535)]
+    lo, hi = max(candidates, key=lambda c: c[1] - c[0])
+    if hi - lo < 1000:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    rng = random.SystemRandom()
+
+    def pick() -> int | None:
+        port = rng.randrange(max(lo, 10_000), hi)
+        if port in _handed_out or not port_is_free(port):
+            return None
+        _handed_out.add(port)  # never twice in one bench, even if its user has not bound it yet
+        return port
+
+    return wait_until(pick, 10, "a free port", interval=0)
 
 
 def free_port_with_twin(offset: int = 10_000, taken: Sequence[int] = ()) -> int:
@@ -55,7 +83,7 @@ def free_port_with_twin(offset: int = 10_000, taken: Sequence[int] = ()) -> int:
     busy = set(taken) | {p + offset for p in taken} | {p - offset for p in taken}
 
     def pick() -> int | None:
-        port = rng.randrange(20_000, 45_000)
+        port = rng.randrange(12_000, 22_700)  # both below the ephemeral range
         if port in busy or port + offset in busy:
             return None
         return port if port_is_free(port) and port_is_free(port + offset) else None

@@ -175,7 +175,8 @@ def markdown(result: dict[str, Any]) -> str:
     parts = [
         f"Measured {machine['date']} on {machine['nproc']} cores ({machine['cpu']}), "
         f"{machine['kernel']}; load average {machine['load_before']} before, "
-        f"{machine['load_after']} after. {config['runs']} run(s) per stack, alternating, "
+        f"{machine['load_after']} after. sshreg at {machine.get('source', '?')}. "
+        f"{config['runs']} run(s) per stack, alternating, "
         f"medians{' (quick mode: tiny sizes)' if config['quick'] else ''}. "
         f"Negotiated ciphers: {ciphers}. Versions: {machine['versions']}.",
         "",
@@ -228,6 +229,14 @@ def _cpu_model() -> str:
     return match[1].strip() if match else "?"
 
 
+def source_state() -> str:
+    """The commit measured, and whether sshreg/ had uncommitted changes (a shared tree)."""
+    root = Path(__file__).resolve().parent.parent
+    commit = _command_version(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
+    dirty = _command_version(["git", "-C", str(root), "status", "--porcelain", "--", "sshreg"])
+    return f"{commit}{' + uncommitted changes in sshreg/' if dirty not in ('?', '') else ''}"
+
+
 def machine_info() -> dict[str, Any]:
     versions = {
         "python": platform.python_version(), "asyncssh": _package("asyncssh"),
@@ -242,7 +251,7 @@ def machine_info() -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(), "cpu": _cpu_model(),
         "kernel": f"{platform.system()} {platform.release()}",
-        "load_before": _load(), "load_after": None,
+        "load_before": _load(), "load_after": None, "source": source_state(),
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
     }
 

@@ -277,16 +277,23 @@ def open_tunnel(stack: Stack, log_dir: Path, index: int = 0) -> Tunnel:
     return tunnel
 
 
-def wait_tunnels(tunnels: list[Tunnel], timeout: float) -> None:
-    """Wait for several tunnels at once (their SSH handshakes overlap)."""
+def wait_tunnels(tunnels: list[Tunnel], timeout: float) -> list[Tunnel]:
+    """Wait for several tunnels at once (their SSH handshakes overlap); returns those that
+    failed (ssh exited, or not ready within `timeout`)."""
     pending = list(tunnels)
+    failed: list[Tunnel] = []
 
-    def all_ready() -> bool:
+    def all_done() -> bool:
         for tunnel in list(pending):
             if not tunnel.proc.alive():
-                raise RuntimeError(f"ssh exited:\n{tunnel.proc.log_tail()}")
-            if accepts(tunnel.port) and http_ok(tunnel.url + "/v2/"):
+                pending.remove(tunnel)
+                failed.append(tunnel)
+            elif accepts(tunnel.port) and http_ok(tunnel.url + "/v2/"):
                 pending.remove(tunnel)
         return not pending
 
-    wait_until(all_ready, timeout, f"{len(tunnels)} tunnels", interval=0.1)
+    try:
+        wait_until(all_done, timeout, f"{len(tunnels)} tunnels", interval=0.1)
+    except TimeoutError:
+        failed.extend(pending)
+    return failed
