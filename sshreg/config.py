@@ -24,6 +24,18 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     [registry]
     max_manifest_size = "4MiB"
     upload_idle_timeout = "10m"   # an upload session untouched this long is aborted
+    body_idle_timeout = "2m"      # a request body that sends nothing this long is cut off
+
+    [limits]
+    max_connections = 256         # SSH connections in total
+    max_connections_per_key = 32
+    max_auth_attempts = 6         # keys tried on one connection
+    max_auth_failures_per_minute = 20   # per source address, then refused for a minute
+    max_channels_per_connection = 64    # concurrent tunnelled HTTP connections
+    idle_timeout = "1h"           # an SSH connection without open channels this long is closed
+
+    [metrics]
+    listen = ""                   # loopback HOST:PORT for /metrics and /health, e.g. 127.0.0.1:9419
 
     [log]
     level = "info"
@@ -96,6 +108,16 @@ class Config:
 
     max_manifest_size: int = 4 << 20
     upload_idle_timeout: float = 600.0
+    body_idle_timeout: float = 120.0
+
+    max_connections: int = 256
+    max_connections_per_key: int = 32
+    max_auth_attempts: int = 6
+    max_auth_failures_per_minute: int = 20
+    max_channels_per_connection: int = 64
+    idle_timeout: float = 3600.0
+
+    metrics_listen: str = ""
 
     log_level: str = "info"
     log_format: str = "text"
@@ -128,6 +150,16 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("storage", "stale_upload_age"): ("stale_upload_age", parse_duration),
     ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
     ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
+    ("registry", "body_idle_timeout"): ("body_idle_timeout", parse_duration),
+    ("limits", "max_connections"): ("max_connections", lambda v, w: _positive(v, w)),
+    ("limits", "max_connections_per_key"): ("max_connections_per_key", lambda v, w: _positive(v, w)),
+    ("limits", "max_auth_attempts"): ("max_auth_attempts", lambda v, w: _positive(v, w)),
+    ("limits", "max_auth_failures_per_minute"):
+        ("max_auth_failures_per_minute", lambda v, w: _positive(v, w)),
+    ("limits", "max_channels_per_connection"):
+        ("max_channels_per_connection", lambda v, w: _positive(v, w)),
+    ("limits", "idle_timeout"): ("idle_timeout", parse_duration),
+    ("metrics", "listen"): ("metrics_listen", lambda v, w: _str(v, w)),
     ("log", "level"): ("log_level", lambda v, w: _choice(v, w, ("debug", "info", "warning", "error"))),
     ("log", "format"): ("log_format", lambda v, w: _choice(v, w, ("text", "json", "logfmt"))),
 }
@@ -212,6 +244,11 @@ def _apply_file(config: Config, path: Path) -> Config:
 
 
 def validate(config: Config) -> None:
+    if config.metrics_listen:
+        host, _ = parse_listen(config.metrics_listen)
+        if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+            raise ConfigError(f"metrics.listen: {config.metrics_listen!r} must be a loopback "
+                              "address (metrics are not authenticated)")
     if config.is_s3 and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?", config.storage):
         raise ConfigError(f"storage: {config.storage!r} is not s3://BUCKET[/PREFIX]")
     if not 5 << 20 <= config.part_size <= 5 << 30:

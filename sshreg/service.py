@@ -10,10 +10,14 @@ import signal
 import socket
 from pathlib import Path
 
-from .config import Config, ConfigError
+from aiohttp import web
+
+from .config import Config, ConfigError, parse_listen
+from .metrics import InstrumentedDriver, Metrics
 from .registry.app import Registry, RegistrySettings
 from .ssh.authorized_keys import AuthorizedKeys
 from .ssh.hostkey import HostKeyError, load_or_create_host_key
+from .ssh.limits import Limits
 from .ssh.server import Gateway, GatewaySettings
 from .storage.base import Driver
 from .storage.filesystem import FilesystemDriver
@@ -44,6 +48,7 @@ def registry_settings(config: Config) -> RegistrySettings:
     return RegistrySettings(
         max_manifest_size=config.max_manifest_size,
         upload_idle_timeout=config.upload_idle_timeout,
+        body_idle_timeout=config.body_idle_timeout,
         part_size=config.part_size if config.is_s3 else None,
         redirect_expiry=int(config.redirect_expiry),
     )
@@ -58,6 +63,14 @@ def gateway_settings(config: Config) -> GatewaySettings:
         ciphers=config.ciphers,
         login_timeout=config.login_timeout,
         keepalive_interval=config.keepalive_interval,
+        limits=Limits(
+            max_connections=config.max_connections,
+            max_connections_per_key=config.max_connections_per_key,
+            max_auth_attempts=config.max_auth_attempts,
+            max_auth_failures_per_minute=config.max_auth_failures_per_minute,
+            max_channels_per_connection=config.max_channels_per_connection,
+            idle_timeout=config.idle_timeout,
+        ),
     )
 
 
@@ -94,11 +107,14 @@ class Service:
         except (HostKeyError, OSError) as exc:
             raise ConfigError(f"host key: {exc}") from None
         self.keys = AuthorizedKeys(config.keys / "authorized_keys")
+        self.metrics = Metrics()
         self.driver = driver or open_driver(config)
-        self.registry = Registry(RegistryStore(self.driver), registry_settings(config))
+        store = RegistryStore(InstrumentedDriver(self.driver, self.metrics))
+        self.registry = Registry(store, registry_settings(config), metrics=self.metrics)
         self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
-                               self.registry.server())
+                               self.registry.server(), self.metrics)
         self._sweeper: asyncio.Task[None] | None = None
+        self._metrics_runner: web.AppRunner | None = None
 
     @property
     def port(self) -> int:
@@ -116,9 +132,49 @@ class Service:
                               ) from None
         self._sweeper = asyncio.create_task(
             _sweep_stale_uploads(self.driver, self.config.stale_upload_age))
+        if self.config.metrics_listen:
+            await self._start_metrics()
         log.info("sshreg ready: ssh on %s:%d, storage %s, host key %s, %d authorized key(s)",
                  self.config.listen_host, self.port, self.driver,
                  self.host_key.get_fingerprint("sha256"), len(self.keys.entries()))
+
+    async def _start_metrics(self) -> None:
+        """/metrics (Prometheus) and /health on a loopback port; they need no key."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/health", self._serve_health)
+        self._metrics_runner = web.AppRunner(app, access_log=None)
+        await self._metrics_runner.setup()
+        host, port = parse_listen(self.config.metrics_listen)
+        site = web.TCPSite(self._metrics_runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.config.metrics_listen} for metrics: "
+                              f"{exc.strerror or exc}") from None
+        bound = self._metrics_runner.addresses[0]
+        log.info("metrics on http://%s:%d/metrics", bound[0], bound[1])
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_runner.addresses[0][1] if self._metrics_runner else None
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain",
+                            charset="utf-8", headers={"Cache-Control": "no-store"})
+
+    async def _serve_health(self, request: web.Request) -> web.Response:
+        """200 when storage answers within 5 seconds, 503 otherwise."""
+        try:
+            async with asyncio.timeout(5):
+                await self.registry.store.health_check()
+        except Exception as exc:  # any failure means unhealthy; say which
+            log.warning("health check failed: %s", exc)
+            return web.json_response({"status": "unhealthy", "storage": str(exc) or
+                                      type(exc).__name__}, status=503)
+        return web.json_response({"status": "ok", "storage": repr(self.driver),
+                                  "connections": len(self.gateway.connections),
+                                  "uploads": len(self.registry.sessions)})
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop accepting, let running requests finish for `grace` seconds, then close all."""
@@ -134,6 +190,8 @@ class Service:
                 await self._sweeper
         await self.gateway.close()
         await self.registry.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         await self.driver.close()
         log.info("stopped")
 

@@ -125,8 +125,8 @@ async def test_slow_storage_throttles_a_1gib_upload_instead_of_growing_memory(tm
         await tunnel.wait()
         await service.stop(grace=5)
     growth = (peak[0] - baseline) / MiB
+    # The server shares this process with pytest, so only its growth is the server's.
     assert growth < 64, f"server memory grew by {growth:.0f} MiB during a throttled upload"
-    assert peak[0] / MiB < 200
 
 
 async def test_a_client_killed_mid_upload_frees_its_handler_promptly(tmp_path):

@@ -157,7 +157,11 @@ def _forward_attempt(server: SshregServer, key: ClientKey, target: str) -> tuple
         status = _http_status_through(local)
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=10)
+        try:
+            _, stderr = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # OpenSSH 9.2 sometimes ignores SIGTERM here
+            proc.kill()
+            _, stderr = proc.communicate(timeout=5)
     return status, stderr.decode()
 
 

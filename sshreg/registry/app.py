@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from aiohttp import HttpVersion11, web
 
 from ..access import Action, Identity
+from ..metrics import Metrics
 from ..references import is_valid_name
 from ..storage.base import PreconditionFailed, StorageError
 from ..storage.store import RegistryStore
@@ -46,6 +47,7 @@ class RegistrySettings:
     max_manifest_size: int = 4 << 20
     upload_batch: int = 4 << 20  # bytes hashed and written per storage call
     upload_idle_timeout: float = 600.0  # an upload session with no request for this long is aborted
+    body_idle_timeout: float = 120.0  # a request body that sends nothing for this long is cut off
     part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None
     redirect_expiry: int = 0  # >0: pulls of blobs are redirected to presigned URLs valid this long
     max_page: int = 10_000  # largest `n` for tags/list and _catalog
@@ -92,11 +94,13 @@ class Registry:
         settings: RegistrySettings | None = None,
         *,
         identify: Callable[[web.BaseRequest], Identity | None] = identity_from_transport,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or RegistrySettings()
         self.identify = identify
-        self.sessions = UploadSessions(self.settings.upload_idle_timeout)
+        self.metrics = metrics or Metrics()
+        self.sessions = UploadSessions(self.settings.upload_idle_timeout, self.metrics)
         self.in_flight = 0  # requests being handled right now
 
     async def start(self) -> None:
@@ -106,8 +110,13 @@ class Registry:
         await self.sessions.close()
 
     def server(self, **kwargs: object) -> web.Server:
-        """An aiohttp protocol factory serving this registry (one protocol per connection)."""
+        """An aiohttp protocol factory serving this registry (one protocol per connection).
+
+        A connection that goes away cancels its handler, so an upload whose client died
+        frees its session and storage at once instead of waiting for a timeout.
+        """
         kwargs.setdefault("access_log", None)
+        kwargs.setdefault("handler_cancellation", True)
         return web.Server(self.handle, **kwargs)  # type: ignore[arg-type]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -156,6 +165,10 @@ class Registry:
                 body=json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
                                              "detail": None}]}).encode())
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+        if response.status in (408, 413):
+            response.force_close()  # the rest of the body is never read
+        self.metrics.inc("sshreg_http_requests_total", method=request.method,
+                         route=ctx.route.path if ctx else "-", status=str(response.status))
         if ctx is not None and request.method in WRITE_METHODS and response.status < 400:
             self._audit(request, ctx.identity, response.status, ctx, started)
         return response

@@ -11,7 +11,7 @@ from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_digest, is_valid_tag
 from ..storage.store import ManifestLink
 from .errors import Code, RegistryError
-from .params import digest_param, manifest_location
+from .params import body_chunks, digest_param, manifest_location
 
 if TYPE_CHECKING:
     from .app import Context
@@ -48,13 +48,13 @@ async def get_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
     return web.Response(status=200, body=data, headers=headers)
 
 
-async def _read_limited(request: web.BaseRequest, limit: int) -> bytes:
+async def _read_limited(request: web.BaseRequest, limit: int, idle_timeout: float) -> bytes:
     too_large = RegistryError(Code.MANIFEST_INVALID, f"manifests are limited to {limit} bytes",
                               status=413, message="manifest too large")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     data = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in body_chunks(request, idle_timeout):
         data += chunk
         if len(data) > limit:
             raise too_large
@@ -74,7 +74,8 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
             raise RegistryError(Code.MANIFEST_INVALID, f"invalid tag {tag!r}",
                                 message="invalid tag")
 
-    data = await _read_limited(request, ctx.settings.max_manifest_size)
+    data = await _read_limited(request, ctx.settings.max_manifest_size,
+                              ctx.settings.body_idle_timeout)
     ctx.bytes_in = len(data)
     digest = Digest.of(data, claimed.algorithm if claimed else "sha256")
     if claimed is not None and claimed != digest:

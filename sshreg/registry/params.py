@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
+
+from aiohttp import web
 
 from ..references import Digest
 from .errors import Code, RegistryError
@@ -43,3 +46,20 @@ def blob_location(name: str, digest: Digest) -> str:
 
 def manifest_location(name: str, digest: Digest) -> str:
     return f"/v2/{name}/manifests/{digest}"
+
+
+async def body_chunks(request: web.BaseRequest, idle_timeout: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a body that sends nothing for `idle_timeout` seconds
+    is cut off with 408 (the connection is then closed), so a stalled client cannot hold a
+    handler and its upload forever."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RegistryError(Code.BLOB_UPLOAD_INVALID,
+                                f"no request body data for {idle_timeout:.0f}s", status=408,
+                                message="request body stalled") from None
+        if not chunk:
+            return
+        yield chunk

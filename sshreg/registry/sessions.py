@@ -16,6 +16,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from ..metrics import Metrics
 from ..storage.base import Upload
 
 log = logging.getLogger("sshreg.uploads")
@@ -84,8 +85,9 @@ class UploadSession:
 class UploadSessions:
     """The live sessions of this gateway, with an expiry sweep for abandoned ones."""
 
-    def __init__(self, idle_timeout: float) -> None:
+    def __init__(self, idle_timeout: float, metrics: Metrics | None = None) -> None:
         self.idle_timeout = idle_timeout
+        self.metrics = metrics or Metrics()
         self._sessions: dict[str, UploadSession] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -98,6 +100,10 @@ class UploadSessions:
 
     def add(self, session: UploadSession) -> None:
         self._sessions[session.id] = session
+        self._count()
+
+    def _count(self) -> None:
+        self.metrics.set("sshreg_uploads_active", len(self._sessions))
 
     def get(self, session_id: str, name: str, owner: str) -> UploadSession | None:
         session = self._sessions.get(session_id)
@@ -109,12 +115,14 @@ class UploadSessions:
     async def discard(self, session: UploadSession) -> None:
         """Forget a session and abort its storage upload."""
         self._sessions.pop(session.id, None)
+        self._count()
         await session.abort()
 
     def finish(self, session: UploadSession) -> None:
         """Forget a session whose upload was committed."""
         session.closed = True
         self._sessions.pop(session.id, None)
+        self._count()
 
     async def sweep(self) -> int:
         cutoff = time.monotonic() - self.idle_timeout

@@ -19,7 +19,7 @@ from ..access import Action
 from ..references import Digest, is_valid_name
 from ..storage.store import DigestMismatch
 from .errors import Code, RegistryError
-from .params import blob_location, digest_param
+from .params import blob_location, body_chunks, digest_param
 from .ranges import parse_content_range
 from .sessions import UploadSession
 
@@ -69,7 +69,7 @@ async def _receive(request: web.BaseRequest, ctx: Context, session: UploadSessio
     batch_size = ctx.settings.upload_batch
     received = 0
     batch = bytearray()
-    async for chunk in request.content.iter_any():
+    async for chunk in body_chunks(request, ctx.settings.body_idle_timeout):
         batch += chunk
         received += len(chunk)
         if expected is not None and received > expected:
@@ -196,5 +196,7 @@ async def finish_upload(request: web.BaseRequest, ctx: Context) -> web.StreamRes
 
 async def cancel_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     session = _session(ctx)
-    await ctx.sessions.discard(session)
+    async with session.lock:  # let a running PATCH or PUT of this session finish first
+        if not session.closed:
+            await ctx.sessions.discard(session)
     return web.Response(status=204)

@@ -15,22 +15,33 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
 from ..access import Identity
+from ..metrics import Metrics
 from ..registry.app import IDENTITY_INFO
 
 log = logging.getLogger("sshreg.bridge")
 
 
+class ChannelOwner(Protocol):
+    """The SSH connection a channel belongs to, which counts its open channels."""
+
+    def channel_opened(self) -> None: ...
+
+    def channel_closed(self) -> None: ...
+
+
 class ChannelTransport(asyncio.Transport):
     """An SSH channel presented as an asyncio transport to an asyncio protocol."""
 
-    def __init__(self, chan: asyncssh.SSHTCPChannel[bytes], extra: dict[str, Any]) -> None:
+    def __init__(self, chan: asyncssh.SSHTCPChannel[bytes], extra: dict[str, Any],
+                 metrics: Metrics) -> None:
         super().__init__(extra)
         self._chan = chan
+        self._metrics = metrics
         self._protocol: asyncio.BaseProtocol | None = None
         self._closing = False
         self._reading = True
@@ -52,6 +63,7 @@ class ChannelTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._closing:
             self._chan.write(bytes(data) if isinstance(data, memoryview) else data)
+            self._metrics.inc("sshreg_http_sent_bytes_total", len(data))
 
     def writelines(self, list_of_data) -> None:
         self.write(b"".join(list_of_data))
@@ -100,10 +112,12 @@ class HttpChannelSession(asyncssh.SSHTCPSession[bytes]):
     """Feeds a forwarded channel into an HTTP server protocol (aiohttp's RequestHandler)."""
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], identity: Identity,
-                 peer: tuple[str, int]) -> None:
+                 peer: tuple[str, int], metrics: Metrics, owner: ChannelOwner) -> None:
         self._protocol_factory = protocol_factory
         self._identity = identity
         self._peer = peer
+        self._metrics = metrics
+        self._owner = owner
         self._protocol: asyncio.Protocol | None = None
         self._transport: ChannelTransport | None = None
 
@@ -112,13 +126,15 @@ class HttpChannelSession(asyncssh.SSHTCPSession[bytes]):
             IDENTITY_INFO: self._identity,
             "peername": self._peer,
             "sockname": chan.get_extra_info("local_peername"),
-        })
+        }, self._metrics)
+        self._owner.channel_opened()
         self._protocol = self._protocol_factory()
         self._transport.set_protocol(self._protocol)
         self._protocol.connection_made(self._transport)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         assert self._protocol is not None
+        self._metrics.inc("sshreg_http_received_bytes_total", len(data))
         self._protocol.data_received(data)
 
     def eof_received(self) -> bool:
@@ -133,6 +149,7 @@ class HttpChannelSession(asyncssh.SSHTCPSession[bytes]):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
             self._transport._closing = True
+            self._owner.channel_closed()
         if self._protocol is not None:
             self._protocol.connection_lost(exc)
             self._protocol = None

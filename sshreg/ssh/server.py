@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
 
 from ..access import Identity
+from ..metrics import Metrics
 from .authorized_keys import AuthorizedKeys, KeyEntry
 from .bridge import HttpChannelSession
 from .flow import create_channel
+from .limits import FailureTracker, Limits
 from .session import HelpSession, help_text
 
 log = logging.getLogger("sshreg.ssh")
@@ -65,6 +68,7 @@ class GatewaySettings:
     ciphers: tuple[str, ...] = ()  # empty: chosen from the CPU's AES support
     login_timeout: float = 30.0
     keepalive_interval: float = 30.0
+    limits: Limits = field(default_factory=Limits)
 
 
 class GatewayConnection(asyncssh.SSHServer):
@@ -75,20 +79,41 @@ class GatewayConnection(asyncssh.SSHServer):
         self._conn: asyncssh.SSHServerConnection | None = None
         self._peer = ("", 0)
         self._entry: KeyEntry | None = None
+        self._keys_offered: set[bytes] = set()
         self.identity: Identity | None = None
+        self.channels = 0
+        self.last_activity = time.monotonic()
 
     # -- connection and authentication -------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        self._gateway.connections.add(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._peer = (str(peer[0]), int(peer[1]))
+        gateway = self._gateway
+        limits = gateway.settings.limits
+        if len(gateway.connections) >= limits.max_connections:
+            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections",
+                             f"{len(gateway.connections)} connections open")
+        elif gateway.failures.blocked(self._peer[0]):
+            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                             "too many failed logins from this address, try again later",
+                             "address blocked after repeated failed logins")
+        gateway.connections[conn] = self
+        gateway.metrics.set("sshreg_ssh_connections", len(gateway.connections))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gateway.connections.discard(self._conn)
+        self._gateway.connections.pop(self._conn, None)
+        self._gateway.metrics.set("sshreg_ssh_connections", len(self._gateway.connections))
         if self.identity is None:
             log.info("connection from %s closed before authentication", self._peer_text)
+
+    def _disconnect(self, code: int, reason: str, why: str) -> None:
+        who = self.identity.fingerprint if self.identity else "-"
+        log.warning("disconnecting %s (key %s): %s", self._peer_text, who, why)
+        self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind="connection")
+        assert self._conn is not None
+        self._conn.disconnect(code, reason)
 
     @property
     def _peer_text(self) -> str:
@@ -111,6 +136,18 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
+        self._keys_offered.add(key.public_data)
+        if len(self._keys_offered) > self._gateway.settings.limits.max_auth_attempts:
+            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                             "too many authentication attempts", "too many keys offered")
+            return False
+        accepted = self._check_key(username, key, fingerprint)
+        if not accepted:
+            self._gateway.failures.record(self._peer[0])
+            self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
+        return accepted
+
+    def _check_key(self, username: str, key: asyncssh.SSHKey, fingerprint: str) -> bool:
         entries = [e for e in self._gateway.keys.entries() if e.key.public_data == key.public_data]
         if not entries:
             log.warning("refused unknown key %s from %s (user %r)", fingerprint, self._peer_text,
@@ -131,15 +168,32 @@ class GatewayConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         assert self._entry is not None
         self.identity = self._entry.identity(self._peer[0])
+        same_key = sum(1 for c in self._gateway.connections.values()
+                       if c.identity and c.identity.fingerprint == self.identity.fingerprint)
+        if same_key > self._gateway.settings.limits.max_connections_per_key:
+            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                             "too many connections for this key", f"{same_key} connections of key")
+            return
         log.info("key %s (%s) logged in from %s", self.identity.fingerprint,
                  self.identity.comment, self._peer_text)
 
     # -- channels --------------------------------------------------------------------
 
-    def _refuse(self, what: str) -> None:
+    def _refuse(self, what: str, kind: str = "channel") -> None:
         who = self.identity.fingerprint if self.identity else "-"
         comment = self.identity.comment if self.identity else ""
         log.warning("refused %s for key %s (%s) from %s", what, who, comment, self._peer_text)
+        self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind=kind)
+
+    def channel_opened(self) -> None:
+        self.channels += 1
+        self.last_activity = time.monotonic()
+        self._gateway.metrics.add("sshreg_ssh_channels", 1)
+
+    def channel_closed(self) -> None:
+        self.channels -= 1
+        self.last_activity = time.monotonic()
+        self._gateway.metrics.add("sshreg_ssh_channels", -1)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int):
@@ -158,11 +212,16 @@ class GatewayConnection(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"only the registry at localhost:{self._gateway.settings.registry_port} "
                 "can be reached through this server")
-        session = HttpChannelSession(self._gateway.protocol_factory, identity, self._peer)
+        if self.channels >= self._gateway.settings.limits.max_channels_per_connection:
+            self._refuse(f"forwarding to {target} (too many channels)")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                            "too many tunnelled connections at once")
+        session = HttpChannelSession(self._gateway.protocol_factory, identity, self._peer,
+                                     self._gateway.metrics, self)
         return create_channel(self._conn), session
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        self._refuse(f"remote forwarding of {listen_host}:{listen_port}")
+        self._refuse(f"remote forwarding of {listen_host}:{listen_port}", "remote-forward")
         return False
 
     def unix_connection_requested(self, dest_path: str) -> bool:
@@ -183,13 +242,17 @@ class Gateway:
     """The SSH server in front of the registry."""
 
     def __init__(self, settings: GatewaySettings, keys: AuthorizedKeys, host_key: asyncssh.SSHKey,
-                 protocol_factory: Callable[[], asyncio.Protocol]) -> None:
+                 protocol_factory: Callable[[], asyncio.Protocol],
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.keys = keys
         self.host_key = host_key
         self.protocol_factory = protocol_factory
-        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self.metrics = metrics or Metrics()
+        self.failures = FailureTracker(settings.limits.max_auth_failures_per_minute)
+        self.connections: dict[asyncssh.SSHServerConnection, GatewayConnection] = {}
         self._server: asyncssh.SSHAcceptor | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     @property
     def ciphers(self) -> tuple[str, ...]:
@@ -218,6 +281,17 @@ class Gateway:
             keepalive_count_max=4,
             reuse_address=True,
         )
+        self._reaper = asyncio.create_task(self._close_idle_forever())
+
+    async def _close_idle_forever(self) -> None:
+        timeout = self.settings.limits.idle_timeout
+        while True:
+            await asyncio.sleep(max(1.0, min(60.0, timeout / 4)))
+            cutoff = time.monotonic() - timeout
+            for conn, state in list(self.connections.items()):
+                if state.channels == 0 and state.last_activity < cutoff:
+                    log.info("closing idle connection from %s", state._peer_text)
+                    conn.close()
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -226,6 +300,8 @@ class Gateway:
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
 
     async def close(self) -> None:
         """Stop accepting and close every connection."""

@@ -133,6 +133,10 @@ class RegistryStore:
     def _referrers_prefix(self, name: str, subject: Digest) -> str:
         return f"{self._repo(name)}/_referrers/{_digest_path(subject)}/"
 
+    async def health_check(self) -> None:
+        """Raise unless storage answers a read (a missing object is a fine answer)."""
+        await self.driver.stat("catalog/_health")
+
     # -- blobs ---------------------------------------------------------------------
 
     async def blob(self, digest: Digest) -> BlobRecord | None:

@@ -1,0 +1,146 @@
+"""Prometheus metrics in the text exposition format, without a client library.
+
+One `Metrics` object is created by the service and handed to the parts that count
+(registry, bridge, gateway, storage wrapper); `render()` is served on a loopback-only port.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+
+from .storage.base import Blob, Driver, ObjectInfo, StorageError, Upload
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Histogram:
+    def __init__(self, buckets: Iterable[float]) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+
+
+class Metrics:
+    """Counters, gauges and histograms keyed by (name, labels)."""
+
+    HELP = {
+        "sshreg_http_requests_total": ("counter", "HTTP requests by route, method and status"),
+        "sshreg_http_received_bytes_total": ("counter", "bytes received from tunnels"),
+        "sshreg_http_sent_bytes_total": ("counter", "bytes sent into tunnels"),
+        "sshreg_ssh_connections": ("gauge", "open SSH connections"),
+        "sshreg_ssh_channels": ("gauge", "open registry channels (tunnelled HTTP connections)"),
+        "sshreg_ssh_auth_failures_total": ("counter", "refused logins"),
+        "sshreg_ssh_refusals_total": ("counter", "refused channels and requests by kind"),
+        "sshreg_uploads_active": ("gauge", "blob upload sessions in progress"),
+        "sshreg_storage_seconds": ("histogram", "storage operation latency by operation"),
+        "sshreg_storage_errors_total": ("counter", "failed storage operations by operation"),
+    }
+
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        self.gauges: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        self.histograms: dict[str, dict[Labels, Histogram]] = defaultdict(dict)
+
+    def inc(self, name: str, value: float = 1, **labels: str) -> None:
+        self.counters[name][tuple(sorted(labels.items()))] += value
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        self.gauges[name][tuple(sorted(labels.items()))] = value
+
+    def add(self, name: str, value: float, **labels: str) -> None:
+        self.gauges[name][tuple(sorted(labels.items()))] += value
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        series = self.histograms[name]
+        if key not in series:
+            series[key] = Histogram(LATENCY_BUCKETS)
+        series[key].observe(value)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a counter or gauge series (for tests and health output)."""
+        key = tuple(sorted(labels.items()))
+        return self.counters.get(name, {}).get(key) or self.gauges.get(name, {}).get(key, 0.0)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for name in sorted({*self.counters, *self.gauges, *self.histograms}):
+            kind, text = self.HELP.get(name, ("untyped", name))
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            for labels, value in sorted({**self.counters.get(name, {}),
+                                         **self.gauges.get(name, {})}.items()):
+                lines.append(f"{name}{_labels(labels)} {_number(value)}")
+            for labels, hist in sorted(self.histograms.get(name, {}).items()):
+                cumulative = 0
+                for bound, count in zip((*hist.buckets, float("inf")), hist.counts, strict=True):
+                    cumulative += count
+                    le = "+Inf" if bound == float("inf") else _number(bound)
+                    lines.append(f"{name}_bucket{_labels((*labels, ('le', le)))} {cumulative}")
+                lines.append(f"{name}_sum{_labels(labels)} {_number(hist.sum)}")
+                lines.append(f"{name}_count{_labels(labels)} {cumulative}")
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    escaped = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, v in labels)
+    return "{" + ",".join(f'{k}="{v}"' for (k, _), v in zip(labels, escaped, strict=True)) + "}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class InstrumentedDriver:
+    """Wraps a storage driver to time every call and count failures."""
+
+    def __init__(self, inner: Driver, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def _timed(self, op: str, call):
+        started = time.monotonic()
+        try:
+            return await call
+        except (StorageError, OSError):
+            self.metrics.inc("sshreg_storage_errors_total", op=op)
+            raise
+        finally:
+            self.metrics.observe("sshreg_storage_seconds", time.monotonic() - started, op=op)
+
+    async def get(self, key: str) -> Blob | None:
+        return await self._timed("get", self.inner.get(key))
+
+    async def put(self, key: str, data: bytes, **conditions) -> str:
+        return await self._timed("put", self.inner.put(key, data, **conditions))
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        return await self._timed("stat", self.inner.stat(key))
+
+    async def delete(self, key: str) -> None:
+        await self._timed("delete", self.inner.delete(key))
+
+    def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
+        return self.inner.list(prefix, start_after)
+
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        return self.inner.read(key, start, end)
+
+    async def begin_upload(self, key: str, part_size: int | None = None) -> Upload:
+        return await self._timed("begin_upload", self.inner.begin_upload(key, part_size))

@@ -1,0 +1,45 @@
+"""Limits against abuse: how much one address, key or connection may take of the gateway."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 256  # SSH connections in total
+    max_connections_per_key: int = 32
+    max_auth_attempts: int = 6  # keys offered on one connection (as OpenSSH's MaxAuthTries)
+    max_auth_failures_per_minute: int = 20  # per source address; then it is refused a minute
+    max_channels_per_connection: int = 64  # concurrent tunnelled HTTP connections
+    idle_timeout: float = 3600.0  # a connection without channels for this long is closed
+
+
+class FailureTracker:
+    """Failed logins per source address over the last minute."""
+
+    WINDOW = 60.0
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        times = self._failures.get(address)
+        if times is None:
+            return deque()
+        while times and times[0] < now - self.WINDOW:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+        return times
+
+    def record(self, address: str) -> None:
+        now = time.monotonic()
+        self._recent(address, now)
+        self._failures.setdefault(address, deque()).append(now)
+
+    def blocked(self, address: str) -> bool:
+        return len(self._recent(address, time.monotonic())) >= self.limit
