@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,45 @@ from .config import ConfigError, load_config
 log = logging.getLogger("sshreg")
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("--listen", help="HOST:PORT of the SSH server (default 0.0.0.0:2222)")
+    parser.add_argument("--keys", help="folder with authorized_keys and the host key (default keys/)")
+    parser.add_argument("--storage", help="a folder, or s3://BUCKET[/PREFIX] (default data/)")
+    parser.add_argument("--log-format", choices=["text", "json", "logfmt"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _keys_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", help="folder with authorized_keys (default: the config's, else keys/)")
+    parser.add_argument("--config", type=Path, help="TOML configuration file naming the keys folder")
+
+
+def _keys_parser(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="list, add and remove the SSH keys that may log in")
+    actions = keys.add_subparsers(dest="keys_command", required=True)
+
+    add = actions.add_parser("add", help="authorize a key (full access unless restricted)")
+    add.add_argument("key", metavar="FILE_OR_LINE",
+                     help="a .pub file, an authorized_keys line, or - to read stdin")
+    add.add_argument("--pull-only", action="store_true",
+                     help="may only pull (from --repos, else from every repository)")
+    add.add_argument("--repos", action="append", metavar="GLOB",
+                     help="limit pull, push and delete to these repositories (repeatable)")
+    add.add_argument("--comment", metavar="NAME", help="the name shown in logs (default: the key's)")
+    add.add_argument("--replace", action="store_true", help="replace the line if the key is there")
+    _keys_flags(add)
+
+    listing = actions.add_parser("list", help="show every key with its rights, and ignored lines")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    _keys_flags(listing)
+
+    remove = actions.add_parser("remove", help="remove a key by fingerprint or comment")
+    remove.add_argument("selector", metavar="FINGERPRINT_OR_COMMENT")
+    _keys_flags(remove)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,12 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the SSH server and the registry")
-    serve.add_argument("--config", type=Path, help="TOML configuration file")
-    serve.add_argument("--listen", help="HOST:PORT of the SSH server (default 0.0.0.0:2222)")
-    serve.add_argument("--keys", help="folder with authorized_keys and the host key (default keys/)")
-    serve.add_argument("--storage", help="a folder, or s3://BUCKET[/PREFIX] (default data/)")
-    serve.add_argument("--log-format", choices=["text", "json", "logfmt"])
-    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _config_flags(serve)
+    _keys_parser(sub)
     return parser
 
 
@@ -41,8 +77,40 @@ def _load(args: argparse.Namespace):
     )
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from .ssh import key_admin
+
+    try:
+        folder = load_config(args.config, keys=args.keys).keys
+    except ConfigError as exc:
+        print(f"sshreg: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.keys_command == "list":
+            lines = key_admin.list_keys(folder)
+            print(json.dumps(key_admin.listing_json(lines), indent=2) if args.json
+                  else "\n".join(key_admin.listing_text(lines)))
+        elif args.keys_command == "add":
+            grant = key_admin.Grant.parse(args.repos, args.pull_only)
+            added = key_admin.add_key(folder, key_admin.read_key_source(args.key), grant,
+                                      args.comment, args.replace)
+            verb = "replaced" if added.replaced else "added"
+            print(f"{verb} {added.entry.fingerprint} {added.entry.comment or '-'} on line "
+                  f"{added.line}: {added.entry.rights.describe()}")
+        else:
+            for line in key_admin.remove_key(folder, args.selector):
+                print(f"removed line {line.number}: {key_admin.fingerprint_of(line)} "
+                      f"{key_admin.comment_of(line) or '-'}")
+    except (key_admin.KeyAdminError, OSError) as exc:
+        print(f"sshreg keys {args.keys_command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return _keys(args)
     try:
         config = _load(args)
     except ConfigError as exc:
