@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import logs
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("sshreg")
 
@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the SSH server and the registry")
     _config_flags(serve)
+    check = sub.add_parser("check-config",
+                           help="check the configuration, the keys folder and the storage")
+    _config_flags(check)
     _keys_parser(sub)
     return parser
 
@@ -75,6 +78,18 @@ def _load(args: argparse.Namespace):
         log_format=args.log_format,
         log_level=args.log_level,
     )
+
+
+def _check(config: Config) -> int:
+    """`check-config`: a summary on stdout, warnings and errors on stderr."""
+    from .checks import format_report, run_checks
+
+    report = run_checks(config)
+    out, err = format_report(report)
+    for line in err:
+        print(line, file=sys.stderr)
+    print("\n".join(out))
+    return 0 if report.ok else EXIT_FAILED
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -116,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sshreg: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "check-config":
+        return _check(config)
     logs.configure(config.log_level, config.log_format)
     if args.command == "serve":
         from .service import serve

@@ -1,0 +1,199 @@
+"""`sshreg check-config`: is this configuration ready to serve?
+
+Checks, without starting the server and without changing anything it would not change
+itself: the keys folder (authorized_keys parses, with a warning per ignored line; the
+host key exists with mode 0600 and loads, or can be generated), and the storage (a folder
+that is writable or can be created; an S3 bucket that answers a listing). Run it as the
+user the service runs as (`sudo -u sshreg ...`): root can write where the service cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .ssh.hostkey import HOST_KEY_NAME, HostKeyError, load_or_create_host_key
+from .ssh.key_admin import FILE_NAME, read_lines
+from .storage.base import StorageError
+
+STORAGE_TIMEOUT = 60.0
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; the service reads them "
+                    "from /etc/sshreg/secrets.env")
+PROBE_KEY = "_sshreg-check/probe"
+
+
+@dataclass
+class Report:
+    """What the checks found: facts for the summary, warnings, and errors (fatal)."""
+
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def run_checks(config: Config) -> Report:
+    report = Report()
+    report.facts.append(("config", config.source))
+    report.facts.append(("listen", config.listen))
+    if config.listen_port < 1024 and os.geteuid() != 0:
+        report.warnings.append(f"port {config.listen_port} needs CAP_NET_BIND_SERVICE "
+                               "(the systemd unit grants it)")
+    check_keys(config.keys, report)
+    asyncio.run(check_storage(config, report))
+    return report
+
+
+# -- the keys folder --------------------------------------------------------------------
+
+
+def check_keys(folder: Path, report: Report) -> None:
+    if folder.exists() and not folder.is_dir():
+        report.errors.append(f"keys: {folder} is not a folder")
+        return
+    keys = _check_authorized_keys(folder / FILE_NAME, report)
+    host = _check_host_key(folder, report)
+    if host is not None:
+        report.facts.append(("keys", f"{folder}: {keys}; {host}"))
+
+
+def _check_authorized_keys(path: Path, report: Report) -> str:
+    if not path.exists():
+        report.warnings.append(f"{path} does not exist: no key can log in "
+                               "(add one with `sshreg keys add`)")
+        return "no authorized_keys"
+    try:
+        path.read_text(encoding="utf-8")  # the server reads it as UTF-8
+        lines = read_lines(path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, UnicodeDecodeError) as exc:
+        report.errors.append(f"keys: cannot read {path}: {_one_line(exc)}")
+        return "authorized_keys unreadable"
+    for line in lines:
+        if line.ignored:
+            report.warnings.append(f"{path} line {line.number} ignored: {line.error}")
+    usable = sum(1 for line in lines if line.is_key)
+    if not usable:
+        report.warnings.append(f"{path} has no usable key: no key can log in")
+    if mode & 0o022:
+        report.warnings.append(f"{path} is writable by group or others (mode {mode:04o}): "
+                               "whoever can write it can grant themselves access")
+    return f"{usable} authorized key(s)"
+
+
+def _check_host_key(folder: Path, report: Report) -> str | None:
+    path = folder / HOST_KEY_NAME
+    if path.exists():
+        try:
+            key = load_or_create_host_key(folder)  # exists: only loads and checks the mode
+        except (HostKeyError, OSError) as exc:
+            report.errors.append(f"host key: {exc}")
+            return None
+        return f"host key {key.get_fingerprint('sha256')}"
+    problem = creatable(folder)
+    if problem:
+        report.errors.append(f"host key: cannot create {path}: {problem}")
+        return None
+    return "no host key yet (generated on first start)"
+
+
+# -- storage ----------------------------------------------------------------------------
+
+
+def creatable(folder: Path) -> str | None:
+    """Why files cannot be created in `folder` (created with its parents), or None.
+
+    Probes the folder, or its nearest existing ancestor, by really creating and removing a
+    temporary folder in it: permission bits do not tell the truth to root or on read-only
+    mounts.
+    """
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            return "no existing parent"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".sshreg-check-", dir=probe))
+    except OSError as exc:
+        return f"{probe}: {exc.strerror or exc}"
+    return None
+
+
+async def check_storage(config: Config, report: Report) -> None:
+    try:
+        fact = await asyncio.wait_for(_storage_fact(config), STORAGE_TIMEOUT)
+    except TimeoutError:
+        report.errors.append(f"storage {config.storage}: no answer within {STORAGE_TIMEOUT:.0f}s")
+        return
+    except Exception as exc:
+        report.errors.append(f"storage {config.storage}: {_one_line(exc)}")
+        return
+    report.facts.append(("storage", fact))
+
+
+async def _storage_fact(config: Config) -> str:
+    """Probe the storage; return the summary line or raise with what is wrong."""
+    from .service import open_driver
+
+    if not config.is_s3:
+        root = Path(config.storage)
+        if not root.exists():
+            problem = creatable(root)
+            if problem:
+                raise OSError(f"cannot create the folder: {problem}")
+            return f"{root.resolve()}: does not exist yet, will be created"
+        if not root.is_dir():
+            raise OSError(f"{root} is not a folder")
+    driver = open_driver(config)
+    try:
+        return await _probe(driver, config)
+    finally:
+        await driver.close()
+
+
+async def _probe(driver, config: Config) -> str:
+    """A listing (and, on a folder, a write) through the driver the server will use."""
+    objects = driver.list("")
+    try:
+        first = await anext(objects, None)
+    finally:
+        with contextlib.suppress(Exception):
+            await objects.aclose()
+    await driver.stat(PROBE_KEY)
+    if config.is_s3:
+        return f"{driver!r}: bucket listed ({'not empty' if first else 'empty'})"
+    upload = await driver.begin_upload(PROBE_KEY)
+    try:
+        await upload.write(b"sshreg check-config\n")
+    finally:
+        await upload.abort()
+    return f"{Path(config.storage).resolve()}: writable ({'not empty' if first else 'empty'})"
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "credentials" in text.lower():
+        text += f" ({CREDENTIALS_HINT})"
+    return text if isinstance(exc, OSError | StorageError) else f"{type(exc).__name__}: {text}"
+
+
+def format_report(report: Report) -> tuple[list[str], list[str]]:
+    """(summary lines for stdout, warning and error lines for stderr)."""
+    width = max((len(label) for label, _ in report.facts), default=0)
+    out = [f"{label.ljust(width)}  {text}" for label, text in report.facts]
+    err = [f"warning: {w}" for w in report.warnings] + [f"error: {e}" for e in report.errors]
+    out.append("ok" if report.ok else f"{len(report.errors)} problem(s) found")
+    return out, err
