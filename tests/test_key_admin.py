@@ -196,6 +196,7 @@ def test_bad_input_is_refused(keys: Path) -> None:
         ("add", line, "--repos", "Team/App"),
         ("add", f'from="10.0.0.0/8" {line}', "--pull-only"),
         ("add", line, "--comment", ""),
+        ("add", "no-such-file.pub"),
     ]
     for case in cases:
         result = sshreg_keys(*case, "--keys", keys)

@@ -189,8 +189,10 @@ def read_key_source(source: str) -> str:
             text = Path(source).read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise KeyAdminError(f"{source}: cannot read: {exc}") from None
-    else:
+    elif len(source.split()) != 1:
         text = source
+    else:  # one word was meant as a file name: a key line has at least two
+        raise KeyAdminError(f"{source}: no such file")
     lines = [s.strip() for s in text.splitlines() if s.strip() and not s.strip().startswith("#")]
     if len(lines) != 1:
         raise KeyAdminError(f"expected exactly one public key, found {len(lines)} line(s)")
