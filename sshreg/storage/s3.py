@@ -137,6 +137,14 @@ class S3Settings:
         return cls(bucket=parts.netloc, prefix=parts.path, **given)
 
 
+def _no_expect_for_empty_body(request: Any, **_: Any) -> None:
+    """botocore asks `Expect: 100-continue` on every PutObject; for an empty body SeaweedFS
+    then answers twice, and the next request on that connection waits out the read
+    timeout (60 s). Nothing is gained by the handshake without a body: drop it."""
+    if request.headers.get("Content-Length") in (b"0", "0"):
+        request.headers.pop("Expect", None)
+
+
 def check_part_size(part_size: int) -> None:
     if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
         raise ValueError(f"part size {part_size} is outside R2's and S3's limits "
@@ -240,8 +248,10 @@ class S3Driver:
                            "aws_secret_access_key": settings.secret_access_key}
         session = boto3.session.Session(botocore_session=_botocore_session(),
                                         profile_name=settings.profile)
-        return session.client("s3", endpoint_url=settings.endpoint_url,
-                              config=_client_config(settings, sign_payload), **credentials)
+        client = session.client("s3", endpoint_url=settings.endpoint_url,
+                                config=_client_config(settings, sign_payload), **credentials)
+        client.meta.events.register("before-send.s3.PutObject", _no_expect_for_empty_body)
+        return client
 
     @classmethod
     def from_url(cls, url: str, *, before_complete: CompleteHook | None = None,
