@@ -37,6 +37,17 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     [metrics]
     listen = ""                   # loopback HOST:PORT for /metrics and /health, e.g. 127.0.0.1:9419
 
+    [gc]
+    grace = "6h"                  # nothing written more recently than this is collected
+    safety = "60s"                # pause before deleting, then a second look at new pushes
+    keep_untagged = false         # true: manifests without a tag are kept (and their blobs)
+
+    [[retention]]                 # any number of policies; none by default
+    repositories = "team/*"       # glob (see access rights)
+    keep_last = 10                # keep the 10 most recently written tags...
+    keep_tags = "v[0-9.]+"        # ...plus every tag matching this regex...
+    max_age = "90d"               # ...and drop other tags older than this
+
     [log]
     level = "info"
     format = "text"               # text, json or logfmt
@@ -51,6 +62,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from .management.retention import RetentionPolicy
 
 
 class ConfigError(Exception):
@@ -119,6 +132,11 @@ class Config:
 
     metrics_listen: str = ""
 
+    gc_grace: float = 6 * 3600.0
+    gc_safety: float = 60.0
+    gc_keep_untagged: bool = False
+    retention: tuple[RetentionPolicy, ...] = ()
+
     log_level: str = "info"
     log_format: str = "text"
 
@@ -160,6 +178,9 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
         ("max_channels_per_connection", lambda v, w: _positive(v, w)),
     ("limits", "idle_timeout"): ("idle_timeout", parse_duration),
     ("metrics", "listen"): ("metrics_listen", lambda v, w: _str(v, w)),
+    ("gc", "grace"): ("gc_grace", parse_duration),
+    ("gc", "safety"): ("gc_safety", parse_duration),
+    ("gc", "keep_untagged"): ("gc_keep_untagged", lambda v, w: _bool(v, w)),
     ("log", "level"): ("log_level", lambda v, w: _choice(v, w, ("debug", "info", "warning", "error"))),
     ("log", "format"): ("log_format", lambda v, w: _choice(v, w, ("text", "json", "logfmt"))),
 }
@@ -175,6 +196,40 @@ def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{what}: expected a list of strings")
     return tuple(value)
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what}: expected true or false, got {value!r}")
+    return value
+
+
+def _retention(value: Any, what: str) -> tuple[RetentionPolicy, ...]:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{what}: use [[retention]] tables")
+    policies = []
+    for i, table in enumerate(value):
+        where = f"{what}[{i}]"
+        unknown = set(table) - {"repositories", "keep_last", "keep_tags", "max_age"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+        if "repositories" not in table:
+            raise ConfigError(f"{where}: repositories is required")
+        keep_tags = table.get("keep_tags")
+        if keep_tags is not None:
+            try:
+                re.compile(_str(keep_tags, f"{where}.keep_tags"))
+            except re.error as exc:
+                raise ConfigError(f"{where}.keep_tags: invalid regex: {exc}") from None
+        policies.append(RetentionPolicy(
+            repositories=_str(table["repositories"], f"{where}.repositories"),
+            keep_last=_positive(table["keep_last"], f"{where}.keep_last")
+            if "keep_last" in table else None,
+            keep_tags=keep_tags,
+            max_age=parse_duration(table["max_age"], f"{where}.max_age")
+            if "max_age" in table else None,
+        ))
+    return tuple(policies)
 
 
 def _positive(value: Any, what: str) -> int:
@@ -227,6 +282,9 @@ def _apply_file(config: Config, path: Path) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     changes: dict[str, Any] = {}
     for section, table in doc.items():
+        if section == "retention":
+            changes["retention"] = _retention(table, f"{path}: retention")
+            continue
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section!r} must be a [section]")
         for key, value in table.items():

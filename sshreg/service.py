@@ -13,6 +13,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import Config, ConfigError, parse_listen
+from .management.commands import Management
+from .management.gc import GarbageCollector, GcSettings
 from .metrics import InstrumentedDriver, Metrics
 from .registry.app import Registry, RegistrySettings
 from .ssh.authorized_keys import AuthorizedKeys
@@ -52,6 +54,11 @@ def registry_settings(config: Config) -> RegistrySettings:
         part_size=config.part_size if config.is_s3 else None,
         redirect_expiry=int(config.redirect_expiry),
     )
+
+
+def gc_settings(config: Config) -> GcSettings:
+    return GcSettings(grace=config.gc_grace, safety=config.gc_safety,
+                      keep_untagged=config.gc_keep_untagged, retention=config.retention)
 
 
 def gateway_settings(config: Config) -> GatewaySettings:
@@ -111,8 +118,11 @@ class Service:
         self.driver = driver or open_driver(config)
         store = RegistryStore(InstrumentedDriver(self.driver, self.metrics))
         self.registry = Registry(store, registry_settings(config), metrics=self.metrics)
+        self.collector = GarbageCollector(store, gc_settings(config),
+                                          pinned=self.registry.is_pinned)
         self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
-                               self.registry.server(), self.metrics)
+                               self.registry.server(), self.metrics,
+                               Management(store, self.collector))
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_runner: web.AppRunner | None = None
 

@@ -10,10 +10,12 @@ global.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -21,7 +23,7 @@ from aiohttp import HttpVersion11, web
 
 from ..access import Action, Identity
 from ..metrics import Metrics
-from ..references import is_valid_name
+from ..references import Digest, is_valid_name
 from ..storage.base import PreconditionFailed, StorageError
 from ..storage.store import RegistryStore
 from .errors import Code, RegistryError
@@ -102,9 +104,26 @@ class Registry:
         self.metrics = metrics or Metrics()
         self.sessions = UploadSessions(self.settings.upload_idle_timeout, self.metrics)
         self.in_flight = 0  # requests being handled right now
+        self._pins: Counter[Digest] = Counter()
 
     async def start(self) -> None:
         self.sessions.start()
+
+    @contextlib.contextmanager
+    def pin(self, digests: Iterable[Digest]) -> Iterator[None]:
+        """Mark digests as being referenced by a write in progress, for garbage collection."""
+        held = list(digests)
+        self._pins.update(held)
+        try:
+            yield
+        finally:
+            self._pins.subtract(held)
+            for digest in held:
+                if self._pins[digest] <= 0:
+                    del self._pins[digest]
+
+    def is_pinned(self, digest: Digest) -> bool:
+        return self._pins[digest] > 0 if digest in self._pins else False
 
     async def close(self) -> None:
         await self.sessions.close()

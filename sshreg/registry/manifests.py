@@ -85,19 +85,21 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
         manifest = parse_manifest(data, request.headers.get("Content-Type"))
     except ManifestError as exc:
         raise RegistryError(Code.MANIFEST_INVALID, str(exc)) from None
-    await _check_references(ctx, manifest.blobs, manifest.children, manifest.media_type)
+    references = [d.digest for d in (*manifest.blobs, *manifest.children)]
+    with ctx.registry.pin([digest, *references]):  # garbage collection keeps off them
+        await _check_references(ctx, manifest.blobs, manifest.children, manifest.media_type)
 
-    link = ManifestLink(
-        digest=digest,
-        media_type=manifest.media_type,
-        size=len(data),
-        artifact_type=manifest.artifact_type,
-        subject=manifest.subject.digest if manifest.subject else None,
-        annotations=manifest.annotations or None,
-    )
-    await ctx.store.put_manifest(ctx.name, link, data)
-    for tag in tags:
-        await ctx.store.set_tag(ctx.name, tag, digest)
+        link = ManifestLink(
+            digest=digest,
+            media_type=manifest.media_type,
+            size=len(data),
+            artifact_type=manifest.artifact_type,
+            subject=manifest.subject.digest if manifest.subject else None,
+            annotations=manifest.annotations or None,
+        )
+        await ctx.store.put_manifest(ctx.name, link, data)
+        for tag in tags:
+            await ctx.store.set_tag(ctx.name, tag, digest)
     ctx.reference = ", ".join([str(digest), *tags])
     log.info("manifest %s pushed to %s%s by %s", digest, ctx.name,
              f" as {', '.join(tags)}" if tags else "", ctx.identity.fingerprint)

@@ -96,14 +96,15 @@ async def _commit(ctx: Context, session: UploadSession, digest: Digest) -> web.R
                                                   "computed": f"{session.algorithm}:"
                                                               f"{session.hexdigest()}"})
     ctx.sessions.finish(session)
-    try:
-        await ctx.store.commit_blob(digest, session.upload, verified=verified)
-    except DigestMismatch as exc:
-        raise RegistryError(Code.DIGEST_INVALID, str(exc)) from None
-    except BaseException:
-        await session.abort()
-        raise
-    await ctx.store.link_blob(ctx.name, digest)
+    with ctx.registry.pin([digest]):  # garbage collection keeps off it until it is linked
+        try:
+            await ctx.store.commit_blob(digest, session.upload, verified=verified)
+        except DigestMismatch as exc:
+            raise RegistryError(Code.DIGEST_INVALID, str(exc)) from None
+        except BaseException:
+            await session.abort()
+            raise
+        await ctx.store.link_blob(ctx.name, digest)
     log.info("blob %s (%d bytes) pushed to %s by %s", digest, session.size, ctx.name,
              ctx.identity.fingerprint)
     return _blob_created(ctx, digest)
@@ -125,7 +126,8 @@ async def _mount(ctx: Context, digest_text: str, source: str | None) -> web.Resp
                             ctx.identity.fingerprint)
             continue
         if await ctx.store.is_blob_linked(repository, digest):
-            await ctx.store.link_blob(ctx.name, digest)
+            with ctx.registry.pin([digest]):
+                await ctx.store.link_blob(ctx.name, digest)
             return _blob_created(ctx, digest)
     return None
 

@@ -23,12 +23,13 @@ from pathlib import Path
 import asyncssh
 
 from ..access import Identity
+from ..management.commands import Management
 from ..metrics import Metrics
 from .authorized_keys import AuthorizedKeys, KeyEntry
 from .bridge import HttpChannelSession
 from .flow import create_channel
 from .limits import FailureTracker, Limits
-from .session import HelpSession, help_text
+from .session import CommandSession, help_text
 
 log = logging.getLogger("sshreg.ssh")
 
@@ -232,10 +233,11 @@ class GatewayConnection(asyncssh.SSHServer):
         self._refuse(f"remote forwarding of unix socket {listen_path}")
         return False
 
-    def session_requested(self) -> HelpSession:
+    def session_requested(self) -> CommandSession:
         assert self.identity is not None and self._entry is not None
-        return HelpSession(self._gateway.render_help(self.identity, self._entry.port_forwarding),
-                           self.identity)
+        return CommandSession(
+            self._gateway.render_help(self.identity, self._entry.port_forwarding),
+            self.identity, self._gateway.management)
 
 
 class Gateway:
@@ -243,12 +245,13 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, keys: AuthorizedKeys, host_key: asyncssh.SSHKey,
                  protocol_factory: Callable[[], asyncio.Protocol],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, management: Management | None = None) -> None:
         self.settings = settings
         self.keys = keys
         self.host_key = host_key
         self.protocol_factory = protocol_factory
         self.metrics = metrics or Metrics()
+        self.management = management
         self.failures = FailureTracker(settings.limits.max_auth_failures_per_minute)
         self.connections: dict[asyncssh.SSHServerConnection, GatewayConnection] = {}
         self._server: asyncssh.SSHAcceptor | None = None

@@ -1,12 +1,17 @@
-"""Session channels: `ssh reg.host` prints who you are and how to use the registry."""
+"""Session channels: `ssh reg.host` prints who you are; `ssh reg.host CMD` manages."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import asyncssh
 
 from ..access import Identity
+
+if TYPE_CHECKING:
+    from ..management.commands import Management
 
 log = logging.getLogger("sshreg.ssh")
 
@@ -34,13 +39,18 @@ def help_text(identity: Identity, ssh_target: str, registry_port: int, forwardin
     return "\r\n".join(lines) + "\r\n"
 
 
-class HelpSession(asyncssh.SSHServerSession[str]):
-    """Answers a shell or `help` with the help text, refuses any other command."""
+class CommandSession(asyncssh.SSHServerSession[str]):
+    """A session channel: a shell prints the help text; `ssh host CMD` runs a management
+    command (when the gateway has them) with this key's rights; sftp and other subsystems
+    are refused."""
 
-    def __init__(self, text: str, identity: Identity) -> None:
+    def __init__(self, text: str, identity: Identity, management: Management | None) -> None:
         self._text = text
         self._identity = identity
+        self._management = management
+        self._command: str | None = None
         self._chan: asyncssh.SSHServerChannel[str] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
         self._chan = chan
@@ -49,11 +59,12 @@ class HelpSession(asyncssh.SSHServerSession[str]):
         return True
 
     def exec_requested(self, command: str) -> bool:
-        if command.strip() in ("help", "whoami"):
-            return True
-        log.warning("refused command %r for key %s (%s)", command, self._identity.fingerprint,
-                    self._identity.comment)
-        return False
+        if self._management is None and command.strip() != "help":
+            log.warning("refused command %r for key %s (%s)", command, self._identity.fingerprint,
+                        self._identity.comment)
+            return False
+        self._command = command
+        return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
         log.warning("refused subsystem %r for key %s (%s)", subsystem, self._identity.fingerprint,
@@ -62,5 +73,25 @@ class HelpSession(asyncssh.SSHServerSession[str]):
 
     def session_started(self) -> None:
         assert self._chan is not None
-        self._chan.write(self._text)
-        self._chan.exit(0)
+        if self._command is None or self._management is None:
+            self._chan.write(self._text)
+            self._chan.exit(0)
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(self._command))
+
+    async def _run(self, command: str) -> None:
+        assert self._chan is not None and self._management is not None
+        result = await self._management.run(self._identity, command)
+        chan = self._chan
+        if chan.is_closing():
+            return
+        if result.stdout:
+            chan.write(result.stdout.replace("\n", "\r\n") if chan.get_terminal_type()
+                       else result.stdout)
+        if result.stderr:
+            chan.write_stderr(result.stderr)
+        chan.exit(result.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()

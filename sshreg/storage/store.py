@@ -20,6 +20,7 @@ only if the repository links it, so knowing a digest does not leak content.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -224,12 +225,35 @@ class RegistryStore:
     async def blob_bytes(self, record: BlobRecord) -> bytes:
         return b"".join([chunk async for chunk in self.read_blob(record)])
 
+    async def blob_entries(self) -> AsyncIterator[tuple[Digest, ObjectInfo]]:
+        """Every blob record in the store, in key order, page by page."""
+        async for obj in self.driver.list("blobs/"):
+            algorithm, _, rest = obj.key[len("blobs/"):].partition("/")
+            try:
+                yield Digest.parse(f"{algorithm}:{rest.rpartition('/')[2]}"), obj
+            except ValueError:
+                log.warning("ignoring unexpected object %s", obj.key)
+
+    def data_entries(self) -> AsyncIterator[ObjectInfo]:
+        """Every object holding blob bytes, referenced by a record or not."""
+        return self.driver.list("data/")
+
     async def delete_blob(self, digest: Digest) -> None:
-        """Remove a blob from the store entirely (garbage collection only)."""
+        """Remove a blob from the store entirely: its record, then its bytes."""
         record = await self.blob(digest)
-        await self.driver.delete(self.blob_key(digest))
+        await self.delete_blob_record(digest)
         if record is not None:
             await self.driver.delete(record.key)
+
+    async def delete_blob_record(self, digest: Digest) -> None:
+        """Make a blob invisible (garbage collection); its bytes are deleted separately."""
+        await self.driver.delete(self.blob_key(digest))
+
+    async def restore_blob_record(self, record: BlobRecord) -> None:
+        """Put back a record garbage collection removed, unless the blob was pushed again."""
+        body = json.dumps({"key": record.key, "size": record.size}).encode()
+        with contextlib.suppress(PreconditionFailed):
+            await self.driver.put(self.blob_key(record.digest), body, if_none_match=True)
 
     # -- repositories ----------------------------------------------------------------
 
@@ -272,10 +296,17 @@ class RegistryStore:
             return None
         return await self.blob(digest)
 
-    async def linked_blobs(self, name: str) -> AsyncIterator[Digest]:
-        prefix = f"{self._repo(name)}/_layers/"
+    async def layer_entries(self, name: str) -> AsyncIterator[tuple[Digest, ObjectInfo]]:
+        """The blobs this repository links, with their link objects (for age)."""
+        async for digest, obj in self._digests_under(f"{self._repo(name)}/_layers/"):
+            yield digest, obj
+
+    async def _digests_under(self, prefix: str) -> AsyncIterator[tuple[Digest, ObjectInfo]]:
         async for obj in self.driver.list(prefix):
-            yield _digest_from_path(obj.key[len(prefix):])
+            try:
+                yield _digest_from_path(obj.key[len(prefix):]), obj
+            except ValueError:
+                log.warning("ignoring unexpected object %s", obj.key)
 
     # -- manifests -------------------------------------------------------------------
 
@@ -315,12 +346,16 @@ class RegistryStore:
         await self.driver.delete(self._revision_key(name, digest))
         return True
 
-    async def manifests(self, name: str) -> AsyncIterator[ManifestLink]:
-        prefix = f"{self._repo(name)}/_manifests/revisions/"
-        async for obj in self.driver.list(prefix):
-            link = await self.manifest_link(name, _digest_from_path(obj.key[len(prefix):]))
-            if link is not None:
-                yield link
+    async def revision_entries(self, name: str) -> AsyncIterator[tuple[Digest, ObjectInfo]]:
+        """The manifests of a repository, with their link objects (for age)."""
+        async for digest, obj in self._digests_under(f"{self._repo(name)}/_manifests/revisions/"):
+            yield digest, obj
+
+    async def revision_info(self, name: str, digest: Digest) -> ObjectInfo | None:
+        return await self.driver.stat(self._revision_key(name, digest))
+
+    async def layer_info(self, name: str, digest: Digest) -> ObjectInfo | None:
+        return await self.driver.stat(self._layer_key(name, digest))
 
     # -- tags --------------------------------------------------------------------------
 
@@ -369,6 +404,18 @@ class RegistryStore:
             yield obj
 
     # -- referrers ---------------------------------------------------------------------
+
+    async def referrer_digests(self, name: str, subject: Digest) -> list[Digest]:
+        """Digests of the manifests in `name` whose subject is `subject` (no reads)."""
+        return [d async for d, _ in self._digests_under(self._referrers_prefix(name, subject))]
+
+    async def tag_entries(self, name: str) -> AsyncIterator[tuple[str, Digest, float]]:
+        """(tag, digest, time the tag was last written) for every tag of a repository."""
+        prefix = self._tags_prefix(name)
+        async for obj in self.driver.list(prefix):
+            value = await self.driver.get(obj.key)
+            if value is not None:
+                yield obj.key[len(prefix):], Digest.parse(value.data.decode()), obj.modified
 
     async def referrers(self, name: str, subject: Digest) -> list[dict[str, Any]]:
         """Descriptors of the manifests in `name` whose subject is `subject`."""

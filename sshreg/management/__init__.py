@@ -1,0 +1,1 @@
+"""Management: garbage collection, retention, and the commands run over SSH exec."""

@@ -1,0 +1,314 @@
+"""Management commands run over SSH exec: `ssh reg.host tags team/app`.
+
+Each command is authorized by the key's rights: reading commands need pull on the
+repository (and only show repositories the key may pull), `rm` needs delete, `gc` needs
+admin. Output is a human-readable table, or JSON with `--json`. A refusal or a mistake is
+a short message and a non-zero exit status, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..access import Action, Identity
+from ..oci import INDEXES, ManifestError, parse_manifest
+from ..references import Digest, is_valid_name, is_valid_tag
+from ..storage.store import RegistryStore
+from .gc import GarbageCollector
+
+log = logging.getLogger("sshreg.management")
+audit_log = logging.getLogger("sshreg.audit")
+
+USAGE = """\
+commands:
+  whoami                   your key and what it may do
+  repos                    repositories you may pull from
+  tags REPO                tags of a repository, with digests and times
+  inspect REPO:TAG|REPO@DIGEST   manifest summary and sizes
+  rm REPO:TAG|REPO@DIGEST  delete a tag, or a manifest with its tags
+  du [REPO]                stored and shared bytes per repository
+  gc [--dry-run]           collect garbage (admin)
+  help                     this text
+add --json to any command for machine-readable output
+"""
+
+
+class CommandError(Exception):
+    """A refusal or a usage mistake: its message is shown to the user."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(timestamp))
+
+
+def split_reference(text: str) -> tuple[str, str, bool]:
+    """`repo:tag` or `repo@digest` -> (repo, reference, is_digest)."""
+    if "@" in text:
+        name, _, ref = text.partition("@")
+        try:
+            Digest.parse(ref)
+        except ValueError as exc:
+            raise CommandError(f"invalid digest: {exc}", 2) from None
+        is_digest = True
+    else:
+        name, sep, ref = text.rpartition(":")
+        if not sep or "/" in ref:
+            raise CommandError(f"expected REPO:TAG or REPO@DIGEST, got {text!r}", 2)
+        if not is_valid_tag(ref):
+            raise CommandError(f"invalid tag {ref!r}", 2)
+        is_digest = False
+    if not is_valid_name(name):
+        raise CommandError(f"invalid repository name {name!r}", 2)
+    return name, ref, is_digest
+
+
+class Management:
+    """The commands, over one store and collector."""
+
+    def __init__(self, store: RegistryStore, collector: GarbageCollector) -> None:
+        self.store = store
+        self.collector = collector
+        self._commands: dict[str, Callable[[Identity, list[str], bool], Awaitable[Any]]] = {
+            "whoami": self.whoami, "repos": self.repos, "tags": self.tags,
+            "inspect": self.inspect, "rm": self.rm, "du": self.du, "gc": self.gc,
+        }
+
+    async def run(self, identity: Identity, command_line: str) -> Result:
+        try:
+            argv = shlex.split(command_line)
+        except ValueError as exc:
+            return Result(2, stderr=f"cannot parse command: {exc}\n")
+        as_json = "--json" in argv
+        argv = [a for a in argv if a != "--json"]
+        if not argv or argv[0] in ("help", "--help", "-h"):
+            return Result(0, stdout=USAGE)
+        handler = self._commands.get(argv[0])
+        if handler is None:
+            log.warning("refused command %r for key %s (%s)", command_line, identity.fingerprint,
+                        identity.comment)
+            return Result(2, stderr=f"unknown command {argv[0]!r}\n{USAGE}")
+        try:
+            output = await handler(identity, argv[1:], as_json)
+        except CommandError as exc:
+            if exc.status == 1:
+                log.warning("refused %r for key %s (%s): %s", command_line, identity.fingerprint,
+                            identity.comment, exc)
+            return Result(exc.status, stderr=f"{argv[0]}: {exc}\n")
+        except Exception:
+            log.exception("command %r failed", command_line)
+            return Result(1, stderr=f"{argv[0]}: internal error, see the server log\n")
+        if as_json:
+            return Result(0, stdout=json.dumps(output, indent=2, sort_keys=True) + "\n")
+        return Result(0, stdout=output if isinstance(output, str) else str(output))
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _require(identity: Identity, action: Action, name: str) -> None:
+        if not identity.may(action, name):
+            raise CommandError(f"denied: this key may not {action.value} {name}")
+
+    @staticmethod
+    def _args(args: list[str], most: int, least: int = 0, flags: tuple[str, ...] = ()) -> list[str]:
+        positional = [a for a in args if a not in flags]
+        unknown = [a for a in positional if a.startswith("-")]
+        if unknown:
+            raise CommandError(f"unknown option {unknown[0]}", 2)
+        if not least <= len(positional) <= most:
+            raise CommandError("wrong number of arguments; see `help`", 2)
+        return positional
+
+    async def _readable_repositories(self, identity: Identity) -> list[str]:
+        return [n for n in await self.store.repositories() if identity.may(Action.PULL, n)]
+
+    def _audit(self, identity: Identity, command: str, **fields: object) -> None:
+        audit_log.info({"time": round(time.time(), 3), "command": command,
+                        **identity.log_fields(), **fields})
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def whoami(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        self._args(args, 0)
+        rights = identity.rights
+        if as_json:
+            return {"fingerprint": identity.fingerprint, "comment": identity.comment,
+                    "peer": identity.peer, "pull": list(rights.pull), "push": list(rights.push),
+                    "delete": list(rights.delete), "admin": rights.admin}
+        return (f"key      {identity.fingerprint}\ncomment  {identity.comment}\n"
+                f"from     {identity.peer}\nrights   {rights.describe()}\n")
+
+    async def repos(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        self._args(args, 0)
+        names = await self._readable_repositories(identity)
+        return names if as_json else "".join(f"{n}\n" for n in names)
+
+    async def tags(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        (name,) = self._args(args, 1, 1)
+        if not is_valid_name(name):
+            raise CommandError(f"invalid repository name {name!r}", 2)
+        self._require(identity, Action.PULL, name)
+        if not await self.store.repository_exists(name):
+            raise CommandError(f"no repository {name}", 3)
+        entries = [(tag, str(d), written) async for tag, d, written in self.store.tag_entries(name)]
+        if as_json:
+            return [{"tag": t, "digest": d, "written": w} for t, d, w in entries]
+        return _table([[t, d, _when(w)] for t, d, w in entries], ["TAG", "DIGEST", "WRITTEN (UTC)"])
+
+    async def inspect(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        (ref_text,) = self._args(args, 1, 1)
+        name, ref, is_digest = split_reference(ref_text)
+        self._require(identity, Action.PULL, name)
+        digest = Digest.parse(ref) if is_digest else await self.store.tag(name, ref)
+        found = await self.store.manifest(name, digest) if digest else None
+        if found is None:
+            raise CommandError(f"no manifest {ref_text}", 3)
+        link, data = found
+        try:
+            manifest = parse_manifest(data, link.media_type)
+        except ManifestError as exc:
+            raise CommandError(f"stored manifest cannot be read: {exc}") from None
+        info: dict[str, Any] = {"repository": name, "digest": str(digest),
+                                "mediaType": link.media_type, "size": len(data)}
+        if link.artifact_type:
+            info["artifactType"] = link.artifact_type
+        if link.subject:
+            info["subject"] = str(link.subject)
+        if manifest.media_type in INDEXES:
+            doc = json.loads(data)
+            info["manifests"] = [{"digest": str(c.digest), "size": c.size, "platform":
+                                  _platform(doc["manifests"][i].get("platform"))}
+                                 for i, c in enumerate(manifest.children)]
+        else:
+            config, *layers = manifest.blobs
+            info["config"] = {"digest": str(config.digest), "size": config.size,
+                              "mediaType": config.media_type}
+            info["layers"] = [{"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
+                              for d in layers]
+            info["totalSize"] = len(data) + sum(d.size for d in manifest.blobs)
+        referrers = await self.store.referrers(name, digest)
+        info["referrers"] = [{"digest": r["digest"], "artifactType": r.get("artifactType")}
+                             for r in referrers]
+        return info if as_json else _describe(info)
+
+    async def rm(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        (ref_text,) = self._args(args, 1, 1)
+        name, ref, is_digest = split_reference(ref_text)
+        self._require(identity, Action.DELETE, name)
+        if is_digest:
+            deleted = await self.store.delete_manifest(name, Digest.parse(ref))
+        else:
+            deleted = await self.store.delete_tag(name, ref)
+        if not deleted:
+            raise CommandError(f"no manifest {ref_text}", 3)
+        self._audit(identity, "rm", repository=name, reference=ref)
+        return {"deleted": ref_text} if as_json else f"deleted {ref_text}\n"
+
+    async def du(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        names = self._args(args, 1)
+        if names:
+            self._require(identity, Action.PULL, names[0])
+        readable = await self._readable_repositories(identity)
+        if names and names[0] not in readable:
+            raise CommandError(f"no repository {names[0]}", 3)
+        usage = await self._usage(readable)
+        rows = [u for u in usage if not names or u["repository"] == names[0]]
+        if as_json:
+            return rows
+        return _table([[u["repository"], human_size(u["bytes"]), human_size(u["shared"]),
+                        str(u["blobs"])] for u in rows],
+                      ["REPOSITORY", "STORED", "SHARED", "BLOBS"])
+
+    async def _usage(self, names: list[str]) -> list[dict[str, Any]]:
+        """Bytes each repository links, and how much of it another repository links too."""
+        linked: dict[str, set[Digest]] = {}
+        users: dict[Digest, int] = {}
+        for name in names:
+            digests = {d async for d, _ in self.store.layer_entries(name)}
+            digests |= {d async for d, _ in self.store.revision_entries(name)}
+            linked[name] = digests
+            for d in digests:
+                users[d] = users.get(d, 0) + 1
+        sizes: dict[Digest, int] = {}
+        for d in users:
+            record = await self.store.blob(d)
+            sizes[d] = record.size if record else 0
+        return [{"repository": name, "blobs": len(ds), "bytes": sum(sizes[d] for d in ds),
+                 "shared": sum(sizes[d] for d in ds if users[d] > 1)}
+                for name, ds in linked.items()]
+
+    async def gc(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        self._args(args, 0, flags=("--dry-run",))
+        if not identity.rights.admin:
+            raise CommandError("denied: garbage collection needs the admin right")
+        dry_run = "--dry-run" in args
+        report = await self.collector.run(dry_run=dry_run)
+        if not dry_run:
+            self._audit(identity, "gc", **report.to_dict())
+        if as_json:
+            return report.to_dict()
+        verb = "would remove" if dry_run else "removed"
+        lines = [f"{verb} {len(report.tags)} tag(s), {len(report.manifests)} manifest(s), "
+                 f"{report.blobs} blob(s) and {report.orphans} leftover object(s): "
+                 f"{human_size(report.bytes_reclaimed)}"]
+        lines += [f"  tag {t}" for t in report.tags]
+        lines += [f"  manifest {m}" for m in report.manifests]
+        return "\n".join(lines) + "\n"
+
+
+def _platform(platform: Any) -> str:
+    if not isinstance(platform, dict):
+        return ""
+    parts = [platform.get("os", ""), platform.get("architecture", ""), platform.get("variant", "")]
+    return "/".join(p for p in parts if p)
+
+
+def _describe(info: dict[str, Any]) -> str:
+    lines = [f"{info['repository']}@{info['digest']}", f"  type    {info['mediaType']}"]
+    if "artifactType" in info:
+        lines.append(f"  artifact {info['artifactType']}")
+    if "subject" in info:
+        lines.append(f"  subject {info['subject']}")
+    if "manifests" in info:
+        lines += [f"  {m['platform'] or '-':<16} {m['digest']}  {human_size(m['size'])}"
+                  for m in info["manifests"]]
+    else:
+        lines.append(f"  config  {info['config']['digest']}  {human_size(info['config']['size'])}")
+        lines += [f"  layer   {layer['digest']}  {human_size(layer['size'])}"
+                  for layer in info["layers"]]
+        lines.append(f"  total   {human_size(info['totalSize'])}")
+    lines += [f"  referrer {r['digest']}  {r['artifactType'] or ''}".rstrip()
+              for r in info["referrers"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,303 @@
+"""Online garbage collection: mark from tags, sweep what nothing reaches, while pushes go on.
+
+Reachable: every tagged manifest, the children of reachable indexes, the referrers of
+reachable manifests, and the config and layer blobs of all of them. With `keep_untagged`,
+every manifest of a repository is a root too. Never deleted: anything written less than
+`grace` seconds before the run started (blobs of a push whose manifest is not written yet),
+and anything a request of this process is using right now (`pinned`).
+
+Deleting happens after a `safety` pause and a second look: manifests and tags written
+since the run started are marked again, and whatever they reference is spared. Blob
+records are removed first, then checked once more against new manifests (a removed
+record is put back if one references it), and only then are the bytes deleted.
+
+Memory is bounded: reachable digests live in a Bloom filter of fixed size (a false
+positive keeps a blob that could have gone, never the reverse), each repository is
+marked on its own, and storage is listed page by page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..oci import ManifestError, parse_manifest
+from ..references import Digest
+from ..storage.store import BlobRecord, RegistryStore
+from .retention import RetentionPolicy, expired_tags
+
+log = logging.getLogger("sshreg.gc")
+
+
+class BloomFilter:
+    """A set of strings that may answer "yes" wrongly (rarely), never "no" wrongly."""
+
+    def __init__(self, bits: int = 1 << 26, hashes: int = 7) -> None:
+        self.bits = bits
+        self.hashes = hashes
+        self._array = bytearray(bits // 8 + 1)
+
+    def _positions(self, item: str) -> list[int]:
+        digest = hashlib.blake2b(item.encode(), digest_size=8 * self.hashes).digest()
+        return [int.from_bytes(digest[i * 8:(i + 1) * 8], "little") % self.bits
+                for i in range(self.hashes)]
+
+    def add(self, item: str) -> None:
+        for pos in self._positions(item):
+            self._array[pos >> 3] |= 1 << (pos & 7)
+
+    def __contains__(self, item: str) -> bool:
+        return all(self._array[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(item))
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    grace: float = 6 * 3600.0
+    safety: float = 60.0
+    keep_untagged: bool = False
+    retention: tuple[RetentionPolicy, ...] = ()
+    bloom_bits: int = 1 << 26  # 8 MiB: about 1 % false positives at 7 million blobs
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    tags: list[str] = field(default_factory=list)  # repo:tag removed by retention
+    manifests: list[str] = field(default_factory=list)  # repo@digest
+    links: int = 0  # blobs unlinked from repositories
+    blobs: int = 0
+    blob_bytes: int = 0
+    orphans: int = 0  # stored bytes that no record referenced (crash leftovers)
+    orphan_bytes: int = 0
+    spared: int = 0  # candidates rescued by the second look
+    seconds: float = 0.0
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return self.blob_bytes + self.orphan_bytes
+
+    def to_dict(self) -> dict[str, object]:
+        return {"dry_run": self.dry_run, "tags": self.tags, "manifests": self.manifests,
+                "links": self.links, "blobs": self.blobs, "orphans": self.orphans,
+                "bytes_reclaimed": self.bytes_reclaimed, "spared": self.spared,
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _Marks:
+    """What one repository keeps."""
+
+    manifests: set[Digest] = field(default_factory=set)
+    blobs: set[Digest] = field(default_factory=set)
+
+
+@dataclass
+class _Candidates:
+    manifests: dict[str, list[Digest]] = field(default_factory=dict)
+    links: dict[str, list[Digest]] = field(default_factory=dict)
+    blobs: list[BlobRecord] = field(default_factory=list)
+    orphans: list[tuple[str, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(any(self.manifests.values()) or any(self.links.values()) or self.blobs
+                    or self.orphans)
+
+
+class GarbageCollector:
+    def __init__(self, store: RegistryStore, settings: GcSettings | None = None, *,
+                 pinned: Callable[[Digest], bool] = lambda digest: False) -> None:
+        self.store = store
+        self.settings = settings or GcSettings()
+        self.pinned = pinned
+        self._lock = asyncio.Lock()
+
+    async def run(self, dry_run: bool = False) -> GcReport:
+        """One collection; concurrent calls on this collector run one after the other."""
+        async with self._lock:
+            began = time.monotonic()
+            started = await self._storage_now()
+            report = GcReport(dry_run)
+            reachable = BloomFilter(self.settings.bloom_bits)
+            candidates = _Candidates()
+            repositories = await self.store.repositories()
+            for name in repositories:
+                await self._collect_repository(name, started, reachable, candidates, report)
+            await self._collect_blobs(started, reachable, candidates)
+            if not dry_run and candidates:
+                await self._pause()
+                await self._spare_new_references(repositories, started, candidates, report)
+                await self._sweep(repositories, started, candidates, report)
+            else:
+                self._report_candidates(candidates, report)
+            report.seconds = time.monotonic() - began
+            log.info("garbage collection%s: %s", " (dry run)" if dry_run else "",
+                     json.dumps(report.to_dict()))
+            return report
+
+    async def _storage_now(self) -> float:
+        """The current time by the storage's clock, at the storage's resolution.
+
+        Ages are compared with modification times the storage assigned (S3 keeps whole
+        seconds), so "written since the run started" must use that clock too."""
+        key = "gc/clock"
+        await self.store.driver.put(key, str(time.time()).encode())
+        info = await self.store.driver.stat(key)
+        assert info is not None
+        return info.modified
+
+    async def _pause(self) -> None:
+        """Give writes that started before the decision time to finish."""
+        await asyncio.sleep(self.settings.safety)
+
+    # -- mark ----------------------------------------------------------------------
+
+    async def _collect_repository(self, name: str, started: float, reachable: BloomFilter,
+                                  candidates: _Candidates, report: GcReport) -> None:
+        tags = [entry async for entry in self.store.tag_entries(name)]
+        expired = set(expired_tags(self.settings.retention, name,
+                                   [(t, written) for t, _, written in tags], started))
+        for tag in sorted(expired):
+            report.tags.append(f"{name}:{tag}")
+            if not report.dry_run:
+                await self.store.delete_tag(name, tag)
+        young = started - self.settings.grace
+        revisions = {d: info async for d, info in self.store.revision_entries(name)}
+        roots = {digest for tag, digest, _ in tags if tag not in expired}
+        roots |= {d for d, info in revisions.items()
+                  if info.modified >= young or self.settings.keep_untagged or self.pinned(d)}
+        marks = _Marks()
+        await self._walk(name, roots, marks)
+        links = []
+        async for digest, info in self.store.layer_entries(name):
+            if info.modified >= young or self.pinned(digest):
+                marks.blobs.add(digest)
+            links.append(digest)
+        for digest in marks.manifests | marks.blobs:
+            reachable.add(str(digest))
+        candidates.manifests[name] = [d for d in revisions if d not in marks.manifests]
+        candidates.links[name] = [d for d in links if d not in marks.blobs]
+
+    async def _walk(self, name: str, roots: set[Digest], marks: _Marks) -> None:
+        """Mark manifests from `roots`: their blobs, index children and referrers."""
+        pending = list(roots)
+        while pending:
+            digest = pending.pop()
+            if digest in marks.manifests:
+                continue
+            found = await self.store.manifest(name, digest)
+            if found is None:
+                continue  # a tag pointing at a deleted manifest keeps nothing
+            link, data = found
+            try:
+                manifest = parse_manifest(data, link.media_type)
+            except ManifestError as exc:
+                # Never guess: a manifest we cannot read may reference anything.
+                raise RuntimeError(f"cannot read stored manifest {name}@{digest}: {exc}") from None
+            marks.manifests.add(digest)
+            marks.blobs.update(d.digest for d in manifest.blobs if not d.external)
+            pending.extend(d.digest for d in manifest.children)
+            pending.extend(await self.store.referrer_digests(name, digest))
+
+    async def _collect_blobs(self, started: float, reachable: BloomFilter,
+                             candidates: _Candidates) -> None:
+        young = started - self.settings.grace
+        referenced = BloomFilter(self.settings.bloom_bits)  # data keys some record uses
+        async for digest, info in self.store.blob_entries():
+            record = await self.store.blob(digest)
+            if record is None:
+                continue
+            referenced.add(record.key)
+            if (str(digest) not in reachable and info.modified < young
+                    and not self.pinned(digest)):
+                candidates.blobs.append(record)
+        async for obj in self.store.data_entries():
+            if obj.key not in referenced and obj.modified < young:
+                candidates.orphans.append((obj.key, obj.size))
+
+    # -- second look and sweep -----------------------------------------------------
+
+    async def _rescued(self, repositories: list[str], started: float) -> dict[str, _Marks]:
+        """What manifests and tags written since the run started keep, per repository."""
+        rescued: dict[str, _Marks] = {}
+        names = set(repositories) | set(await self.store.repositories())
+        for name in names:
+            roots = {d for d, info in [x async for x in self.store.revision_entries(name)]
+                     if info.modified >= started}
+            roots |= {d async for _, d, written in self.store.tag_entries(name)
+                      if written >= started}
+            if roots:
+                marks = _Marks()
+                await self._walk(name, roots, marks)
+                rescued[name] = marks
+        return rescued
+
+    async def _spare_new_references(self, repositories: list[str], started: float,
+                                    candidates: _Candidates, report: GcReport) -> None:
+        rescued = await self._rescued(repositories, started)
+        kept = {d for marks in rescued.values() for d in marks.manifests | marks.blobs}
+        for name, marks in rescued.items():
+            report.spared += _drop(candidates.manifests.get(name, []), marks.manifests)
+            report.spared += _drop(candidates.links.get(name, []), marks.blobs)
+        before = len(candidates.blobs)
+        candidates.blobs = [r for r in candidates.blobs if r.digest not in kept]
+        report.spared += before - len(candidates.blobs)
+
+    async def _sweep(self, repositories: list[str], started: float, candidates: _Candidates,
+                     report: GcReport) -> None:
+        for name, digests in candidates.manifests.items():
+            for digest in digests:
+                info = await self.store.revision_info(name, digest)
+                if info is None or info.modified >= started or self.pinned(digest):
+                    continue
+                if await self.store.delete_manifest(name, digest):
+                    report.manifests.append(f"{name}@{digest}")
+        for name, digests in candidates.links.items():
+            for digest in digests:
+                info = await self.store.layer_info(name, digest)
+                if info is None or info.modified >= started or self.pinned(digest):
+                    continue
+                await self.store.unlink_blob(name, digest)
+                report.links += 1
+        removed = []
+        for record in candidates.blobs:
+            if self.pinned(record.digest):
+                continue
+            await self.store.delete_blob_record(record.digest)
+            removed.append(record)
+        # A manifest written while the records went may reference one of them: put it back.
+        rescued = await self._rescued(repositories, started)
+        kept = {d for marks in rescued.values() for d in marks.manifests | marks.blobs}
+        for record in removed:
+            if record.digest in kept or self.pinned(record.digest):
+                await self.store.restore_blob_record(record)
+                report.spared += 1
+                continue
+            await self.store.driver.delete(record.key)
+            report.blobs += 1
+            report.blob_bytes += record.size
+        for key, size in candidates.orphans:
+            await self.store.driver.delete(key)
+            report.orphans += 1
+            report.orphan_bytes += size
+
+    @staticmethod
+    def _report_candidates(candidates: _Candidates, report: GcReport) -> None:
+        for name, digests in candidates.manifests.items():
+            report.manifests.extend(f"{name}@{d}" for d in digests)
+        report.links = sum(len(d) for d in candidates.links.values())
+        report.blobs = len(candidates.blobs)
+        report.blob_bytes = sum(r.size for r in candidates.blobs)
+        report.orphans = len(candidates.orphans)
+        report.orphan_bytes = sum(size for _, size in candidates.orphans)
+
+
+def _drop(items: list[Digest], keep: set[Digest]) -> int:
+    """Remove from `items` (in place) what `keep` holds; return how many went."""
+    before = len(items)
+    items[:] = [d for d in items if d not in keep]
+    return before - len(items)
