@@ -16,6 +16,9 @@ from sshreg.storage.base import Driver
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings
 from sshreg.storage.store import RegistryStore
+from tests.support.containerd import Containerd
+from tests.support.docker import Dockerd
+from tests.support.podman import ContainersEnv
 from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, weed_binary
 
 # HTTP-level tests pick the caller's identity with this header; the registry itself only
@@ -51,6 +54,33 @@ def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory) -> Iterator[Dockerd]:
+    """One private dockerd (vfs storage, no iptables or bridge, its own sockets) per session."""
+    daemon = Dockerd(tmp_path_factory.mktemp("dockerd")).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def containerd(tmp_path_factory) -> Iterator[Containerd]:
+    """One standalone containerd per session whose content store is isolated per namespace,
+    so a pull into a fresh namespace really downloads every blob."""
+    daemon = Containerd(tmp_path_factory.mktemp("containerd")).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def containers_env(tmp_path_factory) -> ContainersEnv:
+    """podman, skopeo and buildah configuration and storage of their own, per session."""
+    return ContainersEnv(tmp_path_factory.mktemp("containers"))
 
 
 def s3_test_driver(server: SeaweedFS, **settings) -> S3Driver:

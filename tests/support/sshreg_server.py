@@ -1,42 +1,83 @@
 """The real thing for integration tests: `sshreg serve` as a subprocess, real `ssh` tunnels.
 
+`SshregServer(workdir, storage, config={...}, metrics=True)` writes the TOML `config` (a dict of
+sections) to `workdir/sshreg.toml`, adds `[metrics] listen` on a free loopback port when
+`metrics` is set, and runs `python -m sshreg serve --config ...`. What a test can read back
+from outside the process: `log()`, `audit()` (the `sshreg.audit` JSON lines), `metrics()` /
+`metric(name, **labels)` (the Prometheus text of `/metrics`), the pid for `psutil`.
+
+`S3Store.fresh(seaweedfs, name)` is a storage URL on a fresh prefix of a SeaweedFS bucket, with
+the environment sshreg needs to reach it, and views of what sshreg wrote there (blob objects,
+multipart uploads left behind, R2's part rule on every completed blob object).
+
 Everything listens on 127.0.0.1 only; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from sshreg.references import Digest
+from sshreg.storage.store import RegistryStore
+from tests.support.processes import free_port, wait_until
+from tests.support.seaweedfs import SeaweedFS, assert_r2_object_parts
 
 READY_LINE = "sshreg ready"
+AUDIT_MARK = "sshreg.audit: "
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["ClientKey", "S3Store", "SshregServer", "Tunnel", "free_port", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
-              interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+             interval: float = 0.05) -> object:
+    return wait_until(predicate, timeout, what, interval=interval)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def toml_text(config: dict[str, dict[str, Any]]) -> str:
+    """A TOML document of `[section]` tables with scalar or list values."""
+    lines: list[str] = []
+    for section, table in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of a Prometheus text exposition: (name, labels, value)."""
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if match and not line.startswith("#"):
+            labels = {k: v.replace('\\"', '"').replace("\\\\", "\\")
+                      for k, v in _LABEL.findall(match[2] or "")}
+            samples.append((match[1], labels, float(match[3])))
+    return samples
 
 
 @dataclass(frozen=True)
@@ -66,7 +107,9 @@ class SshregServer:
     """`python -m sshreg serve` on a free loopback port, with its own keys folder."""
 
     def __init__(self, workdir: Path, storage: str | None = None, *,
-                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 config: dict[str, dict[str, Any]] | None = None,
+                 metrics: bool = False) -> None:
         self.workdir = workdir
         self.keys_dir = workdir / "keys"
         self.keys_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +119,15 @@ class SshregServer:
         self.env = env or {}
         self.log_path = workdir / "sshreg.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.config = {section: dict(table) for section, table in (config or {}).items()}
+        self.metrics_port: int | None = None
+        if metrics:
+            self.metrics_port = free_port()
+            self.config.setdefault("metrics", {})["listen"] = f"127.0.0.1:{self.metrics_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "sshreg.toml"
 
     @property
     def authorized_keys(self) -> Path:
@@ -90,19 +142,28 @@ class SshregServer:
     def start(self, timeout: float = 30.0) -> SshregServer:
         command = [sys.executable, "-m", "sshreg", "serve", "--listen", f"127.0.0.1:{self.port}",
                    "--keys", str(self.keys_dir), "--storage", self.storage, *self.extra_args]
+        if self.config:
+            self.config_path.write_text(toml_text(self.config))
+            command += ["--config", str(self.config_path)]
+        ready_before = self.log().count(READY_LINE)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the child's lifetime
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, cwd=self.workdir)
         log.close()
         try:
-            wait_for(lambda: READY_LINE in self.log() or self.proc.poll() is not None,
-                     timeout, "sshreg to start")
+            wait_for(lambda: self.log().count(READY_LINE) > ready_before
+                     or self.proc.poll() is not None, timeout, "sshreg to start")
         except TimeoutError:
             self.stop()
             raise
         if self.proc.poll() is not None:
             raise RuntimeError(f"sshreg exited with {self.proc.returncode}:\n{self.log()}")
         return self
+
+    def restart(self, timeout: float = 30.0) -> SshregServer:
+        """SIGTERM and start again on the same port, keys, storage and configuration."""
+        self.stop()
+        return self.start(timeout)
 
     def log(self) -> str:
         try:
@@ -112,6 +173,25 @@ class SshregServer:
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
         wait_for(lambda: text in self.log(), timeout, f"{text!r} in the server log")
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every audit event logged so far (one JSON object per write or refusal)."""
+        return [json.loads(line.split(AUDIT_MARK, 1)[1]) for line in self.log().splitlines()
+                if AUDIT_MARK in line]
+
+    def metrics_text(self) -> str:
+        assert self.metrics_port is not None, "start the server with metrics=True"
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
+        return parse_metrics(self.metrics_text())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the series of `name` whose labels include `labels` (0 if none)."""
+        return sum(value for sample, have, value in self.metrics()
+                   if sample == name and all(have.get(k) == v for k, v in labels.items()))
 
     @property
     def pid(self) -> int:
@@ -186,6 +266,19 @@ class Tunnel:
         except (OSError, urllib.error.URLError):
             return False
 
+    def freeze(self) -> None:
+        """Make the tunnel hang as a stalled network would: SIGSTOP the ssh client (nothing
+        moves, nothing is closed; `kill` still ends it)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def kill(self) -> None:
+        """Cut the tunnel as a dying laptop would: SIGKILL the ssh client (its SSH connection
+        and every forwarded connection drop at once)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -197,3 +290,73 @@ class Tunnel:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
+
+
+@dataclass(frozen=True)
+class S3Store:
+    """sshreg storage on a SeaweedFS bucket under a fresh prefix, seen from outside sshreg."""
+
+    s3: SeaweedFS
+    prefix: str
+
+    @classmethod
+    def fresh(cls, s3: SeaweedFS, name: str) -> S3Store:
+        return cls(s3, f"{name}-{uuid.uuid4().hex[:12]}")
+
+    @property
+    def bucket(self) -> str:
+        return self.s3.bucket
+
+    @property
+    def url(self) -> str:
+        """The value for `sshreg serve --storage`."""
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What sshreg needs in its environment to reach the bucket."""
+        return self.s3.env()
+
+    def client(self) -> Any:
+        return self.s3.client()
+
+    def blob_object(self, digest: str) -> str | None:
+        """The bucket key holding a blob's bytes (from sshreg's blob record), None if the
+        blob was never published."""
+        record_key = f"{self.prefix}/{RegistryStore.blob_key(Digest.parse(digest))}"
+        try:
+            body = self.client().get_object(Bucket=self.bucket, Key=record_key)["Body"].read()
+        except self.client().exceptions.NoSuchKey:
+            return None
+        return f"{self.prefix}/{json.loads(body)['key']}"
+
+    def multipart_uploads(self) -> list[dict[str, Any]]:
+        """Multipart uploads in progress under the prefix (what an abort must leave empty)."""
+        page = self.client().list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix + "/")
+        return list(page.get("Uploads", ()))
+
+    def objects(self, under: str = "") -> dict[str, int]:
+        """key -> size of every object under the prefix (and `under` within it)."""
+        client = self.client()
+        out: dict[str, int] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{self.prefix}/{under}"):
+            out.update({o["Key"]: o["Size"] for o in page.get("Contents", ())})
+        return out
+
+    def blob_parts(self, digest: str, part_size: int | None = None) -> list[int]:
+        """Part sizes of a published blob's object, checked against R2's rule; [] if it was
+        written with one PutObject."""
+        key = self.blob_object(digest)
+        assert key is not None, f"{digest} is not published"
+        return assert_r2_object_parts(self.client(), self.bucket, key, part_size)
+
+    def check_r2_parts(self, part_size: int | None = None) -> int:
+        """R2's part rule on every blob object sshreg completed; returns how many were
+        multipart objects."""
+        client = self.client()
+        multipart = 0
+        for key in self.objects("data/"):
+            if assert_r2_object_parts(client, self.bucket, key, part_size):
+                multipart += 1
+        return multipart

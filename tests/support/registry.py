@@ -1,0 +1,211 @@
+"""A reference registry and a tiny HTTP reader for checking what clients pushed.
+
+`DistributionRegistry(workdir).start()` runs Debian's `docker-registry` (distribution 2.8) on a
+free 127.0.0.1 port with a filesystem root under `workdir`, deletes enabled, debug log with the
+access log. It is the yardstick the client helpers were verified against, and lets a test
+compare sshreg's behaviour with distribution's.
+
+`RegistryHTTP(base_url)` fetches manifests and blobs over plain HTTP (urllib, bounded timeouts)
+so a test can check that what a client pushed is byte for byte what it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.images import Image, MultiArchImage
+from tests.support.processes import Process, free_port, wait_until
+
+START_TIMEOUT = 30.0
+HTTP_TIMEOUT = 60.0
+
+MANIFEST_ACCEPT = ", ".join((
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+))
+
+
+def distribution_binary() -> str | None:
+    return shutil.which("docker-registry") or shutil.which("registry")
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+CONFIG = """\
+version: 0.1
+log:
+  level: {level}
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:{port}
+  headers:
+    X-Content-Type-Options: [nosniff]
+"""
+
+
+class DistributionRegistry:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, no auth."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, debug: bool = True) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.debug = debug
+        self.process: Process | None = None
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:PORT`, the registry part of an image reference."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "registry.log"
+
+    def start(self, timeout: float = START_TIMEOUT) -> DistributionRegistry:
+        binary = distribution_binary()
+        if binary is None:
+            raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.yml"
+        config.write_text(CONFIG.format(level="debug" if self.debug else "info",
+                                        root=self.workdir / "data", port=self.port))
+        self.process = Process.start([binary, "serve", config], self.log_path, cwd=self.workdir)
+        try:
+            self.process.wait_ready(lambda: http_ok(self.url + "/v2/"), timeout,
+                                    "docker-registry to answer /v2/")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.process.log_tail(lines) if self.process else "(not started)"
+
+    def __enter__(self) -> DistributionRegistry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    body: bytes
+    content_type: str
+    docker_digest: str | None  # the Docker-Content-Digest header
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the body as received."""
+        return "sha256:" + hashlib.sha256(self.body).hexdigest()
+
+
+class RegistryHTTP:
+    """Minimal reader for a registry at `base_url` (http://127.0.0.1:PORT)."""
+
+    def __init__(self, base_url: str, timeout: float = HTTP_TIMEOUT) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+
+    def _get(self, path: str, method: str = "GET", accept: str | None = None) -> Fetched:
+        request = urllib.request.Request(self.base_url + path, method=method)
+        if accept:
+            request.add_header("Accept", accept)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            body = response.read()
+            return Fetched(body, response.headers.get("Content-Type", ""),
+                           response.headers.get("Docker-Content-Digest"))
+
+    def manifest(self, repository: str, reference: str, accept: str = MANIFEST_ACCEPT) -> Fetched:
+        return self._get(f"/v2/{repository}/manifests/{reference}", accept=accept)
+
+    def blob(self, repository: str, digest: str) -> Fetched:
+        return self._get(f"/v2/{repository}/blobs/{digest}")
+
+    def has_blob(self, repository: str, digest: str) -> bool:
+        try:
+            self._get(f"/v2/{repository}/blobs/{digest}", method="HEAD")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        return True
+
+    def tags(self, repository: str) -> list[str]:
+        return list(json.loads(self._get(f"/v2/{repository}/tags/list").body).get("tags") or [])
+
+    def push_blob(self, repository: str, path: Path, digest: str) -> None:
+        """Monolithic upload (POST, then PUT with the whole body), skipped if present."""
+        if self.has_blob(repository, digest):
+            return
+        post = urllib.request.Request(f"{self.base_url}/v2/{repository}/blobs/uploads/",
+                                      method="POST", data=b"")
+        with urllib.request.urlopen(post, timeout=self.timeout) as response:
+            location = response.headers["Location"]
+        if location.startswith("/"):
+            location = self.base_url + location
+        separator = "&" if "?" in location else "?"
+        with open(path, "rb") as body:
+            put = urllib.request.Request(f"{location}{separator}digest={digest}", method="PUT",
+                                         data=body, headers={
+                                             "Content-Length": str(path.stat().st_size),
+                                             "Content-Type": "application/octet-stream"})
+            with urllib.request.urlopen(put, timeout=self.timeout) as response:
+                if response.status != 201:
+                    raise RuntimeError(f"blob PUT answered {response.status}")
+
+    def push_manifest(self, repository: str, reference: str, body: bytes,
+                      media_type: str) -> str:
+        """PUT a manifest; returns the Docker-Content-Digest the registry answered."""
+        request = urllib.request.Request(f"{self.base_url}/v2/{repository}/manifests/{reference}",
+                                         method="PUT", data=body,
+                                         headers={"Content-Type": media_type})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return str(response.headers.get("Docker-Content-Digest", ""))
+
+    def push_image(self, repository: str, tag: str, image: Image | MultiArchImage) -> str:
+        """Upload a synthetic image (or index with all its images) exactly as generated."""
+        if isinstance(image, MultiArchImage):
+            for child in image.images:
+                self.push_image(repository, child.digest, child)
+            return self.push_manifest(repository, tag, image.index_bytes(),
+                                      image.index.media_type)
+        for digest in image.blob_digests:
+            self.push_blob(repository, image.blob_path(digest), digest)
+        return self.push_manifest(repository, tag, image.manifest_bytes(),
+                                  image.manifest.media_type)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        wait_until(lambda: http_ok(self.base_url + "/v2/"), timeout, f"{self.base_url}/v2/")
