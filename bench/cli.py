@@ -25,7 +25,7 @@ from . import report
 from .cases import CASES, Metrics, RunContext, Sizes
 from .image import build_oci_image
 from .seaweed import Seaweed, start_seaweed
-from .stacks import ReferenceStack, SshregStack, Stack, Storage, open_tunnel
+from .stacks import Knobs, ReferenceStack, SshregStack, Stack, Storage, open_tunnel
 
 BENCH_DIR = Path(__file__).resolve().parent
 SKOPEO_CASES = ("skopeo_push", "skopeo_pull")
@@ -49,7 +49,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: a new folder in the system temp dir)")
     parser.add_argument("--client-dir", type=Path, help="where skopeo's image and pulls go "
                         "(default: /dev/shm when present, to keep client disk I/O out)")
+    knobs = parser.add_argument_group("experiments (the defaults are what users get)")
+    knobs.add_argument("--cipher", help="force the ssh client's cipher (ssh -c) for both stacks")
+    knobs.add_argument("--sshreg-config", type=Path, help="TOML file for sshreg serve --config")
+    knobs.add_argument("--sshreg-uvloop", action="store_true", help="run sshreg on uvloop")
+    knobs.add_argument("--sshreg-env", action="append", default=[], metavar="NAME=VALUE",
+                       help="extra environment for sshreg (e.g. MALLOC_ARENA_MAX=2)")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.sshreg_env):
+        parser.error("--sshreg-env takes NAME=VALUE")
+    args.knobs = Knobs(args.cipher, args.sshreg_config and args.sshreg_config.resolve(),
+                       args.sshreg_uvloop, tuple(args.sshreg_env))
     args.runs = args.runs or (1 if args.quick else 3)
     args.big_runs = args.runs if args.big_runs is None else args.big_runs
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -69,9 +79,9 @@ def _summary(metrics: Metrics) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def _make_stack(name: str, directory: Path, storage: Storage) -> Stack:
+def _make_stack(name: str, directory: Path, storage: Storage, knobs: Knobs) -> Stack:
     cls = SshregStack if name == "sshreg" else ReferenceStack
-    return cls(directory, storage)
+    return cls(directory, storage, knobs)
 
 
 class Bench:
@@ -102,7 +112,7 @@ class Bench:
         self.troubled = False
         try:
             storage.prepare()
-            stack = _make_stack(name, directory, storage)
+            stack = _make_stack(name, directory, storage, self.args.knobs)
             try:
                 stack.start()
                 self._run_cases(kind, stack, run, directory, state, results)
@@ -220,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": machine,
         "config": {"quick": args.quick, "runs": args.runs, "big_runs": args.big_runs,
+                   "knobs": args.knobs.describe(),
                    "cases": args.cases, "sizes": vars(bench.sizes)},
         "ciphers": bench.ciphers,
         "runs": runs,

@@ -178,6 +178,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{machine['load_after']} after. sshreg at {machine.get('source', '?')}. "
         f"{config['runs']} run(s) per stack, alternating, "
         f"medians{' (quick mode: tiny sizes)' if config['quick'] else ''}. "
+        f"Settings: {config.get('knobs', 'defaults')}. "
         f"Negotiated ciphers: {ciphers}. Versions: {machine['versions']}.",
         "",
         results_table(result["medians"]),

@@ -59,12 +59,30 @@ class Storage:
             run(["rm", "-rf", str(self.path)], timeout=300)
 
 
+@dataclass(frozen=True)
+class Knobs:
+    """Experiment switches (defaults: what a user gets out of the box)."""
+
+    cipher: str | None = None  # force the ssh client's cipher (-c) for both stacks
+    sshreg_config: Path | None = None  # a TOML file for `sshreg serve --config`
+    sshreg_uvloop: bool = False  # run sshreg on uvloop (installed as the asyncio policy)
+    sshreg_env: tuple[str, ...] = ()  # extra NAME=VALUE for sshreg's environment
+
+    def describe(self) -> str:
+        parts = [f"ssh -c {self.cipher}" if self.cipher else "",
+                 f"sshreg --config {self.sshreg_config}" if self.sshreg_config else "",
+                 "sshreg on uvloop" if self.sshreg_uvloop else "",
+                 " ".join(self.sshreg_env)]
+        return ", ".join(p for p in parts if p) or "defaults"
+
+
 class Stack(Protocol):
     name: str
     ssh_port: int
     target: str  # what the tunnel forwards to, as seen from the server
     user: str
     key: Path
+    knobs: Knobs
 
     def start(self) -> None: ...
 
@@ -84,6 +102,10 @@ def env_without(*names: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in names}
 
 
+UVLOOP_LAUNCHER = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+                   "from sshreg.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 class SshregStack:
     """sshreg serving on a free loopback port, its storage in `storage`."""
 
@@ -91,9 +113,10 @@ class SshregStack:
     target = "localhost:80"
     user = "bench"
 
-    def __init__(self, workdir: Path, storage: Storage) -> None:
+    def __init__(self, workdir: Path, storage: Storage, knobs: Knobs = Knobs()) -> None:
         self.workdir = workdir
         self.storage = storage
+        self.knobs = knobs
         self.keys = workdir / "keys"
         self.keys.mkdir(parents=True, exist_ok=True)
         self.key = make_client_key(workdir, "client")
@@ -103,6 +126,7 @@ class SshregStack:
 
     def _storage_args(self) -> tuple[str, dict[str, str]]:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env.update(item.split("=", 1) for item in self.knobs.sshreg_env)  # type: ignore[misc]
         if self.storage.s3 is None:
             return str(self.storage.path), env
         s3 = self.storage.s3
@@ -114,9 +138,11 @@ class SshregStack:
     def start(self) -> None:
         url, env = self._storage_args()
         log = self.workdir / "sshreg.log"
-        self.proc = Proc([sys.executable, "-m", "sshreg", "serve", "--listen",
-                          f"127.0.0.1:{self.ssh_port}", "--keys", self.keys, "--storage", url],
-                         log, env=env, cwd=self.workdir)
+        launcher = ["-c", UVLOOP_LAUNCHER] if self.knobs.sshreg_uvloop else ["-m", "sshreg"]
+        config = ["--config", str(self.knobs.sshreg_config)] if self.knobs.sshreg_config else []
+        self.proc = Proc([sys.executable, *launcher, "serve", "--listen",
+                          f"127.0.0.1:{self.ssh_port}", "--keys", self.keys, "--storage", url,
+                          *config], log, env=env, cwd=self.workdir)
         self.proc.wait_ready(lambda: "sshreg ready" in log.read_text(errors="replace"),
                              START_TIMEOUT, "sshreg to start")
 
@@ -153,7 +179,7 @@ LogLevel ERROR
 """
 
 
-def registry_config(storage: Storage, root: Path, port: int) -> dict[str, object]:
+def registry_config(storage: Storage, port: int) -> dict[str, object]:
     """distribution's configuration (JSON is valid YAML), pulls kept in the tunnel."""
     if storage.s3 is not None:
         driver: dict[str, object] = {"s3": {
@@ -186,9 +212,10 @@ class ReferenceStack:
     name = "reference"
     user = "root"
 
-    def __init__(self, workdir: Path, storage: Storage) -> None:
+    def __init__(self, workdir: Path, storage: Storage, knobs: Knobs = Knobs()) -> None:
         self.workdir = workdir
         self.storage = storage
+        self.knobs = knobs
         self.key = make_client_key(workdir, "client")
         self.host_key = workdir / "ssh_host_ed25519_key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.host_key], timeout=30)
@@ -206,8 +233,8 @@ class ReferenceStack:
             port=self.ssh_port, host_key=self.host_key, pid_file=self.workdir / "sshd.pid",
             authorized_keys=authorized, registry_port=self.registry_port))
         registry_yml = self.workdir / "registry.yml"
-        registry_yml.write_text(json.dumps(registry_config(
-            self.storage, self.workdir, self.registry_port), indent=1))
+        registry_yml.write_text(json.dumps(registry_config(self.storage, self.registry_port),
+                                           indent=1))
         registry_yml.chmod(0o600)
         return sshd_config, registry_yml
 
@@ -246,6 +273,7 @@ class Tunnel:
                 "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=15", "-o", "ExitOnForwardFailure=yes",
+                *(["-c", stack.knobs.cipher] if stack.knobs.cipher else []),
                 "-N", "-L", f"127.0.0.1:{self.port}:{stack.target}", f"{stack.user}@127.0.0.1"]
         self.proc = Proc(args, self.log_path)
 
