@@ -83,7 +83,7 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         assert self._chan is not None and self._management is not None
         result = await self._management.run(self._identity, command)
         chan = self._chan
-        if chan.is_closing():
+        if self._task is None:  # the channel went away while the command ran
             return
         if result.stdout:
             chan.write(result.stdout.replace("\n", "\r\n") if chan.get_terminal_type()
@@ -92,6 +92,12 @@ class CommandSession(asyncssh.SSHServerSession[str]):
             chan.write_stderr(result.stderr)
         chan.exit(result.status)
 
+    def eof_received(self) -> bool:
+        # The client's stdin ended (ssh sends EOF as soon as it has nothing to send); the
+        # answer is still to come, so keep our side of the channel open.
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
