@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="check the configuration, the keys folder and the storage")
     _config_flags(check)
     _keys_parser(sub)
+    gc = sub.add_parser("gc", help="collect garbage in the storage (safe while the server runs)")
+    _config_flags(gc)
+    gc.add_argument("--dry-run", action="store_true", help="report what would go, delete nothing")
+    gc.add_argument("--json", action="store_true", help="machine-readable report")
     return parser
 
 
@@ -90,6 +94,35 @@ def _check(config: Config) -> int:
         print(line, file=sys.stderr)
     print("\n".join(out))
     return 0 if report.ok else EXIT_FAILED
+
+
+def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
+    """`sshreg gc` on the host: the collector the `gc` SSH command runs, in its own process."""
+    from .management.commands import human_size
+    from .management.gc import GarbageCollector
+    from .service import gc_settings, open_driver
+    from .storage.store import RegistryStore
+
+    async def collect():
+        driver = open_driver(config)
+        try:
+            return await GarbageCollector(RegistryStore(driver), gc_settings(config)).run(dry_run)
+        finally:
+            await driver.close()
+
+    try:
+        report = asyncio.run(collect())
+    except Exception as exc:
+        log.error("garbage collection failed: %s", exc)
+        return EXIT_FAILED
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        verb = "would remove" if dry_run else "removed"
+        print(f"{verb} {len(report.tags)} tag(s), {len(report.manifests)} manifest(s), "
+              f"{report.blobs} blob(s), {report.orphans} leftover object(s): "
+              f"{human_size(report.bytes_reclaimed)} in {report.seconds:.1f}s")
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -134,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return _check(config)
     logs.configure(config.log_level, config.log_format)
+    if args.command == "gc":
+        return _gc(config, args.dry_run, args.json)
     if args.command == "serve":
         from .service import serve
 

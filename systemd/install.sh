@@ -143,8 +143,10 @@ EOF
 }
 
 install_units() {
-    say "installing $UNIT_DIR/sshreg.service"
-    install -m 0644 -o root -g root "$HERE/sshreg.service" "$UNIT_DIR/sshreg.service"
+    for unit in sshreg.service sshreg-gc.service sshreg-gc.timer; do
+        say "installing $UNIT_DIR/$unit"
+        install -m 0644 -o root -g root "$HERE/$unit" "$UNIT_DIR/$unit"
+    done
 }
 
 # The config as the service will see it: its user, folder, umask and secrets.
@@ -163,7 +165,7 @@ check_config() {
 
 start_service() {
     if [ "$START" = no ]; then
-        say "--no-start: not touching systemd; start it later with: systemctl enable --now sshreg"
+        say "--no-start: not touching systemd; start it later with: systemctl enable --now sshreg sshreg-gc.timer"
         return
     fi
     if [ ! -d /run/systemd/system ]; then
@@ -171,7 +173,8 @@ start_service() {
         return
     fi
     systemctl daemon-reload
-    systemctl enable sshreg.service
+    systemctl enable sshreg.service sshreg-gc.timer
+    systemctl start sshreg-gc.timer
     say "(re)starting sshreg"
     systemctl restart sshreg.service
     systemctl --no-pager --lines=5 status sshreg.service || true

@@ -30,10 +30,10 @@ done
 
 if [ -d /run/systemd/system ]; then
     say "stopping and disabling sshreg"
-    systemctl disable --now sshreg.service 2>/dev/null || true
+    systemctl disable --now sshreg-gc.timer sshreg.service 2>/dev/null || true
 fi
 say "removing the unit, $PREFIX and $LINK"
-rm -f "$UNIT_DIR/sshreg.service"
+rm -f "$UNIT_DIR/sshreg.service" "$UNIT_DIR/sshreg-gc.service" "$UNIT_DIR/sshreg-gc.timer"
 [ "$PURGE" = no ] || rm -rf "$UNIT_DIR/sshreg.service.d"
 if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 rm -rf "$PREFIX"

@@ -236,7 +236,7 @@ class AuthorizedKeys:
             self._entries = []
             log.warning("%s does not exist: no key can log in", self.path)
             return True
-        self._entries = parse_authorized_keys(self.path.read_text(), str(self.path))
+        self._entries = parse_authorized_keys(self.path.read_text(errors="replace"), str(self.path))
         log.info("loaded %d key(s) from %s", len(self._entries), self.path)
         return True
 
