@@ -6,10 +6,16 @@ every manifest of a repository is a root too. Never deleted: anything written le
 `grace` seconds before the run started (blobs of a push whose manifest is not written yet),
 and anything a request of this process is using right now (`pinned`).
 
-Deleting happens after a `safety` pause and a second look: manifests and tags written
-since the run started are marked again, and whatever they reference is spared. Blob
-records are removed first, then checked once more against new manifests (a removed
-record is put back if one references it), and only then are the bytes deleted.
+Deleting happens after a `safety` pause and a second look: manifests, tags and links
+written since the run started are marked again, and whatever they reference is spared.
+Pins only cover this process, and other gateways may push into the same bucket, so the
+sweep works as delete, look, restore: it unlinks manifests and blobs and removes blob
+records (never tags), then looks a last time at what was written since the run started and
+puts back every manifest link, blob link and record such a write reaches (reading through
+what it removed itself), and only then deletes bytes. A manifest PUT does the mirror image
+(`registry/manifests.py`): it writes, then checks that everything it references is still
+there. Either the PUT sees a deletion and fails, or the deletion came after the PUT's check,
+so the last look sees the PUT's manifest or tag and restores what it uses.
 
 Memory is bounded: reachable digests live in a Bloom filter of fixed size (a false
 positive keeps a blob that could have gone, never the reverse), each repository is
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field
 
 from ..oci import ManifestError, parse_manifest
 from ..references import Digest
-from ..storage.store import BlobRecord, RegistryStore
+from ..storage.store import BlobRecord, ManifestLink, RegistryStore
 from .retention import RetentionPolicy, expired_tags
 
 log = logging.getLogger("sshreg.gc")
@@ -94,6 +100,19 @@ class _Marks:
 
     manifests: set[Digest] = field(default_factory=set)
     blobs: set[Digest] = field(default_factory=set)
+
+
+@dataclass
+class _Removed:
+    """What the sweep of this run removed, to put back whatever a new write turns out to use."""
+
+    revisions: dict[tuple[str, Digest], ManifestLink] = field(default_factory=dict)
+    links: set[tuple[str, Digest]] = field(default_factory=set)
+    records: dict[Digest, BlobRecord] = field(default_factory=dict)
+
+    def referrers(self, name: str, subject: Digest) -> list[Digest]:
+        return [d for (n, d), link in self.revisions.items()
+                if n == name and link.subject == subject]
 
 
 @dataclass
@@ -182,14 +201,16 @@ class GarbageCollector:
         candidates.manifests[name] = [d for d in revisions if d not in marks.manifests]
         candidates.links[name] = [d for d in links if d not in marks.blobs]
 
-    async def _walk(self, name: str, roots: set[Digest], marks: _Marks) -> None:
-        """Mark manifests from `roots`: their blobs, index children and referrers."""
+    async def _walk(self, name: str, roots: set[Digest], marks: _Marks,
+                    removed: _Removed | None = None) -> None:
+        """Mark manifests from `roots`: their blobs, index children and referrers (also
+        through what this run `removed`, whose bytes are still stored)."""
         pending = list(roots)
         while pending:
             digest = pending.pop()
             if digest in marks.manifests:
                 continue
-            found = await self.store.manifest(name, digest)
+            found = await self._read_manifest(name, digest, removed)
             if found is None:
                 continue  # a tag pointing at a deleted manifest keeps nothing
             link, data = found
@@ -202,6 +223,21 @@ class GarbageCollector:
             marks.blobs.update(d.digest for d in manifest.blobs if not d.external)
             pending.extend(d.digest for d in manifest.children)
             pending.extend(await self.store.referrer_digests(name, digest))
+            if removed is not None:
+                pending.extend(removed.referrers(name, digest))
+
+    async def _read_manifest(self, name: str, digest: Digest, removed: _Removed | None
+                             ) -> tuple[ManifestLink, bytes] | None:
+        if removed is None:
+            return await self.store.manifest(name, digest)
+        link = await self.store.manifest_link(name, digest) or removed.revisions.get((name, digest))
+        record = await self.store.blob(digest) or removed.records.get(digest)
+        if link is None or record is None:
+            return None
+        try:
+            return link, await self.store.blob_bytes(record)
+        except FileNotFoundError:
+            return None
 
     async def _collect_blobs(self, started: float, reachable: BloomFilter,
                              candidates: _Candidates) -> None:
@@ -221,18 +257,20 @@ class GarbageCollector:
 
     # -- second look and sweep -----------------------------------------------------
 
-    async def _rescued(self, repositories: list[str], started: float) -> dict[str, _Marks]:
-        """What manifests and tags written since the run started keep, per repository."""
+    async def _rescued(self, repositories: list[str], started: float,
+                       removed: _Removed | None = None) -> dict[str, _Marks]:
+        """What manifests, tags and links written since the run started keep, per repository."""
         rescued: dict[str, _Marks] = {}
         names = set(repositories) | set(await self.store.repositories())
         for name in names:
-            roots = {d for d, info in [x async for x in self.store.revision_entries(name)]
+            roots = {d async for d, info in self.store.revision_entries(name)
                      if info.modified >= started}
             roots |= {d async for _, d, written in self.store.tag_entries(name)
                       if written >= started}
-            if roots:
-                marks = _Marks()
-                await self._walk(name, roots, marks)
+            marks = _Marks(blobs={d async for d, info in self.store.layer_entries(name)
+                                  if info.modified >= started})
+            await self._walk(name, roots, marks, removed)
+            if marks.manifests or marks.blobs:
                 rescued[name] = marks
         return rescued
 
@@ -249,34 +287,34 @@ class GarbageCollector:
 
     async def _sweep(self, repositories: list[str], started: float, candidates: _Candidates,
                      report: GcReport) -> None:
+        removed = _Removed()
         for name, digests in candidates.manifests.items():
             for digest in digests:
                 info = await self.store.revision_info(name, digest)
                 if info is None or info.modified >= started or self.pinned(digest):
                     continue
-                if await self.store.delete_manifest(name, digest):
-                    report.manifests.append(f"{name}@{digest}")
+                link = await self.store.delete_revision(name, digest)
+                if link is not None:
+                    removed.revisions[(name, digest)] = link
         for name, digests in candidates.links.items():
             for digest in digests:
                 info = await self.store.layer_info(name, digest)
                 if info is None or info.modified >= started or self.pinned(digest):
                     continue
                 await self.store.unlink_blob(name, digest)
-                report.links += 1
-        removed = []
+                removed.links.add((name, digest))
         for record in candidates.blobs:
             if self.pinned(record.digest):
                 continue
             await self.store.delete_blob_record(record.digest)
-            removed.append(record)
-        # A manifest written while the records went may reference one of them: put it back.
-        rescued = await self._rescued(repositories, started)
-        kept = {d for marks in rescued.values() for d in marks.manifests | marks.blobs}
-        for record in removed:
-            if record.digest in kept or self.pinned(record.digest):
-                await self.store.restore_blob_record(record)
-                report.spared += 1
-                continue
+            removed.records[record.digest] = record
+        # The last look: a write since the run started, here or on another gateway, may
+        # use some of what just went. Put that back; only the rest loses its bytes.
+        rescued = await self._rescued(repositories, started, removed)
+        report.spared += await self._restore(rescued, removed)
+        report.manifests.extend(f"{name}@{digest}" for name, digest in removed.revisions)
+        report.links += len(removed.links)
+        for record in removed.records.values():
             await self.store.driver.delete(record.key)
             report.blobs += 1
             report.blob_bytes += record.size
@@ -284,6 +322,29 @@ class GarbageCollector:
             await self.store.driver.delete(key)
             report.orphans += 1
             report.orphan_bytes += size
+
+    async def _restore(self, rescued: dict[str, _Marks], removed: _Removed) -> int:
+        """Put back records, then links, then manifest links that `rescued` uses (a reader
+        never finds a manifest before its blobs); take them out of `removed`."""
+        kept = {d for marks in rescued.values() for d in marks.manifests | marks.blobs}
+        restored = 0
+        for digest, record in list(removed.records.items()):
+            if digest in kept or self.pinned(digest):
+                await self.store.restore_blob_record(record)
+                del removed.records[digest]
+                restored += 1
+        for name, marks in rescued.items():
+            for digest in marks.blobs:
+                if (name, digest) in removed.links:
+                    await self.store.link_blob(name, digest)
+                    removed.links.discard((name, digest))
+                    restored += 1
+            for digest in marks.manifests:
+                link = removed.revisions.pop((name, digest), None)
+                if link is not None:
+                    await self.store.restore_revision(name, link)
+                    restored += 1
+        return restored
 
     @staticmethod
     def _report_candidates(candidates: _Candidates, report: GcReport) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..oci import INDEXES, ManifestError, parse_manifest
+from ..oci import INDEXES, Manifest, ManifestError, parse_manifest
 from ..references import Digest, is_digest, is_valid_tag
 from ..storage.store import ManifestLink
 from .errors import Code, RegistryError
@@ -98,8 +99,15 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
             annotations=manifest.annotations or None,
         )
         await ctx.store.put_manifest(ctx.name, link, data)
-        for tag in tags:
-            await ctx.store.set_tag(ctx.name, tag, digest)
+        previous = {tag: await ctx.store.set_tag(ctx.name, tag, digest) for tag in tags}
+        missing = await _missing_after_write(ctx, digest, manifest)
+        if missing:
+            for tag, before in previous.items():
+                await ctx.store.undo_tag(ctx.name, tag, digest, before)
+            log.warning("manifest %s for %s: %s removed while it was written (garbage "
+                        "collection on another gateway?); push refused", digest, ctx.name,
+                        ", ".join(missing))
+            raise RegistryError(Code.MANIFEST_BLOB_UNKNOWN, {"removed_meanwhile": missing})
     ctx.reference = ", ".join([str(digest), *tags])
     log.info("manifest %s pushed to %s%s by %s", digest, ctx.name,
              f" as {', '.join(tags)}" if tags else "", ctx.identity.fingerprint)
@@ -134,6 +142,50 @@ async def _check_references(ctx: Context, blobs, children, media_type: str) -> N
     if missing:
         kind = "manifests" if media_type in INDEXES else "blobs"
         raise RegistryError(Code.MANIFEST_BLOB_UNKNOWN, {kind: missing})
+
+
+async def _missing_after_write(ctx: Context, digest: Digest, manifest: Manifest) -> list[str]:
+    """What the manifest needs that is gone now, checked after writing it and its tags.
+
+    Garbage collection on another gateway may remove what `_check_references` found between
+    that check and the writes. It puts back what a manifest or tag written meanwhile uses
+    only if its last look comes after the write (see `management/gc.py`): when everything is
+    still here after the write, any later deletion is followed by such a look. Otherwise the
+    push fails and the client pushes again, rather than get a 201 for a broken image.
+    """
+    store, name = ctx.store, ctx.name
+    seen: set[Digest] = set()
+
+    async def manifest_ok(target: Digest) -> bool:
+        return (await store.manifest_link(name, target) is not None
+                and await store.blob(target) is not None)
+
+    async def blob_ok(target: Digest) -> bool:
+        return await store.repository_blob(name, target) is not None
+
+    async def child_missing(child: Digest) -> list[str]:
+        if child in seen:
+            return []
+        seen.add(child)
+        found = await store.manifest(name, child)
+        if found is None:
+            return [str(child)]
+        try:
+            parsed = parse_manifest(found[1], found[0].media_type)
+        except ManifestError:
+            return []  # accepted when it was pushed; nothing more to check through it
+        return await references_missing(parsed)
+
+    async def references_missing(parsed: Manifest) -> list[str]:
+        blobs = [d.digest for d in parsed.blobs if not d.external]
+        present = await asyncio.gather(*(blob_ok(d) for d in blobs))
+        gone = [str(d) for d, ok in zip(blobs, present, strict=True) if not ok]
+        for found in await asyncio.gather(*(child_missing(c.digest) for c in parsed.children)):
+            gone += found
+        return gone
+
+    missing = [] if await manifest_ok(digest) else [str(digest)]
+    return missing + await references_missing(manifest)
 
 
 async def delete_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:

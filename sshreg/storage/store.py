@@ -15,6 +15,10 @@ Blob bytes are written once under a fresh `data/` key and published by writing t
 record with `if_none_match`, which is O(1) whatever the size and makes concurrent pushes
 of one blob safe: the loser deletes its copy. A blob is readable through a repository
 only if the repository links it, so knowing a digest does not leak content.
+
+Everything a gateway needs is here, so several gateways can share one bucket. The only
+local state is `_known_repositories`, which holds facts that cannot become false: a catalog
+marker is never removed (garbage collection may empty a repository, never unlist it).
 """
 
 from __future__ import annotations
@@ -313,6 +317,10 @@ class RegistryStore:
     async def put_manifest(self, name: str, link: ManifestLink, data: bytes) -> None:
         await self._ensure_repository(name)
         await self.put_blob_bytes(link.digest, data)
+        await self.restore_revision(name, link)
+
+    async def restore_revision(self, name: str, link: ManifestLink) -> None:
+        """Link a manifest whose bytes are stored into a repository (with its referrer entry)."""
         await self.driver.put(self._revision_key(name, link.digest), link.to_json())
         if link.subject is not None:
             key = self._referrers_prefix(name, link.subject) + _digest_path(link.digest)
@@ -346,6 +354,18 @@ class RegistryStore:
         await self.driver.delete(self._revision_key(name, digest))
         return True
 
+    async def delete_revision(self, name: str, digest: Digest) -> ManifestLink | None:
+        """Unlink a manifest (garbage collection): its referrer entry, then the link itself.
+        Tags are left alone; the link removed is returned so that it can be put back."""
+        link = await self.manifest_link(name, digest)
+        if link is None:
+            return None
+        if link.subject is not None:
+            key = self._referrers_prefix(name, link.subject) + _digest_path(digest)
+            await self.driver.delete(key)
+        await self.driver.delete(self._revision_key(name, digest))
+        return link
+
     async def revision_entries(self, name: str) -> AsyncIterator[tuple[Digest, ObjectInfo]]:
         """The manifests of a repository, with their link objects (for age)."""
         async for digest, obj in self._digests_under(f"{self._repo(name)}/_manifests/revisions/"):
@@ -363,23 +383,39 @@ class RegistryStore:
         obj = await self.driver.get(self._tags_prefix(name) + tag)
         return Digest.parse(obj.data.decode()) if obj else None
 
-    async def set_tag(self, name: str, tag: str, digest: Digest) -> None:
-        """Point a tag at a manifest, as a compare-and-swap so no update is lost silently."""
+    async def set_tag(self, name: str, tag: str, digest: Digest) -> Digest | None:
+        """Point a tag at a manifest, as a compare-and-swap so no update is lost silently.
+        Returns the digest the tag pointed at before (None if it was new)."""
         key = self._tags_prefix(name) + tag
         value = str(digest).encode()
         for _ in range(TAG_WRITE_ATTEMPTS):
             current = await self.driver.get(key)
             if current is not None and current.data == value:
-                return
+                return digest
             try:
                 if current is None:
                     await self.driver.put(key, value, if_none_match=True)
-                else:
-                    await self.driver.put(key, value, if_match=current.etag)
-                return
+                    return None
+                await self.driver.put(key, value, if_match=current.etag)
+                return Digest.parse(current.data.decode())
             except PreconditionFailed:
                 continue
         raise PreconditionFailed(f"tag {name}:{tag} kept changing")
+
+    async def undo_tag(self, name: str, tag: str, digest: Digest, previous: Digest | None) -> None:
+        """Put a tag back where it was before `set_tag(name, tag, digest)`, unless it has
+        been moved since (a conditional write: another writer's update wins)."""
+        if previous == digest:
+            return
+        key = self._tags_prefix(name) + tag
+        current = await self.driver.get(key)
+        if current is None or current.data != str(digest).encode():
+            return
+        if previous is None:
+            await self.driver.delete(key)  # S3 has no conditional delete: a tiny window
+            return
+        with contextlib.suppress(PreconditionFailed):
+            await self.driver.put(key, str(previous).encode(), if_match=current.etag)
 
     async def delete_tag(self, name: str, tag: str) -> bool:
         key = self._tags_prefix(name) + tag
