@@ -6,6 +6,9 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     [server]
     listen = "0.0.0.0:2222"       # address and port of the SSH server
     keys = "keys"                 # folder with authorized_keys and the host key
+    authorized_keys = ""          # default KEYS/authorized_keys; or a shared path, or
+                                  # s3://BUCKET/KEY: one file for several gateways
+    authorized_keys_poll = "10s"  # how often an s3:// authorized_keys is checked for changes
     public_name = ""              # host name shown in the help text (default: hostname)
     registry_port = 80            # the port users forward to: ssh -L 5000:localhost:80
     ciphers = []                  # SSH ciphers; default from the CPU's AES support
@@ -18,6 +21,7 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     region = "auto"
     part_size = "32MiB"           # fixed multipart part size (R2: all parts equal)
     part_concurrency = 4          # parts uploaded in parallel per blob
+    parts_in_flight = 8           # parts being uploaded at once, all blobs together
     redirect_expiry = "0s"        # >0: blob pulls redirect to presigned URLs valid this long
     stale_upload_age = "24h"      # multipart uploads older than this are aborted
 
@@ -105,6 +109,8 @@ class Config:
     listen_host: str = "0.0.0.0"
     listen_port: int = 2222
     keys: Path = Path("keys")
+    authorized_keys: str = ""
+    authorized_keys_poll: float = 10.0
     public_name: str = ""
     registry_port: int = 80
     ciphers: tuple[str, ...] = ()
@@ -116,6 +122,7 @@ class Config:
     region: str = "auto"
     part_size: int = 32 << 20
     part_concurrency: int = 4
+    parts_in_flight: int = 8
     redirect_expiry: float = 0.0
     stale_upload_age: float = 86400.0
 
@@ -150,10 +157,22 @@ class Config:
     def is_s3(self) -> bool:
         return self.storage.startswith("s3://")
 
+    @property
+    def authorized_keys_location(self) -> str:
+        """Where authorized_keys is: a path, or an s3://BUCKET/KEY URL."""
+        return self.authorized_keys or str(self.keys / "authorized_keys")
+
+    @property
+    def shared_keys(self) -> bool:
+        """Whether authorized_keys lives in a bucket (polled, not re-read on login)."""
+        return self.authorized_keys.startswith("s3://")
+
 
 # (section, key) in the file -> (Config field, parser)
 _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("server", "keys"): ("keys", lambda v, w: Path(_str(v, w))),
+    ("server", "authorized_keys"): ("authorized_keys", lambda v, w: _str(v, w)),
+    ("server", "authorized_keys_poll"): ("authorized_keys_poll", parse_duration),
     ("server", "public_name"): ("public_name", lambda v, w: _str(v, w)),
     ("server", "registry_port"): ("registry_port", lambda v, w: _port(v, w)),
     ("server", "ciphers"): ("ciphers", lambda v, w: _str_tuple(v, w)),
@@ -164,6 +183,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("storage", "region"): ("region", lambda v, w: _str(v, w)),
     ("storage", "part_size"): ("part_size", parse_size),
     ("storage", "part_concurrency"): ("part_concurrency", lambda v, w: _positive(v, w)),
+    ("storage", "parts_in_flight"): ("parts_in_flight", lambda v, w: _positive(v, w)),
     ("storage", "redirect_expiry"): ("redirect_expiry", parse_duration),
     ("storage", "stale_upload_age"): ("stale_upload_age", parse_duration),
     ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
@@ -309,6 +329,12 @@ def validate(config: Config) -> None:
                               "address (metrics are not authenticated)")
     if config.is_s3 and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?", config.storage):
         raise ConfigError(f"storage: {config.storage!r} is not s3://BUCKET[/PREFIX]")
+    if config.shared_keys and not re.fullmatch(
+            r"s3://[a-z0-9][a-z0-9.-]{1,62}/[^/](.*[^/])?", config.authorized_keys):
+        raise ConfigError(f"server.authorized_keys: {config.authorized_keys!r} is not "
+                          "s3://BUCKET/KEY")
+    if not 1 <= config.authorized_keys_poll <= 3600:
+        raise ConfigError("server.authorized_keys_poll must be between 1s and 1h")
     if not 5 << 20 <= config.part_size <= 5 << 30:
         raise ConfigError("storage.part_size must be between 5MiB and 5GiB (R2 and S3 limits)")
     if config.max_manifest_size < 4 << 20:

@@ -17,7 +17,7 @@ from .management.commands import Management
 from .management.gc import GarbageCollector, GcSettings
 from .metrics import InstrumentedDriver, Metrics
 from .registry.app import Registry, RegistrySettings
-from .ssh.authorized_keys import AuthorizedKeys
+from .ssh.authorized_keys import AuthorizedKeys, KeyList
 from .ssh.hostkey import HostKeyError, load_or_create_host_key
 from .ssh.limits import Limits
 from .ssh.server import Gateway, GatewaySettings
@@ -42,8 +42,20 @@ def open_driver(config: Config) -> Driver:
             region=config.region,
             part_size=config.part_size,
             part_concurrency=config.part_concurrency,
+            parts_in_flight=config.parts_in_flight,
         )
     return FilesystemDriver(Path(config.storage))
+
+
+def open_keys(config: Config) -> KeyList:
+    """authorized_keys where the config says: a file, or an object in a bucket (polled)."""
+    if config.shared_keys:
+        from .ssh.shared_keys import BucketFile, SharedAuthorizedKeys
+
+        source = BucketFile(config.authorized_keys, endpoint_url=config.endpoint_url or None,
+                            region=config.region)
+        return SharedAuthorizedKeys(source, config.authorized_keys_poll)
+    return AuthorizedKeys(config.authorized_keys_location)
 
 
 def registry_settings(config: Config) -> RegistrySettings:
@@ -94,6 +106,8 @@ def notify_systemd(state: str) -> None:
 
 
 async def _sweep_stale_uploads(driver: Driver, age: float) -> None:
+    """On start, then every hour (sooner when uploads count as stale sooner than 4 h)."""
+    interval = min(STALE_SWEEP_INTERVAL, max(1.0, age / 4))
     while True:
         try:
             removed = await driver.abort_stale_uploads(age)
@@ -101,7 +115,7 @@ async def _sweep_stale_uploads(driver: Driver, age: float) -> None:
                 log.info("aborted %d abandoned upload(s) older than %.0fs", removed, age)
         except Exception:
             log.exception("sweeping abandoned uploads failed")
-        await asyncio.sleep(STALE_SWEEP_INTERVAL)
+        await asyncio.sleep(interval)
 
 
 class Service:
@@ -113,7 +127,7 @@ class Service:
             self.host_key = load_or_create_host_key(config.keys)
         except (HostKeyError, OSError) as exc:
             raise ConfigError(f"host key: {exc}") from None
-        self.keys = AuthorizedKeys(config.keys / "authorized_keys")
+        self.keys = open_keys(config)
         self.metrics = Metrics()
         self.driver = driver or open_driver(config)
         store = RegistryStore(InstrumentedDriver(self.driver, self.metrics))
@@ -132,6 +146,7 @@ class Service:
         return sockets[0].getsockname()[1] if sockets else self.config.listen_port
 
     async def start(self) -> None:
+        await self.keys.start()
         await self.registry.start()
         try:
             await self.gateway.start()
@@ -200,6 +215,7 @@ class Service:
                 await self._sweeper
         await self.gateway.close()
         await self.registry.close()
+        await self.keys.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         await self.driver.close()

@@ -318,6 +318,38 @@ async def test_write_waits_for_a_free_part_slot(s3_server, make_driver):
     assert info is not None and info.size == 3 * MIN_PART_SIZE
 
 
+async def test_concurrent_uploads_share_the_drivers_budget_of_parts_in_flight(make_driver):
+    driver = make_driver(part_size=MIN_PART_SIZE, part_concurrency=2, parts_in_flight=2)
+    lock = threading.Lock()
+    active = [0, 0]  # now, peak
+    real = driver.client.upload_part
+
+    def counted(**params: Any) -> Any:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        try:
+            time.sleep(0.2)
+            return real(**params)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    driver.client.upload_part = counted
+    part = os.urandom(MIN_PART_SIZE)
+
+    async def push(name: str) -> None:
+        up = await driver.begin_upload(f"data/bb/{name}")
+        for _ in range(3):
+            await up.write(part)
+        await up.commit()
+
+    await asyncio.wait_for(asyncio.gather(*(push(f"u{i}") for i in range(4))), 120)
+    assert active[1] == 2  # four uploads of up to two parts each, two parts at a time
+    for i in range(4):
+        assert (await driver.stat(f"data/bb/u{i}")).size == 3 * MIN_PART_SIZE
+
+
 class PeakRss:
     """Samples this process's RSS in a thread; `growth` is the peak above the start."""
 

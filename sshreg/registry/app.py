@@ -24,7 +24,7 @@ from aiohttp import HttpVersion11, web
 from ..access import Action, Identity
 from ..metrics import Metrics
 from ..references import Digest, is_valid_name
-from ..storage.base import PreconditionFailed, StorageError
+from ..storage.base import PreconditionFailed, StorageError, TooLarge
 from ..storage.store import RegistryStore
 from .errors import Code, RegistryError
 from .routes import Access, Route, resolve
@@ -36,6 +36,8 @@ audit_log = logging.getLogger("sshreg.audit")
 IDENTITY_INFO = "sshreg.identity"
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 _ACTIONS = {Access.PULL: Action.PULL, Access.PUSH: Action.PUSH, Access.DELETE: Action.DELETE}
+INTERNAL_ERROR = json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
+                                          "detail": None}]}).encode()
 
 
 def identity_from_transport(request: web.BaseRequest) -> Identity | None:
@@ -87,6 +89,38 @@ class Context:
         return self.identity.may(action, repository)
 
 
+class _Protocol(web.RequestHandler):
+    """aiohttp's protocol for one connection, answering what never reaches `Registry.handle`
+    (a malformed request line or header, headers too large, broken chunked framing) with the
+    spec's JSON envelope instead of aiohttp's plain text, logged in one line, not a traceback."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        if status >= 500:  # aiohttp logs it with its traceback; only the body is ours
+            super().handle_error(request, status, exc, message)
+            body = INTERNAL_ERROR
+        else:
+            if request.writer.output_size > 0:
+                raise ConnectionError("response already sent, cannot send an error")
+            detail = (message or "").strip().splitlines()[0:1] or [""]
+            identity = identity_from_transport(request)
+            log.info("malformed HTTP request from %s (key %s): %s", request.remote,
+                     identity.fingerprint if identity else "-", detail[0])
+            body = RegistryError(Code.UNSUPPORTED, detail[0].rstrip(":"), status=status,
+                                 message="malformed HTTP request").body()
+        response = web.Response(status=status, body=body, content_type="application/json",
+                                headers={"Docker-Distribution-API-Version": "registry/2.0"})
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        # As web.Server.__call__, with the protocol above.
+        return _Protocol(self, loop=self._loop, **self._kwargs)
+
+
 class Registry:
     """The OCI Distribution v1.1 API over a `RegistryStore`."""
 
@@ -136,7 +170,7 @@ class Registry:
         """
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("handler_cancellation", True)
-        return web.Server(self.handle, **kwargs)  # type: ignore[arg-type]
+        return _Server(self.handle, **kwargs)  # type: ignore[arg-type]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.in_flight += 1
@@ -171,6 +205,9 @@ class Registry:
             response = self._refusal(request, identity, RegistryError(
                 Code.TOOMANYREQUESTS, "concurrent update, retry", headers={"Retry-After": "1"}))
             log.warning("conflict on %s %s: %s", request.method, request.path, exc)
+        except TooLarge as exc:
+            response = self._refusal(request, identity, RegistryError(
+                Code.BLOB_UPLOAD_INVALID, str(exc), status=413, message="blob too large"))
         except StorageError as exc:
             log.error("storage failure on %s %s: %s", request.method, request.path, exc)
             response = self._error_response(RegistryError(
@@ -179,10 +216,8 @@ class Registry:
             raise
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
-            response = web.Response(
-                status=500, content_type="application/json",
-                body=json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
-                                             "detail": None}]}).encode())
+            response = web.Response(status=500, content_type="application/json",
+                                    body=INTERNAL_ERROR)
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
         if response.status in (408, 413):
             response.force_close()  # the rest of the body is never read

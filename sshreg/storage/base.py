@@ -23,6 +23,10 @@ class StorageError(Exception):
     """The backend failed (unreachable, refused, out of space); the request may be retried."""
 
 
+class TooLarge(StorageError):
+    """The object would exceed what the backend can store (R2/S3: 10,000 parts)."""
+
+
 class PreconditionFailed(Exception):
     """A conditional write lost: the object exists (`if_none_match`) or changed (`if_match`)."""
 

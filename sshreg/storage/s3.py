@@ -8,8 +8,10 @@ Why it looks the way it does (design.md section 4):
   exactly `part_size` bytes, carrying the remainder across calls. A blob is capped at
   10,000 x part_size; the 32 MiB default allows 312.5 GiB.
 - Parts are uploaded concurrently (`part_concurrency`) while the next one fills; `write`
-  awaits a free slot, so an upload holds at most `part_concurrency + 1` part buffers and a
-  slow bucket slows the client down instead of growing memory.
+  awaits a free slot, so an upload holds a bounded number of part buffers and a slow bucket
+  slows the client down instead of growing memory. All uploads of a driver share a budget
+  of parts in flight (`parts_in_flight`), so ten concurrent pushes do not take ten times
+  the memory of one.
 - `commit` is CompleteMultipartUpload (or one PutObject for a blob smaller than a part): no
   server-side copy, no re-read. Publishing the blob under its digest is `store.py`'s small
   conditional write.
@@ -45,7 +47,7 @@ import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import Blob, ObjectInfo, PreconditionFailed, StorageError
+from .base import Blob, ObjectInfo, PreconditionFailed, StorageError, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class S3StorageError(StorageError):
         self.status = status
 
 
-class UploadTooLarge(StorageError):
+class UploadTooLarge(TooLarge):
     """The blob outgrew 10,000 parts of this upload's part size; retrying cannot help."""
 
 
@@ -98,6 +100,7 @@ class S3Settings:
     profile: str | None = None
     part_size: int = DEFAULT_PART_SIZE
     part_concurrency: int = DEFAULT_PART_CONCURRENCY
+    parts_in_flight: int = 0  # 0: 2 x part_concurrency; all uploads of this driver together
     threads: int = 0  # 0: 2 x part_concurrency + 8
     addressing_style: str = "path"  # R2 takes both; SeaweedFS and MinIO need path
     sign_payload: bool | None = None  # None: only over plain http to a non-loopback host
@@ -111,6 +114,8 @@ class S3Settings:
         check_part_size(self.part_size)
         if self.part_concurrency < 1:
             raise ValueError("part_concurrency must be at least 1")
+        if self.parts_in_flight < 0:
+            raise ValueError("parts_in_flight must not be negative")
         if self.threads < 0:
             raise ValueError("threads must not be negative")
         if (self.access_key_id is None) != (self.secret_access_key is None):
@@ -122,6 +127,10 @@ class S3Settings:
     @property
     def pool_threads(self) -> int:
         return self.threads or 2 * self.part_concurrency + 8
+
+    @property
+    def max_parts_in_flight(self) -> int:
+        return self.parts_in_flight or 2 * self.part_concurrency
 
     @classmethod
     def from_url(cls, url: str, **overrides: Any) -> S3Settings:
@@ -237,6 +246,9 @@ class S3Driver:
         if self.signs_payload != bool(settings.sign_payload):
             self._client.close()
             self._client = self._make_client(sign_payload=self.signs_payload)
+        # Every upload of this driver shares this budget of parts being sent, so that many
+        # concurrent pushes slow each other down instead of multiplying the memory.
+        self.parts_in_flight = asyncio.Semaphore(settings.max_parts_in_flight)
         self._pool = ThreadPoolExecutor(max_workers=settings.pool_threads,
                                         thread_name_prefix="sshreg-s3")
 
@@ -450,9 +462,12 @@ class S3Upload:
     The multipart upload is created when the first part is full; a blob smaller than one
     part is sent by `commit` as one PutObject. Incoming bytes are copied once, into the
     part buffer, which boto3 gets as a bytearray: neither botocore nor urllib3 copies it
-    again (a `bytes` body would be wrapped in BytesIO and sent in 16 KiB reads). Buffers
-    of finished parts are refilled in place, so an upload allocates at most
-    `concurrency + 1` of them, and a small blob costs only its own size.
+    again (a `bytes` body would be wrapped in BytesIO and sent in 16 KiB reads). A part
+    being sent takes a slot of this upload (`concurrency`) and one of the driver's budget
+    shared by all uploads (`parts_in_flight`); the buffer of a finished part is kept to be
+    refilled in place (one spare at most), so memory is bounded per upload by
+    `part_size x (concurrency + 2)` and across uploads by the shared budget plus two
+    buffers per upload; a small blob costs only its own size.
     """
 
     def __init__(self, driver: S3Driver, key: str, part_size: int, concurrency: int) -> None:
@@ -534,6 +549,11 @@ class S3Upload:
         """Start uploading `part` as the next part, once one of the slots is free."""
         await self._slots.acquire()
         try:
+            await self._driver.parts_in_flight.acquire()
+        except BaseException:
+            self._slots.release()
+            raise
+        try:
             await self._raise_if_failed()
             if self._parts_sent >= MAX_PARTS:
                 self._fail(UploadTooLarge(f"{self._key}: more than {MAX_PARTS} parts"))
@@ -543,7 +563,7 @@ class S3Upload:
                                                    Key=self._full_key)
                 self._upload_id = response["UploadId"]
         except BaseException as exc:
-            self._slots.release()
+            self._release_slots()
             if isinstance(exc, StorageError):
                 self._fail(exc)
             raise
@@ -560,7 +580,7 @@ class S3Upload:
                 "upload_part", Key=self._full_key, UploadId=upload_id, PartNumber=number,
                 Body=part, ContentLength=len(part))
             self._etags[number] = response["ETag"]
-            if len(part) == self.part_size and self._state == "open":
+            if len(part) == self.part_size and self._state == "open" and not self._spare:
                 self._spare.append(part)
         except asyncio.CancelledError:
             self._fail(StorageError(f"{self._key}: part {number} was cancelled"))
@@ -568,7 +588,11 @@ class S3Upload:
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._slots.release()
+            self._release_slots()
+
+    def _release_slots(self) -> None:
+        self._slots.release()
+        self._driver.parts_in_flight.release()
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
