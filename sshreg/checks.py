@@ -48,7 +48,9 @@ def run_checks(config: Config) -> Report:
     if config.listen_port < 1024 and os.geteuid() != 0:
         report.warnings.append(f"port {config.listen_port} needs CAP_NET_BIND_SERVICE "
                                "(the systemd unit grants it)")
-    check_keys(config.keys, report)
+    check_keys(config.keys, report, config.authorized_keys_location)
+    if config.shared_keys:
+        asyncio.run(check_shared_keys(config, report))
     asyncio.run(check_storage(config, report))
     return report
 
@@ -56,14 +58,42 @@ def run_checks(config: Config) -> Report:
 # -- the keys folder --------------------------------------------------------------------
 
 
-def check_keys(folder: Path, report: Report) -> None:
+def check_keys(folder: Path, report: Report, authorized_keys: str | None = None) -> None:
+    """The keys folder: the host key, and authorized_keys unless it is in a bucket."""
     if folder.exists() and not folder.is_dir():
         report.errors.append(f"keys: {folder} is not a folder")
         return
-    keys = _check_authorized_keys(folder / FILE_NAME, report)
+    location = authorized_keys or str(folder / FILE_NAME)
+    if location.startswith("s3://"):
+        keys = f"authorized_keys in {location}"
+    else:
+        keys = _check_authorized_keys(Path(location), report)
     host = _check_host_key(folder, report)
     if host is not None:
         report.facts.append(("keys", f"{folder}: {keys}; {host}"))
+
+
+async def check_shared_keys(config: Config, report: Report) -> None:
+    """authorized_keys in a bucket: it can be read, and how the server would take it."""
+    from .ssh.shared_keys import BucketFile, read_shared
+
+    source = BucketFile(config.authorized_keys, endpoint_url=config.endpoint_url or None,
+                        region=config.region)
+    try:
+        lines = await asyncio.wait_for(read_shared(source), STORAGE_TIMEOUT)
+    except Exception as exc:
+        report.errors.append(f"authorized_keys {source}: {_one_line(exc)}")
+        return
+    finally:
+        await source.close()
+    for line in lines:
+        if line.ignored:
+            report.warnings.append(f"{source} line {line.number} ignored: {line.error}")
+    usable = sum(1 for line in lines if line.is_key)
+    if not usable:
+        report.warnings.append(f"{source} has no usable key: no key can log in "
+                               "(add one with `sshreg keys add --config ...`)")
+    report.facts.append(("authorized_keys", f"{source}: {usable} authorized key(s)"))
 
 
 def _check_authorized_keys(path: Path, report: Report) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Protocol
 
 import asyncssh
 from asyncssh.pattern import HostPatternList
@@ -211,6 +212,19 @@ def parse_authorized_keys(text: str, source: str = "authorized_keys") -> list[Ke
     return entries
 
 
+class KeyList(Protocol):
+    """Who may log in, as the SSH server asks it on every login: from memory, at once.
+    `AuthorizedKeys` (a file) and `shared_keys.SharedAuthorizedKeys` (a bucket object)."""
+
+    def entries(self) -> list[KeyEntry]: ...
+
+    def reload_if_changed(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class AuthorizedKeys:
     """The authorized_keys file, re-read when it changes."""
 
@@ -222,6 +236,12 @@ class AuthorizedKeys:
     def entries(self) -> list[KeyEntry]:
         self.reload_if_changed()
         return self._entries
+
+    async def start(self) -> None:
+        """Nothing to start: the file is read on demand."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
 
     def reload_if_changed(self) -> bool:
         try:

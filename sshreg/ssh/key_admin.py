@@ -7,6 +7,10 @@ file in the same folder (fsync, rename, fsync of the folder), keeps the file's m
 owner, and leaves every line it does not change byte for byte as it was: comments, blank
 lines and lines the server ignores included. The running server picks the new file up on
 the next login (it re-reads the file when its inode, size or mtime change).
+
+The edits themselves (`with_key`, `without_key`) are functions from the file's lines to its
+new text, so that `shared_keys.py` applies them to an authorized_keys kept in a bucket, with
+a conditional write instead of a lock.
 """
 
 from __future__ import annotations
@@ -19,20 +23,24 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import asyncssh
 
 from ..access import Rights
 from .authorized_keys import RIGHTS_OPTIONS, KeyEntry, KeyLineError, parse_line, split_options
 
+T = TypeVar("T")
+
 FILE_NAME = "authorized_keys"
 LOCK_TIMEOUT = 10.0
 NEW_FILE_MODE = 0o600
 _GLOB = re.compile(r"[a-z0-9._/*?-]+")
 _ENCODING = ("utf-8", "surrogateescape")  # any byte survives a decode/encode round trip
+ENCODING = _ENCODING
 
 
 class KeyAdminError(Exception):
@@ -324,22 +332,36 @@ def list_keys(folder: Path) -> list[Line]:
 
 def add_key(folder: Path, source_line: str, grant: Grant, comment: str | None = None,
             replace: bool = False) -> Added:
-    """Append the key (or, with `replace`, put it where that key already is)."""
+    """Append the key to the folder's authorized_keys (or, with `replace`, put it where that
+    key already is)."""
     text, new = new_line(source_line, grant, comment)
     path = _keys_file(folder)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with locked(folder):
+    return edit_file(path, lambda lines: with_key(lines, text, new, replace, path))
+
+
+def edit_file(path: Path, change: Callable[[list[Line]], tuple[str, T]]) -> T:
+    """Apply `change` (the file's lines -> its new text and a result) to the file, under
+    the lock of its folder (created if needed), with an atomic rewrite."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with locked(path.parent):
         signature = _signature(path)
-        lines = read_lines(path)
-        same = [ln for ln in lines if fingerprint_of(ln) == new.fingerprint]
-        if same and not replace:
-            where = ", ".join(f"line {ln.number}" + (f" (ignored: {ln.error})" if ln.ignored else "")
-                              for ln in same)
-            raise KeyAdminError(f"{new.fingerprint} is already in {path} on {where}; "
-                                "use --replace to change its line")
-        out, number = _with_line(lines, same, text)
-        write_atomically(path, "".join(ln.raw for ln in out), signature)
-    return Added(new, number, tuple(same))
+        content, result = change(read_lines(path))
+        write_atomically(path, content, signature)
+    return result
+
+
+def with_key(lines: list[Line], text: str, new: KeyEntry, replace: bool, where: object
+             ) -> tuple[str, Added]:
+    """The file's text with the line `text` (the key `new`) added, or with `replace` put in
+    place of the key's lines; refused if the key is there and `replace` is not given."""
+    same = [ln for ln in lines if fingerprint_of(ln) == new.fingerprint]
+    if same and not replace:
+        lines_text = ", ".join(f"line {ln.number}" + (f" (ignored: {ln.error})" if ln.ignored
+                                                       else "") for ln in same)
+        raise KeyAdminError(f"{new.fingerprint} is already in {where} on {lines_text}; "
+                            "use --replace to change its line")
+    out, number = _with_line(lines, same, text)
+    return "".join(ln.raw for ln in out), Added(new, number, tuple(same))
 
 
 def _with_line(lines: list[Line], same: list[Line], text: str) -> tuple[list[Line], int]:
@@ -365,18 +387,18 @@ def remove_key(folder: Path, selector: str) -> list[Line]:
     path = _keys_file(folder)
     if not folder.is_dir():
         raise KeyAdminError(f"{folder} does not exist")
-    with locked(folder):
-        signature = _signature(path)
-        lines = read_lines(path)
-        fingerprint = _select(lines, selector, path)
-        gone = [ln for ln in lines if fingerprint_of(ln) == fingerprint]
-        numbers = {ln.number for ln in gone}
-        write_atomically(path, "".join(ln.raw for ln in lines if ln.number not in numbers),
-                         signature)
-    return gone
+    return edit_file(path, lambda lines: without_key(lines, selector, path))
 
 
-def _select(lines: list[Line], selector: str, path: Path) -> str:
+def without_key(lines: list[Line], selector: str, where: object) -> tuple[str, list[Line]]:
+    """The file's text without the lines holding the key `selector` names, and those lines."""
+    fingerprint = _select(lines, selector, where)
+    gone = [ln for ln in lines if fingerprint_of(ln) == fingerprint]
+    numbers = {ln.number for ln in gone}
+    return "".join(ln.raw for ln in lines if ln.number not in numbers), gone
+
+
+def _select(lines: list[Line], selector: str, path: object) -> str:
     """The one fingerprint that `selector` names (a fingerprint, with or without SHA256:, or
     a comment)."""
     wanted = selector.strip()

@@ -25,7 +25,7 @@ import asyncssh
 from ..access import Identity
 from ..management.commands import Management
 from ..metrics import Metrics
-from .authorized_keys import AuthorizedKeys, KeyEntry
+from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
 from .flow import create_channel
 from .limits import FailureTracker, Limits
@@ -243,7 +243,7 @@ class GatewayConnection(asyncssh.SSHServer):
 class Gateway:
     """The SSH server in front of the registry."""
 
-    def __init__(self, settings: GatewaySettings, keys: AuthorizedKeys, host_key: asyncssh.SSHKey,
+    def __init__(self, settings: GatewaySettings, keys: KeyList, host_key: asyncssh.SSHKey,
                  protocol_factory: Callable[[], asyncio.Protocol],
                  metrics: Metrics | None = None, management: Management | None = None) -> None:
         self.settings = settings
