@@ -277,3 +277,15 @@ def test_configuration_errors_exit_2_with_one_line(tmp_path):
                                 text=True, timeout=30, cwd=Path(tmp_path))
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_default_openssh_client_settles_on_aes_gcm(server, keys):
+    from sshreg.ssh.server import cpu_has_aes, default_ciphers
+
+    assert default_ciphers(has_aes=False)[0] == "chacha20-poly1305@openssh.com"
+    assert default_ciphers(has_aes=True) == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+    result = subprocess.run(server.ssh_command(keys["alice"], "-F", "/dev/null", "user@127.0.0.1",
+                                               "help", log_level="DEBUG"),
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    expected = "aes128-gcm@openssh.com" if cpu_has_aes() else "chacha20-poly1305@openssh.com"
+    assert f"kex: client->server cipher: {expected}" in result.stderr
