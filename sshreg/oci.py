@@ -73,7 +73,7 @@ def parse_manifest(data: bytes, content_type: str | None) -> Manifest:
     """Parse and check a manifest; the media type comes from Content-Type or the body."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also: numbers over 4300 digits, deep nesting
         raise ManifestError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ManifestError("not a JSON object")

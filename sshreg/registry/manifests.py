@@ -55,7 +55,7 @@ async def _read_limited(request: web.BaseRequest, limit: int, idle_timeout: floa
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     data = bytearray()
-    async for chunk in body_chunks(request, idle_timeout):
+    async for chunk in body_chunks(request, idle_timeout, Code.MANIFEST_INVALID):
         data += chunk
         if len(data) > limit:
             raise too_large

@@ -48,18 +48,23 @@ def manifest_location(name: str, digest: Digest) -> str:
     return f"/v2/{name}/manifests/{digest}"
 
 
-async def body_chunks(request: web.BaseRequest, idle_timeout: float) -> AsyncIterator[bytes]:
+async def body_chunks(request: web.BaseRequest, idle_timeout: float,
+                      code: Code = Code.BLOB_UPLOAD_INVALID) -> AsyncIterator[bytes]:
     """The request body as it arrives; a body that sends nothing for `idle_timeout` seconds
     is cut off with 408 (the connection is then closed), so a stalled client cannot hold a
-    handler and its upload forever."""
+    handler and its upload forever. A body aiohttp cannot decode (broken chunked framing,
+    a `Content-Encoding` that is not what it says) is 400 with `code`."""
     while True:
         try:
             async with asyncio.timeout(idle_timeout):
                 chunk = await request.content.readany()
         except TimeoutError:
-            raise RegistryError(Code.BLOB_UPLOAD_INVALID,
-                                f"no request body data for {idle_timeout:.0f}s", status=408,
-                                message="request body stalled") from None
+            raise RegistryError(code, f"no request body data for {idle_timeout:g}s",
+                                status=408, message="request body stalled") from None
+        except web.RequestPayloadError as exc:
+            cause = exc.__cause__ or exc
+            raise RegistryError(code, f"unreadable request body: {type(cause).__name__}"
+                                ) from None
         if not chunk:
             return
         yield chunk
