@@ -18,9 +18,11 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 
+import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
 
-from sshreg.management.gc import GcSettings
+from sshreg.management import lease
+from sshreg.management.gc import GcBusy, GcSettings
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
 from sshreg.storage.store import RegistryStore
@@ -229,3 +231,56 @@ async def test_tags_list_of_a_repository_unknown_everywhere_is_name_unknown(driv
     finally:
         await other_client.close()
         await other.close()
+
+
+# -- one collection at a time --------------------------------------------------------------
+
+
+async def test_a_second_collection_on_another_gateway_is_refused_while_one_runs(
+        driver, registry, client):
+    await garbage_image(client, "lease/app")
+    pausing, finish = asyncio.Event(), asyncio.Event()
+
+    class Paused(SettledCollector):
+        async def _pause(self) -> None:
+            pausing.set()
+            await finish.wait()
+
+    first = Paused(registry.store, GcSettings(**NOW), pinned=registry.is_pinned)
+    other = SettledCollector(RegistryStore(driver), GcSettings(**NOW))
+    running = asyncio.create_task(first.run())
+    await asyncio.wait_for(pausing.wait(), 30)
+    with pytest.raises(GcBusy, match=r"already running \(.* pid \d+\)"):
+        await other.run()
+    assert (await other.run(dry_run=True)).dry_run  # looking needs no lease
+    finish.set()
+    report = await asyncio.wait_for(running, 30)
+    assert report.blobs == 3
+    assert await driver.stat(lease.KEY) is None
+    await other.run()  # free again
+
+
+async def test_the_lease_is_given_back_when_a_collection_fails(driver, registry, client):
+    await garbage_image(client, "lease/fails")
+
+    class Failing(SettledCollector):
+        async def _pause(self) -> None:
+            raise RuntimeError("storage went away")
+
+    with pytest.raises(RuntimeError):
+        await Failing(registry.store, GcSettings(**NOW)).run()
+    assert await driver.stat(lease.KEY) is None
+
+
+async def test_a_lease_left_by_a_dead_collection_is_taken_over_once_stale(
+        driver, registry, client, monkeypatch):
+    image = await garbage_image(client, "lease/dead")
+    await driver.put(lease.KEY, b'{"owner": "box3 pid 42", "started": 0}')
+    with pytest.raises(GcBusy, match="box3 pid 42"):
+        await collector_on(registry, HookedDriver(driver)).run()
+    monkeypatch.setattr(lease, "STALE", 0.5)
+    await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    report = await collector_on(registry, HookedDriver(driver)).run()
+    assert f"lease/dead@{image.digest}" not in report.manifests  # deleted by digest already
+    assert report.blobs == 3
+    assert await driver.stat(lease.KEY) is None

@@ -20,7 +20,7 @@ from ..access import Action, Identity
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
 from ..storage.store import RegistryStore
-from .gc import GarbageCollector
+from .gc import GarbageCollector, GcBusy
 
 log = logging.getLogger("sshreg.management")
 audit_log = logging.getLogger("sshreg.audit")
@@ -274,7 +274,10 @@ class Management:
         if not identity.rights.admin:
             raise CommandError("denied: garbage collection needs the admin right")
         dry_run = "--dry-run" in args
-        report = await self.collector.run(dry_run=dry_run)
+        try:
+            report = await self.collector.run(dry_run=dry_run)
+        except GcBusy as exc:
+            raise CommandError(str(exc), 4) from None
         if not dry_run:
             self._audit(identity, "gc", **report.to_dict())
         if as_json:

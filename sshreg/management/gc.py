@@ -15,7 +15,8 @@ puts back every manifest link, blob link and record such a write reaches (readin
 what it removed itself), and only then deletes bytes. A manifest PUT does the mirror image
 (`registry/manifests.py`): it writes, then checks that everything it references is still
 there. Either the PUT sees a deletion and fails, or the deletion came after the PUT's check,
-so the last look sees the PUT's manifest or tag and restores what it uses.
+so the last look sees the PUT's manifest or tag and restores what it uses. Only one
+collection that deletes runs at a time on a bucket (`lease.py`).
 
 Memory is bounded: reachable digests live in a Bloom filter of fixed size (a false
 positive keeps a blob that could have gone, never the reverse), each repository is
@@ -35,7 +36,10 @@ from dataclasses import dataclass, field
 from ..oci import ManifestError, parse_manifest
 from ..references import Digest
 from ..storage.store import BlobRecord, ManifestLink, RegistryStore
+from .lease import GcBusy, Lease
 from .retention import RetentionPolicy, expired_tags
+
+__all__ = ["GarbageCollector", "GcBusy", "GcReport", "GcSettings"]
 
 log = logging.getLogger("sshreg.gc")
 
@@ -136,27 +140,34 @@ class GarbageCollector:
         self._lock = asyncio.Lock()
 
     async def run(self, dry_run: bool = False) -> GcReport:
-        """One collection; concurrent calls on this collector run one after the other."""
+        """One collection; concurrent calls on this collector run one after the other, and
+        one that deletes raises GcBusy while a collection elsewhere holds the lease."""
         async with self._lock:
             began = time.monotonic()
             started = await self._storage_now()
-            report = GcReport(dry_run)
-            reachable = BloomFilter(self.settings.bloom_bits)
-            candidates = _Candidates()
-            repositories = await self.store.repositories()
-            for name in repositories:
-                await self._collect_repository(name, started, reachable, candidates, report)
-            await self._collect_blobs(started, reachable, candidates)
-            if not dry_run and candidates:
-                await self._pause()
-                await self._spare_new_references(repositories, started, candidates, report)
-                await self._sweep(repositories, started, candidates, report)
-            else:
-                self._report_candidates(candidates, report)
-            report.seconds = time.monotonic() - began
-            log.info("garbage collection%s: %s", " (dry run)" if dry_run else "",
-                     json.dumps(report.to_dict()))
-            return report
+            if dry_run:
+                return await self._collect(True, began, started)
+            async with Lease.hold(self.store.driver, started):
+                return await self._collect(False, began, started)
+
+    async def _collect(self, dry_run: bool, began: float, started: float) -> GcReport:
+        report = GcReport(dry_run)
+        reachable = BloomFilter(self.settings.bloom_bits)
+        candidates = _Candidates()
+        repositories = await self.store.repositories()
+        for name in repositories:
+            await self._collect_repository(name, started, reachable, candidates, report)
+        await self._collect_blobs(started, reachable, candidates)
+        if not dry_run and candidates:
+            await self._pause()
+            await self._spare_new_references(repositories, started, candidates, report)
+            await self._sweep(repositories, started, candidates, report)
+        else:
+            self._report_candidates(candidates, report)
+        report.seconds = time.monotonic() - began
+        log.info("garbage collection%s: %s", " (dry run)" if dry_run else "",
+                 json.dumps(report.to_dict()))
+        return report
 
     async def _storage_now(self) -> float:
         """The current time by the storage's clock, at the storage's resolution.

@@ -1,0 +1,97 @@
+"""One garbage collection at a time on a bucket, whichever gateway or `sshreg gc` runs it.
+
+Two collections at once undo each other's safety net: one removes a blob record and puts it
+back when a push needs it, while the other, seeing bytes that no record points at, deletes
+them as a crash leftover. So a collection that deletes holds a lease in storage: an object
+created with If-None-Match, rewritten (If-Match) every `REFRESH` seconds while it runs, and
+removed at the end. A lease not rewritten for `STALE` seconds belongs to a collection that
+died; the next collection takes it over with If-Match on its ETag, so only one can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+
+from ..storage.base import Driver, PreconditionFailed
+
+log = logging.getLogger("sshreg.gc")
+
+KEY = "gc/running"
+REFRESH = 60.0
+STALE = 600.0
+
+
+class GcBusy(Exception):
+    """Another garbage collection holds the lease."""
+
+
+class Lease:
+    """The lease of a running collection; see `hold`."""
+
+    def __init__(self, driver: Driver, etag: str, body: bytes) -> None:
+        self.driver = driver
+        self.etag = etag
+        self.body = body
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def hold(cls, driver: Driver, now: float) -> AsyncIterator[Lease]:
+        """Take the lease (`now` by the storage's clock), keep it fresh, give it back."""
+        lease = await cls.acquire(driver, now)
+        refresher = asyncio.get_running_loop().create_task(lease._refresh_forever())
+        try:
+            yield lease
+        finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            await lease.release()
+
+    @classmethod
+    async def acquire(cls, driver: Driver, now: float) -> Lease:
+        body = json.dumps({"owner": f"{socket.gethostname()} pid {os.getpid()}",
+                           "started": now}).encode()
+        try:
+            return cls(driver, await driver.put(KEY, body, if_none_match=True), body)
+        except PreconditionFailed:
+            pass
+        info = await driver.stat(KEY)
+        current = await driver.get(KEY)
+        holder = _owner(current.data) if current else "a collection that just ended"
+        if info is None or info.modified > now - STALE:
+            raise GcBusy(f"garbage collection is already running ({holder}); try again later")
+        log.warning("taking over the gc lease of %s, not renewed for %.0fs", holder,
+                    now - info.modified)
+        try:
+            return cls(driver, await driver.put(KEY, body, if_match=info.etag), body)
+        except PreconditionFailed:
+            raise GcBusy("another garbage collection took the lease first") from None
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH)
+            try:
+                self.etag = await self.driver.put(KEY, self.body, if_match=self.etag)
+            except PreconditionFailed:
+                log.error("the gc lease was taken over (not renewed for %.0fs?)", STALE)
+                return
+            except Exception as exc:  # keep trying: the run itself will meet the trouble
+                log.warning("renewing the gc lease failed: %s", exc)
+
+    async def release(self) -> None:
+        current = await self.driver.get(KEY)
+        if current is not None and current.etag == self.etag:
+            await self.driver.delete(KEY)
+
+
+def _owner(data: bytes) -> str:
+    try:
+        return str(json.loads(data)["owner"])
+    except (ValueError, KeyError, TypeError):
+        return "unknown"
