@@ -37,12 +37,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from tests.support.processes import Process, run
+from tests.support.processes import Process, run, run_feeding
 
 START_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 600.0
@@ -196,6 +196,15 @@ class Ctr:
         else:
             args += ["--snapshotter", self.snapshotter]
         self.run(*args, archive)
+        return sorted({i.name for i in self.images()} - before)
+
+    def import_stream(self, feed: Callable[[BinaryIO], object]) -> list[str]:
+        """`ctr images import --all-platforms --no-unpack -` from stdin, which `feed` writes
+        (e.g. `write_oci_archive` into the pipe); returns the names created."""
+        before = {i.name for i in self.images()}
+        run_feeding([self.binary, "--address", self.address, "--namespace", self.namespace,
+                     "images", "import", "--all-platforms", "--no-unpack", "-"], feed,
+                    timeout=self.timeout)
         return sorted({i.name for i in self.images()} - before)
 
     def push(self, remote: str, local: str | None = None, *, plain_http: bool = True,

@@ -37,6 +37,7 @@ def sha256(data: bytes) -> str:
 
 def generate_keys(directory: Path, names: tuple[str, ...] = tuple(KEY_OPTIONS)
                   ) -> dict[str, ClientKey]:
+    directory.mkdir(parents=True, exist_ok=True)
     return {name: ClientKey.generate(directory, name) for name in names}
 
 

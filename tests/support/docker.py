@@ -40,12 +40,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from tests.support.processes import Process, run
+from tests.support.processes import Process, run, run_feeding
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
@@ -220,6 +220,14 @@ class Docker:
     def load(self, tarball: Path) -> list[str]:
         """`docker load -i` a docker-archive; returns the loaded names (or image IDs)."""
         out = self.run("load", "-i", tarball).stdout
+        return [line.split(":", 1)[1].strip() for line in out.splitlines()
+                if line.startswith(("Loaded image:", "Loaded image ID:"))]
+
+    def load_stream(self, feed: Callable[[BinaryIO], object]) -> list[str]:
+        """`docker load` from stdin, which `feed` writes (e.g. `write_docker_archive` into
+        the pipe): a multi-GiB image needs no archive on disk."""
+        out = run_feeding([self.binary, "-H", self.host, "load"], feed, timeout=self.timeout,
+                          env=self.env()).stdout
         return [line.split(":", 1)[1].strip() for line in out.splitlines()
                 if line.startswith(("Loaded image:", "Loaded image ID:"))]
 

@@ -8,8 +8,10 @@ common leading layers, and a rerun gives the same digests. Layers are written st
 memory), so 1-2 GiB layers are fine (about 2-4 s per GiB with the default `gzip_level=0`).
 
 `write_docker_archive` turns an image into a `docker load`/`docker-archive:` tarball and
-`write_oci_archive` tars a layout for `ctr images import`/`oci-archive:`. The returned dataclasses
-carry every digest so a test can compare what a client pushed or pulled byte for byte.
+`write_oci_archive` tars a layout for `ctr images import`/`oci-archive:`; both write a file, or
+stream into a pipe (`docker load` and `ctr images import -` read stdin: no archive on disk).
+The returned dataclasses carry every digest so a test can compare what a client pushed or
+pulled byte for byte.
 
 gzip note: `gzip_level=0` writes valid gzip made of stored deflate blocks (random data does not
 compress anyway, and level 1 runs at only ~50 MB/s here); every client reads it like any gzip.
@@ -417,14 +419,21 @@ class _BytesReader:
         return out
 
 
-def write_docker_archive(image: Image, path: Path, repo_tags: Sequence[str] = (), *,
-                         compressed_layers: bool = False) -> Path:
+def _open_tar(target: Path | BinaryIO) -> tarfile.TarFile:
+    """A tar writer on a file path, or streaming into an open binary file (a pipe)."""
+    if isinstance(target, Path):
+        return tarfile.open(target, "w", format=tarfile.PAX_FORMAT)
+    return tarfile.open(fileobj=target, mode="w|", format=tarfile.PAX_FORMAT)
+
+
+def write_docker_archive(image: Image, path: Path | BinaryIO, repo_tags: Sequence[str] = (),
+                         *, compressed_layers: bool = False) -> Path | BinaryIO:
     """A `docker save`-style tarball (manifest.json, `<config hex>.json`, `<hex>/layer.tar`)
     for `docker load` or skopeo's `docker-archive:`. Layers are stored uncompressed as docker
     does (decompressed streaming), or as the gzip blobs with `compressed_layers`."""
     config_name = f"{image.config.hex}.json"
     layer_names: list[str] = []
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+    with _open_tar(path) as tar:
         _add_bytes(tar, config_name, image.config_bytes())
         for layer in image.layers:
             source = image.blob_path(layer.digest)
@@ -452,9 +461,10 @@ def _gunzip_reader(raw: BinaryIO) -> gzip.GzipFile:
     return gzip.GzipFile(fileobj=raw, mode="rb")
 
 
-def write_oci_archive(layout: Path, path: Path) -> Path:
-    """Tar up an OCI layout (what `ctr images import` and skopeo's `oci-archive:` read)."""
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+def write_oci_archive(layout: Path, path: Path | BinaryIO) -> Path | BinaryIO:
+    """Tar up an OCI layout (what `ctr images import` and skopeo's `oci-archive:` read), into
+    a file or streamed into an open binary file (a pipe)."""
+    with _open_tar(path) as tar:
         for name in ("oci-layout", "index.json"):
             tar.add(layout / name, arcname=name)
         for blob in sorted((layout / "blobs").rglob("*")):

@@ -13,12 +13,13 @@ import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 T = TypeVar("T")
 
@@ -190,6 +191,15 @@ class Process:
         wait_until(check, timeout, what,
                    on_timeout=lambda: f"log {self.log_path}:\n{self.log_tail()}")
 
+    def kill(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGKILL the process group at once (a crash); returns the exit code."""
+        popen = self.popen
+        if popen is None or popen.returncode is not None:
+            return popen.returncode if popen else None
+        _signal_group(popen.pid, signal.SIGKILL)
+        wait_until(lambda: _exited(popen.pid), timeout, "the killed process to exit")
+        return popen.wait(timeout)
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM the process group, SIGKILL it after `timeout` s; returns the exit code.
 
@@ -282,3 +292,36 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def run_feeding(args: Sequence[str], feed: Callable[[BinaryIO], object], *,
+                timeout: float = DEFAULT_RUN_TIMEOUT, env: Mapping[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    """Run a command whose stdin `feed` writes (streaming, e.g. a tar made on the fly);
+    a non-zero exit or the timeout raise `CommandError` with the output."""
+    command = [str(a) for a in args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                env=dict(env) if env is not None else None)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError), proc.stdin:
+                feed(proc.stdin)
+            proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(command, proc.returncode,
+                                             out.read().decode(errors="replace"),
+                                             err.read().decode(errors="replace"))
+    if result.returncode != 0:
+        raise CommandError(f"exit {result.returncode}: {shlex.join(command)}\n"
+                           f"stdout: {result.stdout[-4000:]}\nstderr: {result.stderr[-4000:]}",
+                           result)
+    return result

@@ -5,16 +5,20 @@ free 127.0.0.1 port with a filesystem root under `workdir`, deletes enabled, deb
 access log. It is the yardstick the client helpers were verified against, and lets a test
 compare sshreg's behaviour with distribution's.
 
-`RegistryHTTP(base_url)` fetches manifests and blobs over plain HTTP (urllib, bounded timeouts)
-so a test can check that what a client pushed is byte for byte what it had.
+`RegistryHTTP(base_url)` fetches manifests and blobs over plain HTTP (urllib, bounded timeouts),
+so a test can check that what a client pushed is byte for byte what it had; `call` makes any
+request and returns error statuses as answers. `StreamedPatch` is docker's upload (POST, one
+chunked PATCH) under the test's control, to cut it mid-body.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +136,39 @@ class Fetched:
         return "sha256:" + hashlib.sha256(self.body).hexdigest()
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer, whatever its status."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error_codes(self) -> list[str]:
+        """The spec's error codes in a JSON error body."""
+        try:
+            return [e["code"] for e in json.loads(self.body)["errors"]]
+        except (ValueError, KeyError, TypeError):
+            return []
+
+
 class RegistryHTTP:
     """Minimal reader for a registry at `base_url` (http://127.0.0.1:PORT)."""
 
     def __init__(self, base_url: str, timeout: float = HTTP_TIMEOUT) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+
+    def call(self, method: str, path: str, data: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Answer:
+        """Any request; error statuses are answers too (not exceptions)."""
+        url = path if path.startswith("http") else self.base_url + path
+        request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return Answer(response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as exc:
+            return Answer(exc.code, dict(exc.headers), exc.read())
 
     def _get(self, path: str, method: str = "GET", accept: str | None = None) -> Fetched:
         request = urllib.request.Request(self.base_url + path, method=method)
@@ -209,3 +240,36 @@ class RegistryHTTP:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         wait_until(lambda: http_ok(self.base_url + "/v2/"), timeout, f"{self.base_url}/v2/")
+
+
+class StreamedPatch:
+    """A blob upload as docker sends it: POST, then one PATCH whose chunked body the test
+    sends piece by piece (`send`), and can leave unfinished to cut it, or `finish`."""
+
+    def __init__(self, base_url: str, repository: str, timeout: float = HTTP_TIMEOUT) -> None:
+        started = RegistryHTTP(base_url, timeout).call(
+            "POST", f"/v2/{repository}/blobs/uploads/", b"")
+        if started.status != 202:
+            raise RuntimeError(f"POST answered {started.status}: {started.body!r}")
+        self.location = started.headers["Location"]
+        self.base_url = base_url
+        parts = urllib.parse.urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        self.connection.putrequest("PATCH", self.location, skip_accept_encoding=True)
+        self.connection.putheader("Content-Type", "application/octet-stream")
+        self.connection.putheader("Transfer-Encoding", "chunked")
+        self.connection.endheaders()
+        self.sent = 0
+
+    def send(self, data: bytes) -> None:
+        self.connection.send(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.sent += len(data)
+
+    def finish(self) -> Answer:
+        """End the body and read the PATCH's answer."""
+        self.connection.send(b"0\r\n\r\n")
+        response = self.connection.getresponse()
+        return Answer(response.status, dict(response.headers), response.read())
+
+    def close(self) -> None:
+        self.connection.close()

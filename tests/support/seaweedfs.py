@@ -203,6 +203,12 @@ class SeaweedFS:
     def log_tail(self, lines: int = 40) -> str:
         return self.process.log_tail(lines) if self.process else "(not started)"
 
+    def kill(self) -> None:
+        """Crash it (SIGKILL, no graceful exit); `restart` brings it back."""
+        if self.process is not None:
+            self.process.kill()
+        self.stop()
+
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM, SIGKILL after `timeout`; then remove the unix sockets this server made
         (weed always puts its gRPC ones at /tmp/seaweedfs-<service>-grpc-<port>.sock)."""
