@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big-runs", type=int,
                         help="runs of the big-layer case per stack (default: --runs)")
     parser.add_argument("--storage", choices=["fs", "s3", "both"], default="both")
+    parser.add_argument("--stacks", choices=["both", "sshreg", "reference"], default="both",
+                        help="measure only one stack (experiments; no ratios then)")
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated subset of: {', '.join(CASES)}")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json")
@@ -92,6 +94,7 @@ class Bench:
         self.client_dir = client_dir
         self.ciphers: dict[str, dict[str, str]] = {}
         self.troubled = False  # something failed in the current stack: keep its logs
+        self.stacks = report.STACKS if args.stacks == "both" else (args.stacks,)
 
     def storage_for(self, kind: str, directory: Path, seaweed: Seaweed | None, name: str,
                     run: int) -> Storage:
@@ -163,7 +166,7 @@ class Bench:
         with self._seaweed(kind) as seaweed:
             for run in range(self.args.runs):
                 with self._image(run) as state:
-                    for name in report.STACKS:  # alternating: sshreg, reference, sshreg, ...
+                    for name in self.stacks:  # alternating: sshreg, reference, sshreg, ...
                         runs[name].append(self.run_stack(kind, name, run, seaweed, state))
         return runs
 
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": machine,
         "config": {"quick": args.quick, "runs": args.runs, "big_runs": args.big_runs,
-                   "knobs": args.knobs.describe(),
+                   "knobs": args.knobs.describe(), "stacks": args.stacks,
                    "cases": args.cases, "sizes": vars(bench.sizes)},
         "ciphers": bench.ciphers,
         "runs": runs,
