@@ -1,4 +1,6 @@
-"""Shared fixtures: storage drivers, the registry behind aiohttp's test server, identities."""
+"""Shared fixtures: storage drivers, the registry behind aiohttp's test server, identities;
+and, once per session, the real things the integration tests talk to: SeaweedFS, dockerd,
+containerd, and podman/skopeo/buildah's own configuration and storage."""
 
 from __future__ import annotations
 
