@@ -35,7 +35,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     max_connections_per_key = 32
     max_auth_attempts = 6         # keys tried on one connection
     max_auth_failures_per_minute = 20   # per source address, then refused for a minute
-    max_channels_per_connection = 64    # concurrent tunnelled HTTP connections
+    max_channels_per_connection = 64    # concurrent channels: tunnels and commands
+    max_pending_per_address = 10  # connections of one address not logged in yet
     idle_timeout = "1h"           # an SSH connection without open channels this long is closed
 
     [metrics]
@@ -135,6 +136,7 @@ class Config:
     max_auth_attempts: int = 6
     max_auth_failures_per_minute: int = 20
     max_channels_per_connection: int = 64
+    max_pending_per_address: int = 10
     idle_timeout: float = 3600.0
 
     metrics_listen: str = ""
@@ -196,6 +198,8 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
         ("max_auth_failures_per_minute", lambda v, w: _positive(v, w)),
     ("limits", "max_channels_per_connection"):
         ("max_channels_per_connection", lambda v, w: _positive(v, w)),
+    ("limits", "max_pending_per_address"):
+        ("max_pending_per_address", lambda v, w: _positive(v, w)),
     ("limits", "idle_timeout"): ("idle_timeout", parse_duration),
     ("metrics", "listen"): ("metrics_listen", lambda v, w: _str(v, w)),
     ("gc", "grace"): ("gc_grace", parse_duration),

@@ -88,6 +88,7 @@ def gateway_settings(config: Config) -> GatewaySettings:
             max_auth_attempts=config.max_auth_attempts,
             max_auth_failures_per_minute=config.max_auth_failures_per_minute,
             max_channels_per_connection=config.max_channels_per_connection,
+            max_pending_per_address=config.max_pending_per_address,
             idle_timeout=config.idle_timeout,
         ),
     )

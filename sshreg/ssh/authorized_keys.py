@@ -131,6 +131,13 @@ class KeyEntry:
     def identity(self, peer: str) -> Identity:
         return Identity(self.fingerprint, self.comment, self.rights, peer)
 
+    @property
+    def grant(self) -> tuple[object, ...]:
+        """What this line lets its key do: the same on a reloaded file unless the line changed
+        (its position and comment do not count)."""
+        return (self.key.public_data, self.rights, self.from_patterns, self.expires,
+                self.port_forwarding, self.permit_open)
+
 
 def parse_line(line: str, number: int) -> KeyEntry:
     """Parse one non-comment line; raise KeyLineError with the reason it is unusable."""

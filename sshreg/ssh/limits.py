@@ -13,7 +13,8 @@ class Limits:
     max_connections_per_key: int = 32
     max_auth_attempts: int = 6  # keys offered on one connection (as OpenSSH's MaxAuthTries)
     max_auth_failures_per_minute: int = 20  # per source address; then it is refused a minute
-    max_channels_per_connection: int = 64  # concurrent tunnelled HTTP connections
+    max_channels_per_connection: int = 64  # concurrent channels: tunnels and commands
+    max_pending_per_address: int = 10  # connections of one address not logged in yet
     idle_timeout: float = 3600.0  # a connection without channels for this long is closed
 
 
@@ -25,6 +26,7 @@ class FailureTracker:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._failures: dict[str, deque[float]] = {}
+        self._pruned = time.monotonic()
 
     def _recent(self, address: str, now: float) -> deque[float]:
         times = self._failures.get(address)
@@ -38,6 +40,10 @@ class FailureTracker:
 
     def record(self, address: str) -> None:
         now = time.monotonic()
+        if now - self._pruned > self.WINDOW:  # addresses that never come back are forgotten
+            self._pruned = now
+            for stale in [a for a, times in self._failures.items() if times[-1] < now - self.WINDOW]:
+                del self._failures[stale]
         self._recent(address, now)
         self._failures.setdefault(address, deque()).append(now)
 

@@ -8,6 +8,8 @@ Every use of SSH other than these is refused and logged:
 - a session channel, which prints help (and later runs management commands).
 Remote forwarding, forwarding anywhere else, agent and X11 forwarding, sftp and other
 subsystems are refused: otherwise the gateway is an open proxy into the box's network.
+A key whose line is removed from authorized_keys, changes or expires loses its open
+connections within `KEY_CHECK_INTERVAL` seconds, not only its next login.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
 from .flow import create_channel
 from .limits import FailureTracker, Limits
-from .session import CommandSession, help_text
+from .session import CommandSession, SessionChannel, help_text
 
 log = logging.getLogger("sshreg.ssh")
 
 REGISTRY_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 AES_GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 CHACHA = ("chacha20-poly1305@openssh.com",)
+KEY_CHECK_INTERVAL = 5.0  # seconds between checks of open connections against authorized_keys
 
 
 def cpu_has_aes() -> bool:
@@ -83,6 +86,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self._peer = ("", 0)
         self._entry: KeyEntry | None = None
         self._keys_offered: set[bytes] = set()
+        self._auth_begun = False
+        self._revoked = False
         self.identity: Identity | None = None
         self.channels = 0
         self.last_activity = time.monotonic()
@@ -102,6 +107,11 @@ class GatewayConnection(asyncssh.SSHServer):
             self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                              "too many failed logins from this address, try again later",
                              "address blocked after repeated failed logins")
+        elif sum(1 for c in gateway.connections.values() if c.identity is None
+                 and c._peer[0] == self._peer[0]) >= limits.max_pending_per_address:
+            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                             "too many connections from this address",
+                             "too many connections from this address not logged in yet")
         gateway.connections[conn] = self
         gateway.metrics.set("sshreg_ssh_connections", len(gateway.connections))
 
@@ -110,6 +120,9 @@ class GatewayConnection(asyncssh.SSHServer):
         self._gateway.metrics.set("sshreg_ssh_connections", len(self._gateway.connections))
         if self.identity is None:
             log.info("connection from %s closed before authentication", self._peer_text)
+            if self._auth_begun and not self._keys_offered:  # password, keyboard-interactive
+                self._gateway.failures.record(self._peer[0])
+                self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
 
     def _disconnect(self, code: int, reason: str, why: str) -> None:
         who = self.identity.fingerprint if self.identity else "-"
@@ -123,6 +136,7 @@ class GatewayConnection(asyncssh.SSHServer):
         return f"{self._peer[0]}:{self._peer[1]}"
 
     def begin_auth(self, username: str) -> bool:
+        self._auth_begun = True
         return True
 
     def password_auth_supported(self) -> bool:
@@ -140,6 +154,11 @@ class GatewayConnection(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
         self._keys_offered.add(key.public_data)
+        if self._gateway.failures.blocked(self._peer[0]):  # earned on other connections
+            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                             "too many failed logins from this address, try again later",
+                             "address blocked after repeated failed logins")
+            return False
         if len(self._keys_offered) > self._gateway.settings.limits.max_auth_attempts:
             self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                              "too many authentication attempts", "too many keys offered")
@@ -235,11 +254,29 @@ class GatewayConnection(asyncssh.SSHServer):
         self._refuse(f"remote forwarding of unix socket {listen_path}")
         return False
 
-    def session_requested(self) -> CommandSession:
-        assert self.identity is not None and self._entry is not None
-        return CommandSession(
+    def session_requested(self) -> tuple[SessionChannel, CommandSession]:
+        assert self.identity is not None and self._entry is not None and self._conn is not None
+        if self.channels >= self._gateway.settings.limits.max_channels_per_connection:
+            self._refuse("session (too many channels)")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                            "too many channels at once")
+        session = CommandSession(
             self._gateway.render_help(self.identity, self._entry.port_forwarding),
-            self.identity, self._gateway.management)
+            self.identity, self._gateway.management, self)
+        return SessionChannel.create(self._conn, self._refuse), session
+
+    def still_authorized(self, grants: set[tuple[object, ...]]) -> bool:
+        """Whether the line this connection logged in with is still in authorized_keys,
+        unchanged and unexpired (`grants`: those of the current lines)."""
+        return self._entry is None or self.identity is None or self._entry.grant in grants
+
+    def revoke(self) -> None:
+        if self._revoked:
+            return
+        self._revoked = True
+        self._disconnect(asyncssh.DISC_BY_APPLICATION, "this key is no longer authorized",
+                         "key no longer authorized (removed, changed or expired in "
+                         "authorized_keys)")
 
 
 class Gateway:
@@ -258,6 +295,7 @@ class Gateway:
         self.connections: dict[asyncssh.SSHServerConnection, GatewayConnection] = {}
         self._server: asyncssh.SSHAcceptor | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def ciphers(self) -> tuple[str, ...]:
@@ -287,6 +325,23 @@ class Gateway:
             reuse_address=True,
         )
         self._reaper = asyncio.create_task(self._close_idle_forever())
+        self._watcher = asyncio.create_task(self._revoke_forever())
+
+    async def _revoke_forever(self) -> None:
+        """Revoking a key takes its open connections too, not only its next login: every few
+        seconds, connections whose authorized_keys line is gone, changed or expired close."""
+        while True:
+            await asyncio.sleep(KEY_CHECK_INTERVAL)
+            try:
+                self.revoke_stale()
+            except Exception:
+                log.exception("checking open connections against authorized_keys failed")
+
+    def revoke_stale(self) -> None:
+        grants = {entry.grant for entry in self.keys.entries() if not entry.expired()}
+        for state in list(self.connections.values()):
+            if not state.still_authorized(grants):
+                state.revoke()
 
     async def _close_idle_forever(self) -> None:
         timeout = self.settings.limits.idle_timeout
@@ -305,8 +360,9 @@ class Gateway:
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (self._reaper, self._watcher):
+            if task is not None:
+                task.cancel()
 
     async def close(self) -> None:
         """Stop accepting and close every connection."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import asyncssh
+from asyncssh.packet import SSHPacket
 
 from ..access import Identity
 
 if TYPE_CHECKING:
     from ..management.commands import Management
+    from .bridge import ChannelOwner
 
 log = logging.getLogger("sshreg.ssh")
 
@@ -39,23 +42,52 @@ def help_text(identity: Identity, ssh_target: str, registry_port: int, forwardin
     return "\r\n".join(lines) + "\r\n"
 
 
+class SessionChannel(asyncssh.SSHServerChannel[str]):
+    """A session channel that refuses agent and X11 forwarding itself, to log the refusal
+    with the key (asyncssh, configured without them, would refuse them too but log no key)."""
+
+    refused: Callable[[str], None]
+
+    @classmethod
+    def create(cls, conn: asyncssh.SSHServerConnection,
+               refused: Callable[[str], None]) -> SessionChannel:
+        chan = conn.create_server_channel()
+        chan.__class__ = cls  # the channel asyncssh built, with the two handlers below
+        assert isinstance(chan, SessionChannel)
+        chan.refused = refused
+        return chan
+
+    def _process_x11_req_request(self, packet: SSHPacket) -> bool:
+        self.refused("X11 forwarding")
+        return False
+
+    def _process_auth_agent_req_at_openssh_dot_com_request(self, packet: SSHPacket) -> bool:
+        self.refused("agent forwarding")
+        return False
+
+
 class CommandSession(asyncssh.SSHServerSession[str]):
     """A session channel: a shell prints the help text; `ssh host CMD` runs a management
     command (when the gateway has them) with this key's rights; sftp and other subsystems
-    are refused."""
+    are refused. It counts as one of the connection's channels while open."""
 
-    def __init__(self, text: str, identity: Identity, management: Management | None) -> None:
+    def __init__(self, text: str, identity: Identity, management: Management | None,
+                 owner: ChannelOwner) -> None:
         self._text = text
         self._identity = identity
         self._management = management
+        self._owner = owner
         self._command: str | None = None
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[str]) -> None:
         self._chan = chan
+        self._owner.channel_opened()
 
     def shell_requested(self) -> bool:
+        log.info("shell for key %s (%s): the help text, no shell", self._identity.fingerprint,
+                 self._identity.comment)
         return True
 
     def exec_requested(self, command: str) -> bool:
@@ -98,6 +130,8 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._chan is not None:
+            self._owner.channel_closed()
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
