@@ -47,7 +47,7 @@ from tests.support.images import (
 )
 from tests.support.processes import PeakRss, wait_until
 from tests.support.registry import Answer, RegistryHTTP, StreamedPatch
-from tests.support.seaweedfs import SeaweedFS
+from tests.support.seaweedfs import SeaweedFS, assert_r2_object_parts
 from tests.support.sshreg_server import SshregServer
 
 pytestmark = pytest.mark.integration
@@ -189,6 +189,29 @@ def ctr_push(ctr: Ctr, deployment: Deployment, local: str) -> BigPush:
         return str(json.loads(manifest.body)["layers"][0]["digest"])
 
     return measure_push(deployment, repository, push)
+
+
+def test_the_part_check_sees_each_part_of_a_completed_object_and_catches_unequal_ones(
+        s3_server):
+    """What the 2 GiB test relies on: SeaweedFS reports the parts of a completed object (so
+    the check is not vacuous), and a split R2 would refuse fails it."""
+    client, bucket = s3_server.client(), s3_server.bucket
+    for sizes, r2_accepts in (([5 * MiB, 5 * MiB, 7], True), ([5 * MiB + 1, 5 * MiB, 7], False)):
+        key = f"part-check/{unique('object')}"
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        parts = [{"PartNumber": n, "ETag": client.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload, PartNumber=n, Body=os.urandom(size))["ETag"]}
+            for n, size in enumerate(sizes, start=1)]
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                         MultipartUpload={"Parts": parts})
+        try:
+            if r2_accepts:
+                assert assert_r2_object_parts(client, bucket, key) == sizes
+            else:
+                with pytest.raises(AssertionError, match="unequal parts"):
+                    assert_r2_object_parts(client, bucket, key)
+        finally:
+            client.delete_object(Bucket=bucket, Key=key)
 
 
 def test_a_2gib_layer_pushed_by_docker_and_by_ctr_lands_in_equal_parts_in_bounded_memory(
