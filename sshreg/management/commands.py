@@ -279,15 +279,22 @@ class Management:
         except GcBusy as exc:
             raise CommandError(str(exc), 4) from None
         if not dry_run:
-            self._audit(identity, "gc", **report.to_dict())
+            self._audit(identity, "gc", **report.to_dict())  # the audit log has it all
+        # Collection is host-wide, but the names listed are only those this key may pull.
+        tags = [t for t in report.tags if identity.may(Action.PULL, t.partition(":")[0])]
+        manifests = [m for m in report.manifests
+                     if identity.may(Action.PULL, m.partition("@")[0])]
         if as_json:
-            return report.to_dict()
+            return {**report.to_dict(), "tags": tags, "manifests": manifests}
         verb = "would remove" if dry_run else "removed"
         lines = [f"{verb} {len(report.tags)} tag(s), {len(report.manifests)} manifest(s), "
                  f"{report.blobs} blob(s) and {report.orphans} leftover object(s): "
                  f"{human_size(report.bytes_reclaimed)}"]
-        lines += [f"  tag {t}" for t in report.tags]
-        lines += [f"  manifest {m}" for m in report.manifests]
+        lines += [f"  tag {t}" for t in tags]
+        lines += [f"  manifest {m}" for m in manifests]
+        hidden = len(report.tags) + len(report.manifests) - len(tags) - len(manifests)
+        if hidden:
+            lines.append(f"  ({hidden} more in repositories this key may not pull)")
         return "\n".join(lines) + "\n"
 
 

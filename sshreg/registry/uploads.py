@@ -111,21 +111,29 @@ async def _commit(ctx: Context, session: UploadSession, digest: Digest) -> web.R
 
 
 async def _mount(ctx: Context, digest_text: str, source: str | None) -> web.Response | None:
-    """Link a blob from another readable repository; None if it cannot be mounted."""
+    """Link a blob from another readable repository; None if it cannot be mounted.
+
+    Only the repositories this key may read are looked at, before anything global: asking
+    first whether the blob exists anywhere would answer, by the work that follows, whether a
+    repository this key cannot read holds it. A key that may read every repository has
+    nothing to hide from, and takes that shortcut."""
     try:
         digest = Digest.parse(digest_text)
     except ValueError:
         return None
-    if await ctx.store.blob(digest) is None:
-        return None
-    candidates = [source] if source is not None else [ctx.name, *(await ctx.store.repositories())]
-    for repository in candidates:
-        if not is_valid_name(repository) or not ctx.may(Action.PULL, repository):
-            if source is not None:
-                log.warning("mount of %s from %s refused for key %s", digest, repository,
-                            ctx.identity.fingerprint)
-            continue
-        if await ctx.store.is_blob_linked(repository, digest):
+    if source is not None:
+        readable = [source] if is_valid_name(source) and ctx.may(Action.PULL, source) else []
+        if not readable:
+            log.warning("mount of %s from %s refused for key %s", digest, source,
+                        ctx.identity.fingerprint)
+    else:
+        everything = [ctx.name, *(await ctx.store.repositories())]
+        readable = [r for r in everything if ctx.may(Action.PULL, r)]
+        if len(readable) == len(everything) and await ctx.store.blob(digest) is None:
+            return None
+    for repository in readable:
+        if (await ctx.store.is_blob_linked(repository, digest)
+                and await ctx.store.blob(digest) is not None):
             with ctx.registry.pin([digest]):
                 await ctx.store.link_blob(ctx.name, digest)
             return _blob_created(ctx, digest)
