@@ -24,6 +24,10 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     parts_in_flight = 8           # parts being uploaded at once, all blobs together
     redirect_expiry = "0s"        # >0: blob pulls redirect to presigned URLs valid this long
     stale_upload_age = "24h"      # multipart uploads older than this are aborted
+    connect_timeout = "5s"        # S3: connecting to the endpoint
+    read_timeout = "20s"          # S3: any wait for the service (an answer, sending a part)
+    max_attempts = 3              # S3: tries per call (5xx, throttling, timeouts); with the
+                                  # timeouts, bounds a call to a dead service (78 s by default)
 
     [registry]
     max_manifest_size = "4MiB"
@@ -126,6 +130,9 @@ class Config:
     parts_in_flight: int = 8
     redirect_expiry: float = 0.0
     stale_upload_age: float = 86400.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
+    max_attempts: int = 3
 
     max_manifest_size: int = 4 << 20
     upload_idle_timeout: float = 600.0
@@ -188,6 +195,9 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("storage", "parts_in_flight"): ("parts_in_flight", lambda v, w: _positive(v, w)),
     ("storage", "redirect_expiry"): ("redirect_expiry", parse_duration),
     ("storage", "stale_upload_age"): ("stale_upload_age", parse_duration),
+    ("storage", "connect_timeout"): ("connect_timeout", parse_duration),
+    ("storage", "read_timeout"): ("read_timeout", parse_duration),
+    ("storage", "max_attempts"): ("max_attempts", lambda v, w: _positive(v, w)),
     ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
     ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
     ("registry", "body_idle_timeout"): ("body_idle_timeout", parse_duration),
@@ -341,5 +351,7 @@ def validate(config: Config) -> None:
         raise ConfigError("server.authorized_keys_poll must be between 1s and 1h")
     if not 5 << 20 <= config.part_size <= 5 << 30:
         raise ConfigError("storage.part_size must be between 5MiB and 5GiB (R2 and S3 limits)")
+    if config.connect_timeout <= 0 or config.read_timeout <= 0:
+        raise ConfigError("storage.connect_timeout and storage.read_timeout must be positive")
     if config.max_manifest_size < 4 << 20:
         raise ConfigError("registry.max_manifest_size must be at least 4MiB (OCI requirement)")

@@ -42,6 +42,9 @@ def open_driver(config: Config) -> Driver:
             region=config.region,
             part_size=config.part_size,
             part_concurrency=config.part_concurrency,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            max_attempts=config.max_attempts,
             parts_in_flight=config.parts_in_flight,
         )
     return FilesystemDriver(Path(config.storage))

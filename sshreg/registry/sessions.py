@@ -119,8 +119,8 @@ class UploadSessions:
         await session.abort()
 
     def finish(self, session: UploadSession) -> None:
-        """Forget a session whose upload was committed."""
-        session.closed = True
+        """Forget a session whose upload is being committed: no request reaches it any more,
+        and `abort` still discards its upload should the commit fail."""
         self._sessions.pop(session.id, None)
         self._count()
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..access import Action
 from ..references import Digest, is_valid_name
+from ..storage.base import StorageError
 from ..storage.store import DigestMismatch
 from .errors import Code, RegistryError
 from .params import blob_location, body_chunks, digest_param
@@ -65,7 +66,25 @@ def _session(ctx: Context) -> UploadSession:
 
 async def _receive(request: web.BaseRequest, ctx: Context, session: UploadSession,
                    expected: int | None = None) -> int:
-    """Stream the request body into the session; return the number of bytes received."""
+    """Stream the request body into the session; return the number of bytes received.
+
+    A session whose bytes storage failed to take, or whose client stalled, is discarded at
+    once (its temporary file or multipart upload with it): it cannot be committed, or nobody
+    is coming back for it. A client that went away mid-body keeps its session until the idle
+    sweep, and may ask where it stands and resume."""
+    try:
+        return await _receive_into(request, ctx, session, expected)
+    except StorageError:
+        await ctx.sessions.discard(session)
+        raise
+    except RegistryError as exc:
+        if exc.status == 408:
+            await ctx.sessions.discard(session)
+        raise
+
+
+async def _receive_into(request: web.BaseRequest, ctx: Context, session: UploadSession,
+                        expected: int | None) -> int:
     batch_size = ctx.settings.upload_batch
     received = 0
     batch = bytearray()
@@ -104,6 +123,7 @@ async def _commit(ctx: Context, session: UploadSession, digest: Digest) -> web.R
         except BaseException:
             await session.abort()
             raise
+        session.closed = True
         await ctx.store.link_blob(ctx.name, digest)
     log.info("blob %s (%d bytes) pushed to %s by %s", digest, session.size, ctx.name,
              ctx.identity.fingerprint)

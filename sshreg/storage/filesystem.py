@@ -308,7 +308,8 @@ class FilesystemUpload:
 
     async def abort(self) -> None:
         def discard() -> None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # flushing what is buffered fails on a full disk
+                self._file.close()
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
 

@@ -63,6 +63,7 @@ LIST_PAGE = 1000
 MAX_LISTING_PAGES = 1_000_000  # a bound on any listing loop, should a server never end one
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 ABORT_WAIT_SECONDS = 120.0  # how long abort waits for in-flight parts before aborting anyway
+ABORT_ANSWER_WAIT = 5.0  # how long `abort` holds its caller; the rest goes on in the background
 
 # What a hook sees before CompleteMultipartUpload: the full object key and the upload id.
 CompleteHook = Callable[[str, str], Awaitable[None] | None]
@@ -104,9 +105,12 @@ class S3Settings:
     threads: int = 0  # 0: 2 x part_concurrency + 8
     addressing_style: str = "path"  # R2 takes both; SeaweedFS and MinIO need path
     sign_payload: bool | None = None  # None: only over plain http to a non-loopback host
-    max_attempts: int = 5  # boto's "standard" retries: 5xx, throttling, connection errors
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    # boto's "standard" retries (5xx, throttling, connection errors, timeouts) and timeouts
+    # (read: any wait for the service, sending included). A service that stops answering
+    # fails a call after `call_deadline` (78 s by default), not after minutes.
+    max_attempts: int = 3
+    connect_timeout: float = 5.0
+    read_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if not self.bucket or "/" in self.bucket:
@@ -114,6 +118,8 @@ class S3Settings:
         check_part_size(self.part_size)
         if self.part_concurrency < 1:
             raise ValueError("part_concurrency must be at least 1")
+        if self.max_attempts < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ValueError("max_attempts must be at least 1 and timeouts positive")
         if self.parts_in_flight < 0:
             raise ValueError("parts_in_flight must not be negative")
         if self.threads < 0:
@@ -123,6 +129,14 @@ class S3Settings:
         if self.addressing_style not in ("path", "virtual", "auto"):
             raise ValueError(f"invalid addressing_style: {self.addressing_style!r}")
         object.__setattr__(self, "prefix", _normalize_prefix(self.prefix))
+
+    @property
+    def call_deadline(self) -> float:
+        """The longest one call can take against a service that does not answer: every
+        attempt waits out both timeouts, with botocore's backoff (up to 1, 2, 4 ... s, at most
+        20 s) between attempts."""
+        backoff = sum(min(2.0 ** i, 20.0) for i in range(self.max_attempts - 1))
+        return self.max_attempts * (self.connect_timeout + self.read_timeout) + backoff
 
     @property
     def pool_threads(self) -> int:
@@ -251,6 +265,7 @@ class S3Driver:
         self.parts_in_flight = asyncio.Semaphore(settings.max_parts_in_flight)
         self._pool = ThreadPoolExecutor(max_workers=settings.pool_threads,
                                         thread_name_prefix="sshreg-s3")
+        self._background: set[asyncio.Task[None]] = set()
 
     def _make_client(self, *, sign_payload: bool) -> Any:
         settings = self.settings
@@ -449,8 +464,24 @@ class S3Driver:
         log.info("aborted stale multipart upload %s of %s", upload_id, key)
         return True
 
+    def background(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        """Run cleanup that must not hold up a request (an abort) as a task of this driver."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cleanup in the background failed: %s", task.exception())
+
     async def close(self) -> None:
-        """Finish running calls (bounded by boto's timeouts) without blocking the loop."""
+        """Finish running calls (bounded by boto's timeouts) without blocking the loop;
+        aborts still going on in the background are left to the stale-upload sweep."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         shutdown = functools.partial(self._pool.shutdown, wait=True, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, shutdown)
         self._client.close()
@@ -488,6 +519,7 @@ class S3Upload:
         self._upload_id: str | None = None
         self._state = "open"  # open -> committing -> committed; or -> aborted
         self._object_written = False  # a commit was attempted: the object may exist
+        self._aborting: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> str:
@@ -635,7 +667,8 @@ class S3Upload:
             await self._abort_quietly()
             raise StorageError(f"{self._key}: the multipart upload is gone: {exc}") from exc
         except BaseException:
-            await self._abort_quietly()
+            if self._state != "aborted":  # else a failed part already had it aborted
+                await self._abort_quietly()
             raise
         self._state = "committed"
         self._buffer = None
@@ -675,19 +708,31 @@ class S3Upload:
 
     async def _abort_quietly(self) -> None:
         """Abort on a failure path: the failure is what the caller must see, not the abort's
-        own trouble (an unreachable service); the stale-upload sweep retries it later."""
-        try:
+        own trouble (an unreachable service, logged); the stale-upload sweep retries it."""
+        with contextlib.suppress(StorageError):
             await self.abort()
-        except StorageError as exc:
-            log.warning("aborting the upload to %s failed: %s", self._key, exc)
 
     async def abort(self) -> None:
-        """Discard everything; idempotent, and retried by a later call if the service failed."""
+        """Discard everything; idempotent, and retried by a later call if the service failed.
+
+        Holds the caller for at most ABORT_ANSWER_WAIT seconds: against a service that does
+        not answer, the abort goes on in the background (each of its calls bounded by the
+        timeouts) instead of keeping a failing request from its answer for every attempt
+        of the abort as well; what cannot be aborted is left to the stale-upload sweep."""
         if self._state == "committed":
             return
         self._state = "aborted"
         self._buffer = None
         self._spare.clear()
+        if self._aborting is None or self._aborting.done():
+            self._aborting = self._driver.background(self._abort())
+        done, _ = await asyncio.wait({self._aborting}, timeout=ABORT_ANSWER_WAIT)
+        if done:
+            self._aborting.result()
+        else:
+            log.warning("aborting the upload to %s goes on in the background", self._key)
+
+    async def _abort(self) -> None:
         # A part still in flight could land after the abort and leave the upload behind.
         await self._wait_parts(ABORT_WAIT_SECONDS)
         if self._upload_id is not None:
