@@ -33,6 +33,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     max_manifest_size = "4MiB"
     upload_idle_timeout = "10m"   # an upload session untouched this long is aborted
     body_idle_timeout = "2m"      # a request body that sends nothing this long is cut off
+    header_timeout = "60s"        # a connection must send its next request's headers within
+                                  # this long of opening or of its last answer (slowloris)
 
     [limits]
     max_connections = 256         # SSH connections in total
@@ -137,6 +139,7 @@ class Config:
     max_manifest_size: int = 4 << 20
     upload_idle_timeout: float = 600.0
     body_idle_timeout: float = 120.0
+    header_timeout: float = 60.0
 
     max_connections: int = 256
     max_connections_per_key: int = 32
@@ -201,6 +204,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
     ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
     ("registry", "body_idle_timeout"): ("body_idle_timeout", parse_duration),
+    ("registry", "header_timeout"): ("header_timeout", parse_duration),
     ("limits", "max_connections"): ("max_connections", lambda v, w: _positive(v, w)),
     ("limits", "max_connections_per_key"): ("max_connections_per_key", lambda v, w: _positive(v, w)),
     ("limits", "max_auth_attempts"): ("max_auth_attempts", lambda v, w: _positive(v, w)),

@@ -66,6 +66,7 @@ def registry_settings(config: Config) -> RegistrySettings:
         max_manifest_size=config.max_manifest_size,
         upload_idle_timeout=config.upload_idle_timeout,
         body_idle_timeout=config.body_idle_timeout,
+        header_timeout=config.header_timeout,
         part_size=config.part_size if config.is_s3 else None,
         redirect_expiry=int(config.redirect_expiry),
     )

@@ -52,6 +52,7 @@ class RegistrySettings:
     upload_batch: int = 4 << 20  # bytes hashed and written per storage call
     upload_idle_timeout: float = 600.0  # an upload session with no request for this long is aborted
     body_idle_timeout: float = 120.0  # a request body that sends nothing for this long is cut off
+    header_timeout: float = 60.0  # a connection's next request headers must be in within this
     part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None
     redirect_expiry: int = 0  # >0: pulls of blobs are redirected to presigned URLs valid this long
     max_page: int = 10_000  # largest `n` for tags/list and _catalog
@@ -170,6 +171,10 @@ class Registry:
         """
         kwargs.setdefault("access_log", None)
         kwargs.setdefault("handler_cancellation", True)
+        # aiohttp has no header timeout, but its keep-alive timer runs from the connection's
+        # start and from each answer until the next request's headers are complete, and is
+        # not reset by bytes arriving: it bounds a slowloris as well as an idle connection.
+        kwargs.setdefault("keepalive_timeout", self.settings.header_timeout)
         return _Server(self.handle, **kwargs)  # type: ignore[arg-type]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -219,13 +224,26 @@ class Registry:
             response = web.Response(status=500, content_type="application/json",
                                     body=INTERNAL_ERROR)
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
-        if response.status in (408, 413):
-            response.force_close()  # the rest of the body is never read
         self.metrics.inc("sshreg_http_requests_total", method=request.method,
                          route=ctx.route.path if ctx else "-", status=str(response.status))
         if ctx is not None and request.method in WRITE_METHODS and response.status < 400:
             self._audit(request, ctx.identity, response.status, ctx, started)
+        if response.status in (408, 413):
+            await self._answer_and_close(request, response)
         return response
+
+    @staticmethod
+    async def _answer_and_close(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """Send an answer after which the rest of the body is never read, then close the
+        connection at once: aiohttp would linger up to 10 s reading (or, for a stalled
+        client, waiting for) a body nobody wants."""
+        response.force_close()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            return  # the client is gone already
+        request.protocol.force_close()
 
     def _authorize(self, ctx: Context) -> None:
         name = ctx.params.get("name")

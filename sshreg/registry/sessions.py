@@ -60,10 +60,14 @@ class UploadSession:
         self.size += len(data)
 
     async def flush(self) -> None:
-        """Wait until every appended byte is hashed and handed to storage."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
+        """Wait until every appended byte is hashed and handed to storage.
+
+        A request cancelled meanwhile (its client went away) leaves the batch to finish, so
+        that hash, size and stored bytes stay in step for a client that resumes; a batch that
+        failed fails every later flush, so bytes storage did not take are never committed."""
+        if self._pending is not None:
+            await asyncio.shield(self._pending)
+            self._pending = None
 
     def hexdigest(self) -> str:
         return self.hasher.hexdigest()

@@ -169,12 +169,13 @@ async def start_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResp
     elif "digest" in query:
         digest = digest_param(query["digest"])
         session = await _new_session(ctx, digest.algorithm)
-        try:
-            await _receive(request, ctx, session)
-        except BaseException:
-            await ctx.sessions.discard(session)
-            raise
-        return await _commit(ctx, session, digest)
+        async with session.lock:  # the idle sweep keeps off a long body still arriving
+            try:
+                await _receive(request, ctx, session)
+            except BaseException:
+                await ctx.sessions.discard(session)
+                raise
+            return await _commit(ctx, session, digest)
     session = await _new_session(ctx)
     return _session_response(202, ctx, session)
 
