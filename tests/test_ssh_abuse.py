@@ -322,7 +322,8 @@ def test_agent_and_x11_forwarding_are_refused_and_logged(server, keys, tmp_path,
     finally:
         agent.terminate()
         agent.wait(10)
-    result = _ssh(server, keys["mallory"], "-X", "user@127.0.0.1", "whoami",
+    result = _ssh(server, keys["mallory"], "-X", "-o", "XAuthLocation=/nonexistent",
+                  "user@127.0.0.1", "whoami",  # no xauth needed: ssh then sends fake data
                   env={"DISPLAY": "127.0.0.1:99", "XAUTHORITY": str(tmp_path / "xauth")})
     assert result.returncode == 0
     assert "X11 forwarding request failed" in result.stderr
