@@ -18,7 +18,8 @@ factory (`Registry.server()`), on a real TCP socket; a few hundred of the same r
 then go through a real `ssh -L` tunnel to a real `sshreg serve`.
 
 Examples are derandomized (the same requests every run) and bounded: about 11,000
-requests in ~30 s. A longer run with fresh random examples each time:
+requests, some 35 s of CPU (hypothesis' own work is most of it). A longer run with fresh
+random examples each time:
 
     SSHREG_FUZZ_SCALE=20 SSHREG_FUZZ_RANDOM=1 python -m pytest -q tests/test_fuzz_http.py
 """
