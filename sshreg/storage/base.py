@@ -7,7 +7,9 @@ every backend keeps, checked by the shared test suite in `tests/test_storage_con
 - Keys are `/`-separated paths of `[A-Za-z0-9._:-]` segments; no key is also a
   "directory" of another key (the layout guarantees it).
 - `put` is atomic: a reader sees the old object or the new one, never a torn one.
-- `list` yields keys in lexicographic (byte) order, like S3.
+- `list` yields every key under the prefix once; keys of one "directory" come in
+  byte order, so `start_after` pages through one directory (tags). Across directories
+  the order is the backend's (byte order on R2, S3 and the filesystem).
 - An `Upload` streams a large object in; nothing is visible under its key before
   `commit` returns, and `abort` leaves nothing behind.
 """
@@ -91,7 +93,8 @@ class Driver(Protocol):
         """Remove an object; removing a missing key is not an error."""
 
     def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
-        """Yield the objects under `prefix` in key order, after `start_after` if given."""
+        """Yield the objects under `prefix`, in byte order within a directory, after
+        `start_after` (a key of that directory) if given."""
 
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Stream bytes [start, end) of an object; raise FileNotFoundError if it is gone."""
