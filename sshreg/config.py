@@ -38,11 +38,11 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
 
     [limits]
     max_connections = 256         # SSH connections in total
-    max_connections_per_key = 32
+    max_connections_per_key = 64     # a CI fleet may share one key
     max_auth_attempts = 6         # keys tried on one connection
     max_auth_failures_per_minute = 20   # per source address, then refused for a minute
     max_channels_per_connection = 64    # concurrent channels: tunnels and commands
-    max_pending_per_address = 10  # connections of one address not logged in yet
+    max_pending_per_address = 64  # connections of one address not logged in yet
     idle_timeout = "1h"           # an SSH connection without open channels this long is closed
 
     [metrics]
@@ -142,11 +142,11 @@ class Config:
     header_timeout: float = 60.0
 
     max_connections: int = 256
-    max_connections_per_key: int = 32
+    max_connections_per_key: int = 64
     max_auth_attempts: int = 6
     max_auth_failures_per_minute: int = 20
     max_channels_per_connection: int = 64
-    max_pending_per_address: int = 10
+    max_pending_per_address: int = 64
     idle_timeout: float = 3600.0
 
     metrics_listen: str = ""

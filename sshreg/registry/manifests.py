@@ -34,19 +34,25 @@ async def _resolve(ctx: Context, reference: str) -> Digest:
 
 async def get_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     digest = await _resolve(ctx, ctx.params["reference"])
+    if request.method == "HEAD":  # the repository's link has all a HEAD answers with
+        link = await ctx.store.manifest_link(ctx.name, digest)
+        if link is None:
+            raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": str(digest)})
+        return web.Response(status=200, headers={
+            **_manifest_headers(link), "Content-Length": str(link.size)})
     found = await ctx.store.manifest(ctx.name, digest)
     if found is None:
         raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": str(digest)})
     link, data = found
-    headers = {
+    return web.Response(status=200, body=data, headers=_manifest_headers(link))
+
+
+def _manifest_headers(link: ManifestLink) -> dict[str, str]:
+    return {
         "Content-Type": link.media_type,
-        "Docker-Content-Digest": str(digest),
-        "ETag": f'"{digest}"',
+        "Docker-Content-Digest": str(link.digest),
+        "ETag": f'"{link.digest}"',
     }
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(len(data))
-        return web.Response(status=200, headers=headers)
-    return web.Response(status=200, body=data, headers=headers)
 
 
 async def _read_limited(request: web.BaseRequest, limit: int, idle_timeout: float) -> bytes:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Limits:
     max_connections: int = 256  # SSH connections in total
-    max_connections_per_key: int = 32
+    max_connections_per_key: int = 64
     max_auth_attempts: int = 6  # keys offered on one connection (as OpenSSH's MaxAuthTries)
     max_auth_failures_per_minute: int = 20  # per source address; then it is refused a minute
     max_channels_per_connection: int = 64  # concurrent channels: tunnels and commands
-    max_pending_per_address: int = 10  # connections of one address not logged in yet
+    max_pending_per_address: int = 64  # connections of one address not logged in yet
     idle_timeout: float = 3600.0  # a connection without channels for this long is closed
 
 

@@ -28,12 +28,13 @@ import contextlib
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..references import Digest
-from .base import Driver, ObjectInfo, PreconditionFailed, Upload
+from .base import Driver, ObjectInfo, PreconditionFailed, StorageError, Upload
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,33 @@ class ManifestLink:
         return desc
 
 
+class ManifestCache:
+    """Manifest bytes by digest, least recently used first out, within a byte budget.
+
+    Content-addressed bytes never change, so a gateway may keep them: a manifest GET then
+    costs the tag and link reads only (the link says whether this repository has it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Digest, bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, digest: Digest) -> bytes | None:
+        data = self._items.get(digest)
+        if data is not None:
+            self._items.move_to_end(digest)
+        return data
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4 or digest in self._items:
+            return
+        self._items[digest] = data
+        self._size += len(data)
+        while self._size > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self._size -= len(evicted)
+
+
 def _digest_path(digest: Digest) -> str:
     return f"{digest.algorithm}/{digest.hex}"
 
@@ -112,9 +140,10 @@ def _digest_from_path(path: str) -> Digest:
 class RegistryStore:
     """Blobs, repositories, manifests, tags and referrers on top of a `Driver`."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, manifest_cache_bytes: int = 16 << 20) -> None:
         self.driver = driver
         self._known_repositories: set[str] = set()
+        self._manifests = ManifestCache(manifest_cache_bytes)
 
     # -- keys ----------------------------------------------------------------------
 
@@ -334,11 +363,17 @@ class RegistryStore:
         link = await self.manifest_link(name, digest)
         if link is None:
             return None
-        record = await self.blob(digest)
-        if record is None:
-            log.warning("manifest %s@%s is linked but its blob is missing", name, digest)
-            return None
-        return link, await self.blob_bytes(record)
+        data = self._manifests.get(digest)
+        if data is None:
+            record = await self.blob(digest)
+            if record is None:
+                log.warning("manifest %s@%s is linked but its blob is missing", name, digest)
+                return None
+            data = await self.blob_bytes(record)
+            if Digest.of(data, digest.algorithm) != digest:
+                raise StorageError(f"stored manifest {digest} does not match its digest")
+            self._manifests.put(digest, data)
+        return link, data
 
     async def delete_manifest(self, name: str, digest: Digest) -> bool:
         """Unlink a manifest from a repository, with the tags and referrer entry naming it."""
