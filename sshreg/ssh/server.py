@@ -29,6 +29,7 @@ from ..management.commands import Management
 from ..metrics import Metrics
 from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
+from .cork import cork
 from .flow import create_channel
 from .limits import FailureTracker, Limits
 from .session import CommandSession, SessionChannel, help_text
@@ -96,6 +97,7 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        cork(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._peer = (str(peer[0]), int(peer[1]))
         gateway = self._gateway
