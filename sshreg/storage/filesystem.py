@@ -24,7 +24,7 @@ from .base import Blob, ObjectInfo, PreconditionFailed, StorageError
 T = TypeVar("T")
 
 TMP_DIR = "_tmp"
-READ_CHUNK = 1 << 20
+READ_CHUNK = 4 << 20  # per thread hop: each hop wakes a worker and the loop
 WRITEBACK_EVERY = 32 << 20  # start writing a growing upload to disk every this many bytes
 
 
