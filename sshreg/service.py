@@ -15,6 +15,7 @@ from aiohttp import web
 from .config import Config, ConfigError, parse_listen
 from .management.commands import Management
 from .management.gc import GarbageCollector, GcSettings
+from .memory import HeapTrimmer
 from .metrics import InstrumentedDriver, Metrics
 from .registry.app import Registry, RegistrySettings
 from .ssh.authorized_keys import AuthorizedKeys, KeyList
@@ -136,7 +137,9 @@ class Service:
         self.metrics = Metrics()
         self.driver = driver or open_driver(config)
         store = RegistryStore(InstrumentedDriver(self.driver, self.metrics))
-        self.registry = Registry(store, registry_settings(config), metrics=self.metrics)
+        self.heap = HeapTrimmer()
+        self.registry = Registry(store, registry_settings(config), metrics=self.metrics,
+                                 heap=self.heap)
         self.collector = GarbageCollector(store, gc_settings(config),
                                           pinned=self.registry.is_pinned)
         self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
@@ -220,6 +223,7 @@ class Service:
                 await self._sweeper
         await self.gateway.close()
         await self.registry.close()
+        await self.heap.close()
         await self.keys.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 from aiohttp import HttpVersion11, web
 
 from ..access import Action, Identity
+from ..memory import HeapTrimmer
 from ..metrics import Metrics
 from ..references import Digest, is_valid_name
 from ..storage.base import PreconditionFailed, StorageError, TooLarge
@@ -132,6 +133,7 @@ class Registry:
         *,
         identify: Callable[[web.BaseRequest], Identity | None] = identity_from_transport,
         metrics: Metrics | None = None,
+        heap: HeapTrimmer | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or RegistrySettings()
@@ -139,6 +141,7 @@ class Registry:
         self.metrics = metrics or Metrics()
         self.sessions = UploadSessions(self.settings.upload_idle_timeout, self.metrics)
         self.in_flight = 0  # requests being handled right now
+        self.heap = heap  # trimmed whenever no request is left
         self._pins: Counter[Digest] = Counter()
 
     async def start(self) -> None:
@@ -178,11 +181,15 @@ class Registry:
         return _Server(self.handle, **kwargs)  # type: ignore[arg-type]
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.heap is not None and not self.in_flight:
+            self.heap.busy()
         self.in_flight += 1
         try:
             return await self._handle(request)
         finally:
             self.in_flight -= 1
+            if self.heap is not None and not self.in_flight:
+                self.heap.idle()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no request is being handled; False if `timeout` ran out first."""

@@ -1,0 +1,88 @@
+"""Give freed heap memory back to the kernel when the registry goes idle.
+
+glibc keeps freed memory in its arenas. After a burst of concurrent pulls (dozens of
+1 MiB chunks alive at once, in several threads' arenas) the heap stays at its high-water
+mark, fragmented, and a later big push adds its part buffers on top of it: measured here,
+a 10 GiB push to S3 peaked at 368 MiB after such a burst against 258 MiB on a fresh
+process. `malloc_trim(0)` returns the free pages of every arena (not only the top of the
+main heap), so trimming once no request has been running for a moment brings the process
+back to its fresh size without touching the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+IDLE_DELAY = 0.5  # seconds without a request before trimming
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+class HeapTrimmer:
+    """Calls `malloc_trim` in a worker thread `delay` seconds after the last request ends.
+
+    `busy()` when a request starts and `idle()` when none is left; both are cheap enough
+    for every request (a timer handle is created or cancelled).
+    """
+
+    def __init__(self, delay: float = IDLE_DELAY,
+                 trim: Callable[[int], int] | None = None) -> None:
+        self.delay = delay
+        self._trim = trim if trim is not None else _find_malloc_trim()
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: asyncio.Future[int] | None = None
+        self.trims = 0
+
+    @property
+    def available(self) -> bool:
+        return self._trim is not None
+
+    def busy(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def idle(self) -> None:
+        if self._trim is None or self._timer is not None:
+            return
+        self._timer = asyncio.get_running_loop().call_later(self.delay, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._trim is None or (self._running is not None and not self._running.done()):
+            return
+        self._running = asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
+        self._running.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[int]) -> None:
+        if future.cancelled():
+            return
+        if (exc := future.exception()) is not None:
+            log.warning("malloc_trim failed: %s", exc)
+            return
+        self.trims += 1
+
+    async def close(self) -> None:
+        self.busy()
+        if self._running is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._running
