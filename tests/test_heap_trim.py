@@ -92,3 +92,12 @@ async def test_registry_trims_only_when_its_last_request_has_ended(tmp_path):
         assert await wait_for(lambda: heap.trims == 1)
     await registry.close()
     await heap.close()
+
+
+def test_mmap_threshold_is_pinned_unless_the_operator_chose_one(monkeypatch):
+    from sshreg.memory import pin_mmap_threshold
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert pin_mmap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert pin_mmap_threshold() is True  # Debian's glibc accepts 8 MiB

@@ -496,9 +496,11 @@ class S3Upload:
     again (a `bytes` body would be wrapped in BytesIO and sent in 16 KiB reads). A part
     being sent takes a slot of this upload (`concurrency`) and one of the driver's budget
     shared by all uploads (`parts_in_flight`); the buffer of a finished part is kept to be
-    refilled in place (one spare at most), so memory is bounded per upload by
-    `part_size x (concurrency + 2)` and across uploads by the shared budget plus two
-    buffers per upload; a small blob costs only its own size.
+    refilled in place. A new buffer is allocated only when no finished one is waiting,
+    and filling stops while a full part waits for a slot, so an upload never holds more
+    than `concurrency + 1` buffers (each allocated once: part buffers are mmapped, and
+    faulting in 32 MiB per part costs CPU), and all uploads together no more than the
+    shared budget plus one buffer each; a small blob costs only its own size.
     """
 
     def __init__(self, driver: S3Driver, key: str, part_size: int, concurrency: int) -> None:
@@ -612,7 +614,7 @@ class S3Upload:
                 "upload_part", Key=self._full_key, UploadId=upload_id, PartNumber=number,
                 Body=part, ContentLength=len(part))
             self._etags[number] = response["ETag"]
-            if len(part) == self.part_size and self._state == "open" and not self._spare:
+            if len(part) == self.part_size and self._state == "open":
                 self._spare.append(part)
         except asyncio.CancelledError:
             self._fail(StorageError(f"{self._key}: part {number} was cancelled"))
