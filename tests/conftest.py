@@ -19,7 +19,7 @@ from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings
 from sshreg.storage.store import RegistryStore
 from tests.support.containerd import Containerd
-from tests.support.docker import Dockerd
+from tests.support.docker import Docker, Dockerd
 from tests.support.podman import ContainersEnv
 from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, weed_binary
 
@@ -65,6 +65,14 @@ def dockerd(tmp_path_factory) -> Iterator[Dockerd]:
         yield daemon
     finally:
         daemon.stop()
+
+
+@pytest.fixture
+def docker(dockerd: Dockerd) -> Iterator[Docker]:
+    """The session's dockerd, emptied of images after each test (vfs copies every layer)."""
+    client = dockerd.client()
+    yield client
+    client.remove_all_images()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.deployment import Deployment, deploy, generate_keys, sha256, unique
-from tests.support.docker import Docker, Dockerd
+from tests.support.docker import Docker
 from tests.support.images import (
     Image,
     layout_blobs,
@@ -54,13 +54,6 @@ def deployment(request, tmp_path_factory, client_keys) -> Iterator[Deployment]:
                 client_keys, s3=s3, config={"storage": {"part_size": "5MiB"}}) as running:
         yield running
 
-
-@pytest.fixture
-def docker(dockerd: Dockerd) -> Iterator[Docker]:
-    """The session's dockerd, emptied of images after each test (vfs copies every layer)."""
-    client = dockerd.client()
-    yield client
-    client.remove_all_images()
 
 
 def check_image_in_registry(http: RegistryHTTP, repository: str, reference: str,

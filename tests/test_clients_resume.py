@@ -18,7 +18,6 @@ import pytest
 
 from tests.support.containerd import Containerd
 from tests.support.deployment import Deployment, deploy, generate_keys, sha256, unique
-from tests.support.docker import Docker, Dockerd
 from tests.support.images import Image, make_image
 from tests.support.processes import Process, free_port, wait_until
 from tests.support.registry import RegistryHTTP
@@ -39,12 +38,6 @@ def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
                 s3=s3, config={"storage": {"part_size": "8MiB"}}) as running:
         yield running
 
-
-@pytest.fixture
-def docker(dockerd: Dockerd) -> Iterator[Docker]:
-    client = dockerd.client()
-    yield client
-    client.remove_all_images()
 
 
 def push_image(deployment: Deployment, repository: str, tmp_path: Path) -> Image:

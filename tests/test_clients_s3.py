@@ -34,7 +34,7 @@ import pytest
 
 from tests.support.containerd import Ctr
 from tests.support.deployment import Deployment, deploy, generate_keys, sha256, unique
-from tests.support.docker import Docker, Dockerd
+from tests.support.docker import Docker
 from tests.support.images import (
     OCI_CONFIG,
     OCI_MANIFEST,
@@ -70,12 +70,6 @@ def deployment(tmp_path_factory, s3_server) -> Iterator[Deployment]:
                 config={"storage": {"part_size": "8MiB"}}) as running:
         yield running
 
-
-@pytest.fixture
-def docker(dockerd: Dockerd) -> Iterator[Docker]:
-    client = dockerd.client()
-    yield client
-    client.remove_all_images()
 
 
 # -- a 2 GiB layer -----------------------------------------------------------------------
