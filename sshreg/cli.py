@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import logs
 from .config import Config, ConfigError, load_config
+from .memory import tune_malloc
 
 log = logging.getLogger("sshreg")
 
@@ -191,6 +192,7 @@ def _keys_edit(config: Config, args: argparse.Namespace, change):
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # before any thread exists: glibc fixes its arena limit at the first one
     args = _parser().parse_args(argv)
     if args.command == "keys":
         return _keys(args)

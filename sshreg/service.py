@@ -15,7 +15,7 @@ from aiohttp import web
 from .config import Config, ConfigError, parse_listen
 from .management.commands import Management
 from .management.gc import GarbageCollector, GcSettings
-from .memory import HeapTrimmer, pin_mmap_threshold
+from .memory import HeapTrimmer
 from .metrics import InstrumentedDriver, Metrics
 from .registry.app import Registry, RegistrySettings
 from .ssh.authorized_keys import AuthorizedKeys, KeyList
@@ -137,7 +137,6 @@ class Service:
         self.metrics = Metrics()
         self.driver = driver or open_driver(config)
         store = RegistryStore(InstrumentedDriver(self.driver, self.metrics))
-        pin_mmap_threshold()
         self.heap = HeapTrimmer()
         self.registry = Registry(store, registry_settings(config), metrics=self.metrics,
                                  heap=self.heap)

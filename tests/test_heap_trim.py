@@ -94,10 +94,12 @@ async def test_registry_trims_only_when_its_last_request_has_ended(tmp_path):
     await heap.close()
 
 
-def test_mmap_threshold_is_pinned_unless_the_operator_chose_one(monkeypatch):
-    from sshreg.memory import pin_mmap_threshold
+def test_malloc_is_tuned_except_where_the_operator_chose_a_setting(monkeypatch):
+    from sshreg.memory import MALLOC_SETTINGS, tune_malloc
 
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
-    assert pin_mmap_threshold() is False
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert pin_mmap_threshold() is True  # Debian's glibc accepts 8 MiB
+    for name in MALLOC_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert tune_malloc() == ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert tune_malloc() == list(MALLOC_SETTINGS)  # Debian's glibc accepts them all
