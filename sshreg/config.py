@@ -14,6 +14,7 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     ciphers = []                  # SSH ciphers; default from the CPU's AES support
     login_timeout = "30s"
     keepalive_interval = "30s"
+    shutdown_grace = "60s"        # on SIGTERM, running requests get this long to finish
 
     [storage]
     url = "data"                  # a folder, or s3://BUCKET[/PREFIX] for R2/S3
@@ -123,6 +124,7 @@ class Config:
     ciphers: tuple[str, ...] = ()
     login_timeout: float = 30.0
     keepalive_interval: float = 30.0
+    shutdown_grace: float = 60.0
 
     storage: str = "data"
     endpoint_url: str = ""
@@ -190,6 +192,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("server", "ciphers"): ("ciphers", lambda v, w: _str_tuple(v, w)),
     ("server", "login_timeout"): ("login_timeout", parse_duration),
     ("server", "keepalive_interval"): ("keepalive_interval", parse_duration),
+    ("server", "shutdown_grace"): ("shutdown_grace", parse_duration),
     ("storage", "url"): ("storage", lambda v, w: _str(v, w)),
     ("storage", "endpoint_url"): ("endpoint_url", lambda v, w: _str(v, w)),
     ("storage", "region"): ("region", lambda v, w: _str(v, w)),

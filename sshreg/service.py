@@ -29,7 +29,6 @@ from .storage.store import RegistryStore
 log = logging.getLogger("sshreg")
 
 STALE_SWEEP_INTERVAL = 3600.0
-SHUTDOWN_GRACE = 60.0
 
 
 def open_driver(config: Config) -> Driver:
@@ -209,7 +208,7 @@ class Service:
                                   "connections": len(self.gateway.connections),
                                   "uploads": len(self.registry.sessions)})
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+    async def stop(self, grace: float = 60.0) -> None:
         """Stop accepting, let running requests finish for `grace` seconds, then close all."""
         log.info("stopping: no new connections; waiting up to %.0fs for %d request(s)",
                  grace, self.registry.in_flight)
@@ -243,4 +242,4 @@ async def serve(config: Config) -> None:
     notify_systemd("READY=1")
     await stop.wait()
     notify_systemd("STOPPING=1")
-    await service.stop()
+    await service.stop(config.shutdown_grace)

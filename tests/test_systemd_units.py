@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sshreg.service import SHUTDOWN_GRACE
+from sshreg.config import Config
 from tests.conftest import S3_TEST_BUCKET, digest_of
 from tests.support import seccomp
 from tests.support.sshreg_server import READY_LINE, ClientKey, SshregServer, wait_for
@@ -115,7 +115,7 @@ def test_unit_contract() -> None:
     assert settings["StateDirectory"] == "sshreg"
     assert settings["EnvironmentFile"] == "-/etc/sshreg/secrets.env"
     stop = settings["TimeoutStopSec"]
-    assert stop.endswith("s") and float(stop[:-1]) > SHUTDOWN_GRACE + 10
+    assert stop.endswith("s") and float(stop[:-1]) > Config().shutdown_grace + 10
     assert "AWS_SECRET" not in text.replace("AWS_SECRET_ACCESS_KEY,", "")
 
 
