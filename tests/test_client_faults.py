@@ -21,6 +21,7 @@ open SSH connections, channels and upload sessions back where they were.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -130,6 +131,9 @@ def _settled(server: SshregServer, before: Usage, rss_slack: int = RSS_SLACK) ->
              "connections, channels and sessions to be gone")
     wait_for(lambda: Usage.of(server).fds <= before.fds + FD_SLACK, 10,
              f"file descriptors back to {before.fds}")
+    # The server hands freed heap back once it has been idle for half a second.
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: Usage.of(server).rss <= before.rss + rss_slack, 5, "memory")
     after = Usage.of(server)
     assert after.rss <= before.rss + rss_slack, (
         f"memory grew from {before.rss / MiB:.0f} to {after.rss / MiB:.0f} MiB")
