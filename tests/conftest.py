@@ -5,6 +5,7 @@ containerd, and podman/skopeo/buildah's own configuration and storage."""
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -22,6 +23,12 @@ from tests.support.containerd import Containerd
 from tests.support.docker import Docker, Dockerd
 from tests.support.podman import ContainersEnv
 from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, weed_binary
+
+# Subprocesses (`python -m sshreg ...`) run the checkout under test, not whichever copy of
+# sshreg pip has installed (an editable install may point at another clone).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
 # HTTP-level tests pick the caller's identity with this header; the registry itself only
 # ever reads identities from the SSH bridge (see `identify_from_test_header`).
