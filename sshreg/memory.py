@@ -1,12 +1,11 @@
-"""Give freed heap memory back to the kernel when the registry goes idle.
+"""Keep the process's heap near its working size: glibc settings and an idle trim.
 
 glibc keeps freed memory in its arenas. After a burst of concurrent pulls (dozens of
-1 MiB chunks alive at once, in several threads' arenas) the heap stays at its high-water
-mark, fragmented, and a later big push adds its part buffers on top of it: measured here,
-a 10 GiB push to S3 peaked at 368 MiB after such a burst against 258 MiB on a fresh
-process. `malloc_trim(0)` returns the free pages of every arena (not only the top of the
-main heap), so trimming once no request has been running for a moment brings the process
-back to its fresh size without touching the hot path.
+1 MiB chunks alive at once) the heap stays at its high-water mark, and a later big push
+adds its part buffers on top of it. `tune_malloc` (at start-up) fixes the thresholds and
+the arena count that decide how much free memory glibc may keep; `HeapTrimmer` calls
+`malloc_trim(0)` once no request has been running for a moment, which returns the free
+pages of the (single) arena without touching the hot path.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 import pytest
@@ -119,11 +118,6 @@ def _gauges(server: SshregServer) -> tuple[float, float, float]:
             server.metric("sshreg_uploads_active"))
 
 
-def _tmp_files(server: SshregServer) -> list[str]:
-    tmp = Path(server.storage) / "_tmp"
-    return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
-
-
 def _settled(server: SshregServer, before: Usage, rss_slack: int = RSS_SLACK) -> Usage:
     """Wait until connections, channels and sessions are gone and the descriptors back to
     `before`; check memory and temporary files; return the usage then."""
@@ -137,7 +131,7 @@ def _settled(server: SshregServer, before: Usage, rss_slack: int = RSS_SLACK) ->
     after = Usage.of(server)
     assert after.rss <= before.rss + rss_slack, (
         f"memory grew from {before.rss / MiB:.0f} to {after.rss / MiB:.0f} MiB")
-    assert not _tmp_files(server), "temporary files left behind"
+    assert not server.temporary_files(), "temporary files left behind"
     assert server.proc is not None and server.proc.poll() is None
     return after
 
@@ -256,7 +250,7 @@ def test_a_stalled_upload_is_cut_off_and_its_session_freed(server, keys, baselin
         assert conn.closed_by_peer(5), "the stalled connection stays open"
         # Freed at once, not after upload_idle_timeout: no session, no temporary file.
         assert server.metric("sshreg_uploads_active") == 0
-        assert not _tmp_files(server)
+        assert not server.temporary_files()
         if style != "post_digest":
             assert request(tunnel.port, "GET", target.split("?")[0]).status == 404
         assert request(tunnel.port, "HEAD", f"/v2/{name}/blobs/{sha256(data)}").status == 404

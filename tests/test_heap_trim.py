@@ -7,7 +7,7 @@ import os
 
 from aiohttp.test_utils import RawTestServer, TestClient
 
-from sshreg.memory import HeapTrimmer, _find_malloc_trim
+from sshreg.memory import MALLOC_SETTINGS, HeapTrimmer, _find_malloc_trim, tune_malloc
 from sshreg.registry.app import Registry
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.store import RegistryStore
@@ -95,8 +95,6 @@ async def test_registry_trims_only_when_its_last_request_has_ended(tmp_path):
 
 
 def test_malloc_is_tuned_except_where_the_operator_chose_a_setting(monkeypatch):
-    from sshreg.memory import MALLOC_SETTINGS, tune_malloc
-
     for name in MALLOC_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")

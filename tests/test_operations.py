@@ -4,6 +4,7 @@ aborted with nothing visible and no temporary file left)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -65,6 +66,7 @@ class SlowUpload:
         self.sent_first = threading.Event()
         self.release = threading.Event()
         self.answer: object = None
+        self.sigterm_at = 0.0  # when the server was told to stop
         self._conn = Connection(port, timeout=30)
         self._target = f"/v2/{name}/blobs/uploads/?digest={sha256(data)}"
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -95,33 +97,38 @@ def blob_status(srv: SshregServer, key: ClientKey, digest: str) -> int:
         return request(tunnel.port, "HEAD", f"/v2/team/app/blobs/{digest}").status
 
 
-def temporary_files(srv: SshregServer) -> list[Path]:
-    tmp = Path(srv.storage) / "_tmp"
-    return list(tmp.iterdir()) if tmp.exists() else []
+@contextlib.contextmanager
+def sigterm_mid_upload(srv: SshregServer, key: ClientKey, data: bytes) -> Iterator[SlowUpload]:
+    """Start a slow upload of `data` through a tunnel and SIGTERM the server once half of
+    the body is sent; the tunnel stays open for the block, the server is stopped after it."""
+    try:
+        with srv.tunnel(key) as tunnel:
+            upload = SlowUpload(tunnel.port, "team/app", data)
+            assert upload.sent_first.wait(20)
+            assert srv.proc is not None
+            upload.sigterm_at = time.monotonic()
+            srv.proc.terminate()
+            yield upload
+    finally:
+        srv.stop()
 
 
 def test_sigterm_lets_a_running_upload_finish_within_the_grace(tmp_path, key):
     srv = start(tmp_path, key, shutdown_grace="30s")
     data = os.urandom(8 * MiB)
-    try:
-        with srv.tunnel(key) as tunnel:
-            upload = SlowUpload(tunnel.port, "team/app", data)
-            assert upload.sent_first.wait(20)
-            srv.proc.terminate()  # SIGTERM while half of the body is still to come
-            srv.wait_for_log("stopping", timeout=10)
-            upload.release.set()
-            upload.join(30)
-            assert getattr(upload.answer, "status", upload.answer) == 201
-            assert srv.proc.wait(30) == 0
-    finally:
-        srv.stop()
+    with sigterm_mid_upload(srv, key, data) as upload:
+        srv.wait_for_log("stopping", timeout=10)
+        upload.release.set()
+        upload.join(30)
+        assert getattr(upload.answer, "status", upload.answer) == 201
+        assert srv.proc.wait(30) == 0
     srv.start()
     try:
         assert blob_status(srv, key, sha256(data)) == 200
         with srv.tunnel(key) as tunnel:
             got = request(tunnel.port, "GET", f"/v2/team/app/blobs/{sha256(data)}")
             assert got.status == 200 and got.body == data
-        assert temporary_files(srv) == []
+        assert srv.temporary_files() == []
     finally:
         srv.stop()
 
@@ -130,24 +137,17 @@ def test_sigterm_aborts_an_upload_still_running_after_the_grace_and_nothing_is_v
         tmp_path, key):
     srv = start(tmp_path, key, shutdown_grace="1s")
     data = os.urandom(8 * MiB)
-    try:
-        with srv.tunnel(key) as tunnel:
-            upload = SlowUpload(tunnel.port, "team/app", data)
-            assert upload.sent_first.wait(20)
-            started = time.monotonic()
-            srv.proc.terminate()
-            assert srv.proc.wait(30) == 0  # the stalled upload does not hold the shutdown
-            assert time.monotonic() - started < 15
-            assert "aborting them" in srv.log()
-            upload.release.set()
-            upload.join(30)
-            assert getattr(upload.answer, "status", None) != 201
-    finally:
-        srv.stop()
-    assert temporary_files(srv) == []
+    with sigterm_mid_upload(srv, key, data) as upload:
+        assert srv.proc.wait(30) == 0  # the stalled upload does not hold the shutdown
+        assert time.monotonic() - upload.sigterm_at < 15
+        assert "aborting them" in srv.log()
+        upload.release.set()
+        upload.join(30)
+        assert getattr(upload.answer, "status", None) != 201
+    assert srv.temporary_files() == []
     srv.start()
     try:
         assert blob_status(srv, key, sha256(data)) == 404
-        wait_for(lambda: not temporary_files(srv), 10, "no temporary files")
+        wait_for(lambda: not srv.temporary_files(), 10, "no temporary files")
     finally:
         srv.stop()

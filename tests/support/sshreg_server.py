@@ -171,6 +171,11 @@ class SshregServer:
         except FileNotFoundError:
             return ""
 
+    def temporary_files(self) -> list[str]:
+        """Names in the filesystem store's temporary folder (writes not yet installed)."""
+        tmp = Path(self.storage) / "_tmp"
+        return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
+
     def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
         wait_for(lambda: text in self.log(), timeout, f"{text!r} in the server log")
 
