@@ -23,6 +23,10 @@ Why it looks the way it does (design.md section 4):
   UNSIGNED-PAYLOAD over https, where TLS already protects the body, and to loopback
   endpoints; it signs bodies only over plain http to another host.
 - boto3 blocks: every call runs in one bounded thread pool, through one shared client.
+- R2 allows one write per second per key and answers more with 429. Small-object writes
+  (`put`, `delete`) go through a second client without botocore's retries, which are too
+  quick for that, and back off for a second or more themselves (`s3_backoff.py`) for at
+  most `write_budget` seconds.
 """
 
 from __future__ import annotations
@@ -48,13 +52,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .base import Blob, ObjectInfo, PreconditionFailed, StorageError, TooLarge
+from .s3_backoff import retry_write
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MIN_PART_SIZE = 5 << 20
-MAX_PART_SIZE = 5 << 30
+MAX_PART_SIZE = (5 << 30) - (5 << 20)  # R2: "5 MiB less than 5 GiB" per request
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 32 << 20  # 10,000 parts of 32 MiB: blobs up to 312.5 GiB
 DEFAULT_PART_CONCURRENCY = 4
@@ -111,6 +116,9 @@ class S3Settings:
     max_attempts: int = 3
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
+    # How long one write of a small object (a tag, a link, the gc lease) may wait out R2's
+    # 429 (one write per second per key) before the request fails with 503.
+    write_budget: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.bucket or "/" in self.bucket:
@@ -118,8 +126,10 @@ class S3Settings:
         check_part_size(self.part_size)
         if self.part_concurrency < 1:
             raise ValueError("part_concurrency must be at least 1")
-        if self.max_attempts < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ValueError("max_attempts must be at least 1 and timeouts positive")
+        if (self.max_attempts < 1 or self.connect_timeout <= 0 or self.read_timeout <= 0
+                or self.write_budget < 0):
+            raise ValueError("max_attempts must be at least 1, timeouts positive and "
+                             "write_budget not negative")
         if self.parts_in_flight < 0:
             raise ValueError("parts_in_flight must not be negative")
         if self.threads < 0:
@@ -197,13 +207,13 @@ def _should_sign_payload(settings: S3Settings, endpoint: str) -> bool:
     return not endpoint.startswith("https://") and not _is_loopback(endpoint)
 
 
-def _client_config(settings: S3Settings, sign_payload: bool) -> Config:
+def _client_config(settings: S3Settings, sign_payload: bool, attempts: int) -> Config:
     return Config(
         region_name=settings.region,
         signature_version="s3v4",
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": attempts},
         # One connection per worker thread, plus room for streamed GETs, which keep their
         # connection between reads while their thread serves other calls.
         max_pool_connections=2 * settings.pool_threads,
@@ -260,6 +270,8 @@ class S3Driver:
         if self.signs_payload != bool(settings.sign_payload):
             self._client.close()
             self._client = self._make_client(sign_payload=self.signs_payload)
+        # Small-object writes: no botocore retries, `retry_write` backs off instead.
+        self._writer = self._make_client(sign_payload=self.signs_payload, attempts=1)
         # Every upload of this driver shares this budget of parts being sent, so that many
         # concurrent pushes slow each other down instead of multiplying the memory.
         self.parts_in_flight = asyncio.Semaphore(settings.max_parts_in_flight)
@@ -267,7 +279,7 @@ class S3Driver:
                                         thread_name_prefix="sshreg-s3")
         self._background: set[asyncio.Task[None]] = set()
 
-    def _make_client(self, *, sign_payload: bool) -> Any:
+    def _make_client(self, *, sign_payload: bool, attempts: int | None = None) -> Any:
         settings = self.settings
         credentials: dict[str, str] = {}
         if settings.access_key_id is not None and settings.secret_access_key is not None:
@@ -276,7 +288,9 @@ class S3Driver:
         session = boto3.session.Session(botocore_session=_botocore_session(),
                                         profile_name=settings.profile)
         client = session.client("s3", endpoint_url=settings.endpoint_url,
-                                config=_client_config(settings, sign_payload), **credentials)
+                                config=_client_config(settings, sign_payload,
+                                                      attempts or settings.max_attempts),
+                                **credentials)
         client.meta.events.register("before-send.s3.PutObject", _no_expect_for_empty_body)
         return client
 
@@ -323,6 +337,14 @@ class S3Driver:
         method = getattr(self._client, operation)
         return await self.run(method, Bucket=self.settings.bucket, **params)
 
+    async def write(self, operation: str, **params: Any) -> dict[str, Any]:
+        """A write of one small object, retried as `s3_backoff.retry_write` says."""
+        method = getattr(self._writer, operation)
+        return await retry_write(lambda: self.run(method, Bucket=self.settings.bucket, **params),
+                                 what=f"s3 {operation} {params.get('Key', '')}",
+                                 budget=self.settings.write_budget,
+                                 attempts=self.settings.max_attempts)
+
     # -- small objects -------------------------------------------------------------
 
     async def get(self, key: str) -> Blob | None:
@@ -349,7 +371,7 @@ class S3Driver:
         if if_match is not None:
             params["IfMatch"] = if_match
         try:
-            response = await self.call("put_object", **params)
+            response = await self.write("put_object", **params)
         except FileNotFoundError:  # if_match on a missing key, as some servers answer it
             raise PreconditionFailed(key) from None
         return response["ETag"]
@@ -364,7 +386,7 @@ class S3Driver:
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            await self.call("delete_object", Key=self.full_key(key))
+            await self.write("delete_object", Key=self.full_key(key))
 
     async def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
         params: dict[str, Any] = {"Prefix": self._prefix + prefix, "MaxKeys": LIST_PAGE}
@@ -485,6 +507,7 @@ class S3Driver:
         shutdown = functools.partial(self._pool.shutdown, wait=True, cancel_futures=True)
         await asyncio.get_running_loop().run_in_executor(None, shutdown)
         self._client.close()
+        self._writer.close()
 
 
 class S3Upload:
