@@ -19,10 +19,11 @@ import socket
 from collections.abc import AsyncIterator
 
 from ..storage.base import Driver, PreconditionFailed
+from ..storage.store import GC_LEASE_KEY
 
 log = logging.getLogger("sshreg.gc")
 
-KEY = "gc/running"
+KEY = GC_LEASE_KEY
 REFRESH = 60.0
 STALE = 600.0
 

@@ -16,6 +16,11 @@ record with `if_none_match`, which is O(1) whatever the size and makes concurren
 of one blob safe: the loser deletes its copy. A blob is readable through a repository
 only if the repository links it, so knowing a digest does not leak content.
 
+R2 takes one write per second per key, so nothing is written that is already there:
+objects whose bytes never change (links, referrer entries, repository markers) are created
+with `if_none_match` after a look (`_write_immutable`), and concurrent writers of one tag in
+this process are coalesced, the latest value winning (`coalesce.py`).
+
 Everything a gateway needs is here, so several gateways can share one bucket. The only
 local state is `_known_repositories`, which holds facts that cannot become false: a catalog
 marker is never removed (garbage collection may empty a repository, never unlist it).
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -35,11 +41,17 @@ from typing import Any
 
 from ..references import Digest
 from .base import Driver, ObjectInfo, PreconditionFailed, StorageError, Upload
+from .coalesce import SUPERSEDED, LatestWins
 
 log = logging.getLogger(__name__)
 
 REPOSITORY_MARKER = "_repository"
 TAG_WRITE_ATTEMPTS = 8
+GC_LEASE_KEY = "gc/running"  # held by a garbage collection that deletes (management/lease.py)
+# An immutable object written less than this long ago is not written again. Its write time
+# is what garbage collection ages it by, so an older one is renewed: never within a second
+# of the last write (S3 keeps whole seconds), as R2 asks.
+FRESH_SECONDS = 2.0
 
 
 class DigestMismatch(ValueError):
@@ -144,6 +156,7 @@ class RegistryStore:
         self.driver = driver
         self._known_repositories: set[str] = set()
         self._manifests = ManifestCache(manifest_cache_bytes)
+        self._tag_writes = LatestWins()
 
     # -- keys ----------------------------------------------------------------------
 
@@ -166,6 +179,26 @@ class RegistryStore:
 
     def _referrers_prefix(self, name: str, subject: Digest) -> str:
         return f"{self._repo(name)}/_referrers/{_digest_path(subject)}/"
+
+    async def _write_immutable(self, key: str, body: bytes) -> None:
+        """Write an object whose bytes at `key` are always `body`, without writing it again.
+
+        Missing: created with `if_none_match` (losing that race to another writer is fine).
+        Present and younger than FRESH_SECONDS: left alone, unless a garbage collection is
+        running (its sweep spares only what was written since it started, so the write must
+        happen). Older: written again, to renew the age garbage collection judges it by."""
+        info = await self.driver.stat(key)
+        if info is None:
+            with contextlib.suppress(PreconditionFailed):
+                await self.driver.put(key, body, if_none_match=True)
+            return
+        if time.time() - info.modified < FRESH_SECONDS and not await self.gc_running():
+            return
+        await self.driver.put(key, body)
+
+    async def gc_running(self) -> bool:
+        """Whether a garbage collection that deletes holds its lease on this storage."""
+        return await self.driver.stat(GC_LEASE_KEY) is not None
 
     async def health_check(self) -> None:
         """Raise unless storage answers a read (a missing object is a fine answer)."""
@@ -294,8 +327,9 @@ class RegistryStore:
         if name in self._known_repositories:
             return
         key = f"catalog/{name}/{REPOSITORY_MARKER}"
-        if await self.driver.stat(key) is None:
-            await self.driver.put(key, b"")
+        if await self.driver.stat(key) is None:  # never removed: no age to renew
+            with contextlib.suppress(PreconditionFailed):
+                await self.driver.put(key, b"", if_none_match=True)
         self._known_repositories.add(name)
 
     async def repository_exists(self, name: str) -> bool:
@@ -315,7 +349,7 @@ class RegistryStore:
 
     async def link_blob(self, name: str, digest: Digest) -> None:
         await self._ensure_repository(name)
-        await self.driver.put(self._layer_key(name, digest), b"")
+        await self._write_immutable(self._layer_key(name, digest), b"")
 
     async def unlink_blob(self, name: str, digest: Digest) -> None:
         await self.driver.delete(self._layer_key(name, digest))
@@ -350,10 +384,10 @@ class RegistryStore:
 
     async def restore_revision(self, name: str, link: ManifestLink) -> None:
         """Link a manifest whose bytes are stored into a repository (with its referrer entry)."""
-        await self.driver.put(self._revision_key(name, link.digest), link.to_json())
+        await self._write_immutable(self._revision_key(name, link.digest), link.to_json())
         if link.subject is not None:
             key = self._referrers_prefix(name, link.subject) + _digest_path(link.digest)
-            await self.driver.put(key, json.dumps(link.descriptor()).encode())
+            await self._write_immutable(key, json.dumps(link.descriptor()).encode())
 
     async def manifest_link(self, name: str, digest: Digest) -> ManifestLink | None:
         obj = await self.driver.get(self._revision_key(name, digest))
@@ -420,7 +454,14 @@ class RegistryStore:
 
     async def set_tag(self, name: str, tag: str, digest: Digest) -> Digest | None:
         """Point a tag at a manifest, as a compare-and-swap so no update is lost silently.
-        Returns the digest the tag pointed at before (None if it was new)."""
+        Returns the digest the tag pointed at before (None if it was new), or `digest` itself
+        when a later writer of this tag in this process superseded this one (nothing to undo).
+        """
+        key = self._tags_prefix(name) + tag
+        result = await self._tag_writes.run(key, lambda: self._swap_tag(name, tag, digest))
+        return digest if result is SUPERSEDED else result
+
+    async def _swap_tag(self, name: str, tag: str, digest: Digest) -> Digest | None:
         key = self._tags_prefix(name) + tag
         value = str(digest).encode()
         for _ in range(TAG_WRITE_ATTEMPTS):
