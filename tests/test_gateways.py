@@ -282,6 +282,40 @@ def test_concurrent_tag_writes_through_both_gateways_leave_the_tag_on_a_written_
     assert len(final) == 1 and final <= created
 
 
+TWENTY_TAG_WRITES_SECONDS = 30.0
+
+
+def test_twenty_concurrent_writes_of_one_tag_through_both_gateways_all_succeed_within_30s(
+        gateways, tunnels):
+    """20 PUTs of different manifests to one tag, half through each gateway, all at once,
+    on R2's one write per second per key: each gateway coalesces its writers (the latest
+    wins) and waits out R2's 429s, so every PUT gets 201, none a 4xx or 5xx, all within
+    30 s, and both gateways agree the tag is on one of them."""
+    first, second = tunnels
+    repository = unique("gw/twenty")
+    config, layer = b'{"architecture":"arm64","os":"linux"}', os.urandom(2000)
+    for blob in (config, layer):
+        assert push_blob(first, repository, blob).status == 201
+    manifests = [manifest_for(config, [layer], note=f"writer {i}") for i in range(20)]
+    start = threading.Barrier(len(manifests))
+
+    def write(i: int) -> int:
+        tunnel = (first, second)[i % 2]
+        start.wait(30)
+        return put_manifest(tunnel, repository, "latest", manifests[i]).status
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(len(manifests)) as pool:
+        statuses = list(pool.map(write, range(len(manifests))))
+    took = time.monotonic() - began
+    assert statuses == [201] * len(manifests)
+    assert took < TWENTY_TAG_WRITES_SECONDS, f"20 tag writes took {took:.1f}s"
+    final = {call(t, "HEAD", f"/v2/{repository}/manifests/latest",
+                  headers={"Accept": OCI_MANIFEST}).headers["Docker-Content-Digest"]
+             for t in (first, second)}
+    assert len(final) == 1 and final <= {sha256(m) for m in manifests}
+
+
 def test_one_blob_pushed_through_both_gateways_at_once_is_stored_once(gateways, tunnels):
     """Both pushes succeed; one blob record; the losing gateway removed its copy at once: no
     bytes and no multipart upload are left behind (nothing for gc to find later)."""
