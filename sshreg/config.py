@@ -29,6 +29,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     read_timeout = "20s"          # S3: any wait for the service (an answer, sending a part)
     max_attempts = 3              # S3: tries per call (5xx, throttling, timeouts); with the
                                   # timeouts, bounds a call to a dead service (78 s by default)
+    write_budget = "30s"          # S3: how long a write of one small object (a tag, a link,
+                                  # the gc lease) waits out R2's 429 (1 write/s per key)
 
     [registry]
     max_manifest_size = "4MiB"
@@ -137,6 +139,7 @@ class Config:
     connect_timeout: float = 5.0
     read_timeout: float = 20.0
     max_attempts: int = 3
+    write_budget: float = 30.0
 
     max_manifest_size: int = 4 << 20
     upload_idle_timeout: float = 600.0
@@ -204,6 +207,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("storage", "connect_timeout"): ("connect_timeout", parse_duration),
     ("storage", "read_timeout"): ("read_timeout", parse_duration),
     ("storage", "max_attempts"): ("max_attempts", lambda v, w: _positive(v, w)),
+    ("storage", "write_budget"): ("write_budget", parse_duration),
     ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
     ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
     ("registry", "body_idle_timeout"): ("body_idle_timeout", parse_duration),

@@ -45,6 +45,7 @@ def open_driver(config: Config) -> Driver:
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
             max_attempts=config.max_attempts,
+            write_budget=config.write_budget,
             parts_in_flight=config.parts_in_flight,
         )
     return FilesystemDriver(Path(config.storage))
