@@ -339,9 +339,14 @@ def send_and_finish(upload: StreamedPatch, data: bytes) -> Answer | Exception:
 
 @pytest.fixture
 def own_seaweedfs(tmp_path) -> Iterator[SeaweedFS]:
-    """A SeaweedFS of this test's own, to be stopped and restarted under sshreg's feet."""
+    """A SeaweedFS of this test's own, to be stopped and restarted under sshreg's feet
+    (behind R2's rules, which stay up meanwhile)."""
     with SeaweedFS(tmp_path / "seaweedfs", bucket="stopping") as server:
-        yield server
+        rules = server.enforce_r2_rules()
+        try:
+            yield server
+        finally:
+            rules.stop()
 
 
 def test_seaweedfs_stopped_mid_upload_fails_the_push_and_nothing_is_left_after_cleanup(

@@ -93,7 +93,8 @@ class S3Rig:
 @pytest.fixture(scope="module")
 def s3_rig(tmp_path_factory, users) -> Iterator[S3Rig]:
     weed = SeaweedFS(tmp_path_factory.mktemp("fault-weed"), bucket="sshreg-faults").start()
-    proxy = FaultProxy(weed.ports["s3"]).start()
+    rules = weed.enforce_r2_rules()  # faults on top of R2's rules
+    proxy = FaultProxy(rules.port).start()
     server = SshregServer(tmp_path_factory.mktemp("fault-s3"), "s3://sshreg-faults/reg",
                           env={**weed.env(), "AWS_ENDPOINT_URL": proxy.url}, config={
                               "storage": {"part_size": "5MiB", "connect_timeout": "1s",
@@ -108,6 +109,7 @@ def s3_rig(tmp_path_factory, users) -> Iterator[S3Rig]:
         server.stop()
         proxy.stop()
         weed.stop(timeout=0.5)
+        rules.stop()
 
 
 @pytest.fixture(scope="module")
