@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from sshreg.storage.base import StorageError
+from sshreg.storage.s3 import S3Driver, S3Settings
 from tests.support.deployment import Deployment, deploy, generate_keys, unique
 from tests.support.docker import Docker
 from tests.support.images import Image, make_image, write_docker_archive
@@ -129,6 +132,49 @@ def test_r2_rules_refuse_oversized_bodies_and_the_checksums_r2_rejects(s3_server
     path = f"/{s3_server.bucket}/rules/{unique('refused')}"
     got, body = raw_request(s3_server, "PUT", path, {**headers, "Expect": "100-continue"})
     assert (got, f"<Code>{code}</Code>" in body.decode()) == (status, True)
+
+
+# -- the driver on R2's 429 -------------------------------------------------------------
+
+
+def driver_behind(rules: R2Proxy, s3: SeaweedFS, write_budget: float) -> S3Driver:
+    return S3Driver(S3Settings(bucket=s3.bucket, prefix=f"t-{uuid.uuid4().hex}",
+                               endpoint_url=rules.url, access_key_id=s3.access_key,
+                               secret_access_key=s3.secret_key, write_budget=write_budget))
+
+
+async def test_a_throttled_write_is_retried_after_at_least_a_second_within_its_budget(s3_server):
+    """Rules at 1 write per 3 s: the second write of a key waits 1 s or more per 429 (not
+    botocore's sub-second retries) and lands within its 10 s budget."""
+    with R2Proxy(s3_server.ports["s3"], write_interval=3.0) as rules:
+        driver = driver_behind(rules, s3_server, write_budget=10.0)
+        try:
+            await driver.put("tags/latest", b"one")
+            started = time.monotonic()
+            await driver.put("tags/latest", b"two")
+            took = time.monotonic() - started
+            assert (await driver.get("tags/latest")).data == b"two"
+            refused = rules.stats["TooManyRequests"]
+            assert 1 <= refused <= 3 and took >= refused * 1.0, (refused, took)
+            await driver.delete("tags/latest")  # a delete is a write, and waits too
+            assert await driver.get("tags/latest") is None
+        finally:
+            await driver.close()
+
+
+async def test_a_write_still_throttled_when_its_budget_runs_out_fails_as_storage_error(
+        s3_server):
+    with R2Proxy(s3_server.ports["s3"], write_interval=30.0) as rules:
+        driver = driver_behind(rules, s3_server, write_budget=2.0)
+        try:
+            await driver.put("gc/running", b"lease")
+            started = time.monotonic()
+            with pytest.raises(StorageError) as refused:
+                await driver.delete("gc/running")
+            assert getattr(refused.value, "status", None) == 429
+            assert 1.0 <= time.monotonic() - started <= 2.5
+        finally:
+            await driver.close()
 
 
 # -- ordinary days on R2 ----------------------------------------------------------------
