@@ -167,6 +167,25 @@ def put_manifest(tunnel: Tunnel, repository: str, reference: str, body: bytes) -
                 {"Content-Type": OCI_MANIFEST})
 
 
+def write_one_tag_at_once(tunnels: tuple[Tunnel, Tunnel], repository: str, tag: str,
+                          count: int) -> list[tuple[str, int]]:
+    """`count` PUTs of different manifests (one config and layer) to `tag`, alternating
+    between the tunnels, all released at once; (digest, status) of each."""
+    config, layer = b'{"architecture":"amd64","os":"linux"}', os.urandom(2000)
+    for blob in (config, layer):
+        assert push_blob(tunnels[0], repository, blob).status == 201
+    manifests = [manifest_for(config, [layer], note=f"writer {i}") for i in range(count)]
+    start = threading.Barrier(count)
+
+    def write(i: int) -> tuple[str, int]:
+        start.wait(30)
+        answer = put_manifest(tunnels[i % 2], repository, tag, manifests[i])
+        return sha256(manifests[i]), answer.status
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(write, range(count)))
+
+
 # -- skopeo ---------------------------------------------------------------------------------
 
 
@@ -255,19 +274,7 @@ def test_concurrent_tag_writes_through_both_gateways_leave_the_tag_on_a_written_
     reported as failed, and both gateways agree the tag is on one of the 201 manifests."""
     first, second = tunnels
     repository = unique("gw/race")
-    config, layer = b'{"architecture":"amd64","os":"linux"}', os.urandom(2000)
-    for blob in (config, layer):
-        assert push_blob(first, repository, blob).status == 201
-    manifests = [manifest_for(config, [layer], note=f"writer {i}") for i in range(16)]
-    start = threading.Barrier(len(manifests))
-
-    def write(i: int) -> tuple[str, int]:
-        tunnel = (first, second)[i % 2]
-        start.wait(30)
-        return sha256(manifests[i]), put_manifest(tunnel, repository, "race", manifests[i]).status
-
-    with ThreadPoolExecutor(len(manifests)) as pool:
-        results = list(pool.map(write, range(len(manifests))))
+    results = write_one_tag_at_once(tunnels, repository, "race", 16)
     created = {digest for digest, status in results if status == 201}
     assert created, results
     assert all(status == 201 or status in (429, 503) for _, status in results), results
@@ -291,29 +298,16 @@ def test_twenty_concurrent_writes_of_one_tag_through_both_gateways_all_succeed_w
     on R2's one write per second per key: each gateway coalesces its writers (the latest
     wins) and waits out R2's 429s, so every PUT gets 201, none a 4xx or 5xx, all within
     30 s, and both gateways agree the tag is on one of them."""
-    first, second = tunnels
     repository = unique("gw/twenty")
-    config, layer = b'{"architecture":"arm64","os":"linux"}', os.urandom(2000)
-    for blob in (config, layer):
-        assert push_blob(first, repository, blob).status == 201
-    manifests = [manifest_for(config, [layer], note=f"writer {i}") for i in range(20)]
-    start = threading.Barrier(len(manifests))
-
-    def write(i: int) -> int:
-        tunnel = (first, second)[i % 2]
-        start.wait(30)
-        return put_manifest(tunnel, repository, "latest", manifests[i]).status
-
     began = time.monotonic()
-    with ThreadPoolExecutor(len(manifests)) as pool:
-        statuses = list(pool.map(write, range(len(manifests))))
+    results = write_one_tag_at_once(tunnels, repository, "latest", 20)
     took = time.monotonic() - began
-    assert statuses == [201] * len(manifests)
+    assert [status for _, status in results] == [201] * 20
     assert took < TWENTY_TAG_WRITES_SECONDS, f"20 tag writes took {took:.1f}s"
     final = {call(t, "HEAD", f"/v2/{repository}/manifests/latest",
                   headers={"Accept": OCI_MANIFEST}).headers["Docker-Content-Digest"]
-             for t in (first, second)}
-    assert len(final) == 1 and final <= {sha256(m) for m in manifests}
+             for t in tunnels}
+    assert len(final) == 1 and final <= {digest for digest, _ in results}
 
 
 def test_one_blob_pushed_through_both_gateways_at_once_is_stored_once(gateways, tunnels):

@@ -19,45 +19,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from concurrent.futures import Future
 
-from tests.support.processes import free_port
+from tests.support.loopserver import LoopServer
 
 _REASONS = {500: "Internal Server Error", 503: "Service Unavailable", 429: "Too Many Requests"}
 _CODES = {500: "InternalError", 503: "ServiceUnavailable", 429: "SlowDown"}
 
 
-class FaultProxy:
+class FaultProxy(LoopServer):
+    thread_name = "fault-proxy"
+
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
-        self.port = free_port()
         self.mode = "pass"
         self.delay = 0.0
         self.status = 503
         self.bytes_up = 0
         self.errors_sent = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy",
-                                        daemon=True)
-        self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _call(self, coro) -> object:
-        future: Future[object] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(10)
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        self._call(self._listen())
-        return self
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     def set(self, mode: str, *, delay: float = 0.0, status: int = 503) -> None:
         """Switch to `mode` (see the module doc) and reset the connections in progress."""
@@ -71,22 +51,9 @@ class FaultProxy:
             writer.transport.abort()
         self._writers.clear()
 
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._call(self._close())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop.close()
-
     async def _close(self) -> None:
         await self._set("pass", 0.0, 503)
-        if self._server is not None:
-            self._server.close()
-        current = asyncio.current_task()
-        tasks = [t for t in asyncio.all_tasks() if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await super()._close()
 
     # -- relaying ------------------------------------------------------------------------
 

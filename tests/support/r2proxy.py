@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.support.processes import free_port
+from tests.support.loopserver import LoopServer
 
 MAX_REQUEST_BODY = (5 << 30) - (5 << 20)  # "5 MiB less than 5 GiB"
 MAX_PARTS = 10_000
@@ -86,51 +84,22 @@ class Request:
         return "chunked" in (self.header("transfer-encoding") or "").lower()
 
 
-class R2Proxy:
+class R2Proxy(LoopServer):
+    thread_name = "r2-proxy"
+
     def __init__(self, upstream_port: int, *, write_interval: float = WRITE_INTERVAL) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
         self.write_interval = write_interval
-        self.port = free_port()
         self.stats: Counter[str] = Counter()
         self._last_write: dict[str, float] = {}
         self._parts: dict[str, dict[int, int]] = {}  # upload id -> part number -> size
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="r2-proxy",
-                                        daemon=True)
-        self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> R2Proxy:
-        self._thread.start()
-        self._call(self._listen())
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._call(self._close())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop.close()
-
-    def _call(self, coro) -> object:
-        future: Future[object] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(10)
-
-    async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
     async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
         for writer in list(self._connections):
             writer.transport.abort()  # each relay then ends on its own
-        current = asyncio.current_task()
-        await asyncio.wait([t for t in asyncio.all_tasks() if t is not current] or
-                           [asyncio.ensure_future(asyncio.sleep(0))], timeout=5)
+        await super()._close()
 
     # -- rules -----------------------------------------------------------------------
 
@@ -373,9 +342,3 @@ class R2Proxy:
             keep = False
         await writer.drain()
         return status, keep
-
-    def __enter__(self) -> R2Proxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
