@@ -98,7 +98,11 @@ class R2Proxy(LoopServer):
 
     async def _close(self) -> None:
         for writer in list(self._connections):
-            writer.transport.abort()  # each relay then ends on its own
+            writer.transport.abort()  # each relay then ends on its own...
+        for _ in range(50):  # ...rather than be cancelled, which asyncio logs as an error
+            if not self._connections:
+                break
+            await asyncio.sleep(0.01)
         await super()._close()
 
     # -- rules -----------------------------------------------------------------------
