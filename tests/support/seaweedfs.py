@@ -24,8 +24,11 @@ path-style addressing and region `us-east-1`.
 AWS_CA_BUNDLE (set on this machine) is left alone: botocore only loads it for https endpoints,
 so plain-http boto3 is unaffected (checked).
 
+`enforce_r2_rules()` puts `r2proxy.R2Proxy` in front: from then on `endpoint_url`, `env()` and
+`client()` reach S3 through R2's rules (`client(direct=True)` goes around them).
+
 R2's multipart rule (every part but the last of one size, the last no larger), which SeaweedFS
-does not enforce, can be checked two ways: `assert_r2_parts` lists the parts of an upload in
+does not enforce, can also be checked two ways: `assert_r2_parts` lists the parts of an upload in
 progress (ListParts, from a hook that runs just before CompleteMultipartUpload, in the process
 that uploads), and `assert_r2_object_parts` reads the part sizes of a completed object
 (GetObjectAttributes `ObjectParts`, which SeaweedFS 4.48 answers with each part's size, from any
@@ -190,15 +193,16 @@ class SeaweedFS:
             raise TimeoutError(f"{exc}\nlast S3 error: {errors}") from None
         self.startup_seconds = time.monotonic() - self._started
 
-    def client(self, **config: Any) -> Any:
-        """A boto3 S3 client for this server (plain http, path-style, checksums when required)."""
+    def client(self, *, direct: bool = False, **config: Any) -> Any:
+        """A boto3 S3 client for this server (plain http, path-style, checksums when required);
+        `direct`: to SeaweedFS itself, around R2's rules."""
         options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 3},
                                    "connect_timeout": 5, "read_timeout": 60, **config}
         cfg = Config(region_name=REGION, signature_version="s3v4",
                      request_checksum_calculation="when_required",
                      response_checksum_validation="when_required",
                      s3={"addressing_style": "path"}, **options)
-        return boto3.client("s3", endpoint_url=self.endpoint_url,
+        return boto3.client("s3", endpoint_url=self.direct_url if direct else self.endpoint_url,
                             aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, config=cfg)
 
