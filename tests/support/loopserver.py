@@ -20,6 +20,7 @@ class LoopServer:
     """`start()` listens and serves each connection with `_serve`; `stop()` ends it all."""
 
     thread_name = "loop-server"
+    buffer_limit = 1 << 16  # StreamReader's limit: it stops reading at twice this much
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -43,7 +44,8 @@ class LoopServer:
         return self
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
+                                                  limit=self.buffer_limit)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError

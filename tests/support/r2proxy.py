@@ -1,8 +1,8 @@
 """An S3 front for SeaweedFS that enforces the Cloudflare R2 rules SeaweedFS does not.
 
 `R2Proxy(upstream_port).start()` listens on a free 127.0.0.1 port, in an event loop of its own
-thread, and relays HTTP/1.1 to the upstream, streaming bodies both ways (nothing larger than
-one 64 KiB read is held). Before relaying a request it applies R2's documented limits
+thread, and relays HTTP/1.1 to the upstream, streaming bodies both ways (each connection
+buffers at most about two 256 KiB reads). Before relaying a request it applies R2's documented limits
 (developers.cloudflare.com/r2/platform/limits, /r2/objects/multipart-objects) and answers
 as R2 does when one is broken:
 
@@ -38,7 +38,7 @@ from tests.support.loopserver import LoopServer
 MAX_REQUEST_BODY = (5 << 30) - (5 << 20)  # "5 MiB less than 5 GiB"
 MAX_PARTS = 10_000
 WRITE_INTERVAL = 1.0
-CHUNK = 1 << 16
+CHUNK = 1 << 18
 _REASONS = {400: "Bad Request", 429: "Too Many Requests", 501: "Not Implemented"}
 _PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
 MAX_COMPLETE_BODY = 4 << 20  # a Complete request lists at most 10,000 parts
@@ -86,6 +86,7 @@ class Request:
 
 class R2Proxy(LoopServer):
     thread_name = "r2-proxy"
+    buffer_limit = CHUNK
 
     def __init__(self, upstream_port: int, *, write_interval: float = WRITE_INTERVAL) -> None:
         super().__init__()
@@ -223,7 +224,7 @@ class R2Proxy(LoopServer):
             await writer.drain()
             return not expects, upstream
         if upstream is None or upstream[1].is_closing():
-            up = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            up = await asyncio.open_connection("127.0.0.1", self.upstream_port, limit=CHUNK)
         else:
             up = upstream
         if expects:
