@@ -2,9 +2,9 @@
 
 `R2Proxy(upstream_port).start()` listens on a free 127.0.0.1 port, in an event loop of its own
 thread, and relays HTTP/1.1 to the upstream, streaming bodies both ways (each connection
-buffers at most about two 256 KiB reads). Before relaying a request it applies R2's documented limits
-(developers.cloudflare.com/r2/platform/limits, /r2/objects/multipart-objects) and answers
-as R2 does when one is broken:
+buffers at most about two 256 KiB reads). Before relaying a request it applies R2's
+documented limits (developers.cloudflare.com/r2/platform/limits,
+/r2/objects/multipart-objects) and answers as R2 does when one is broken:
 
 - **1 write per second per key** -> `429 TooManyRequests`. Writes are the requests that
   replace or remove an object: PutObject, CopyObject (its destination),
