@@ -147,8 +147,10 @@ class GarbageCollector:
             started = await self._storage_now()
             if dry_run:
                 return await self._collect(True, began, started)
-            async with Lease.hold(self.store.driver, started):
-                return await self._collect(False, began, started)
+            async with Lease.hold(self.store.driver, started) as lease:
+                # A push skips rewriting a link it finds fresh only while no lease exists
+                # (store._write_immutable), so "new" means written since the lease was taken.
+                return await self._collect(False, began, await lease.taken_at())
 
     async def _collect(self, dry_run: bool, began: float, started: float) -> GcReport:
         report = GcReport(dry_run)

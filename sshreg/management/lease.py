@@ -74,6 +74,13 @@ class Lease:
         except PreconditionFailed:
             raise GcBusy("another garbage collection took the lease first") from None
 
+    async def taken_at(self) -> float:
+        """When the lease object was written, by the storage's clock."""
+        info = await self.driver.stat(KEY)
+        if info is None or info.etag != self.etag:
+            raise GcBusy("the gc lease was lost as soon as it was taken")
+        return info.modified
+
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH)
