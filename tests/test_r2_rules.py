@@ -29,6 +29,7 @@ from tests.support.images import Image, make_image, write_docker_archive
 from tests.support.r2proxy import MAX_REQUEST_BODY, R2Proxy
 from tests.support.registry import RegistryHTTP
 from tests.support.seaweedfs import SeaweedFS
+from tests.support.sshreg_server import S3Store, SshregServer
 
 pytestmark = pytest.mark.integration
 
@@ -175,6 +176,37 @@ async def test_a_write_still_throttled_when_its_budget_runs_out_fails_as_storage
             assert 1.0 <= time.monotonic() - started <= 2.5
         finally:
             await driver.close()
+
+
+def test_a_write_still_throttled_when_its_budget_runs_out_answers_503_with_retry_after(
+        s3_server, tmp_path):
+    """Through a tunnel: rules at 1 write per 30 s and `write_budget = "1s"`, so deleting a
+    tag just written cannot wait long enough; the client gets 503 UNAVAILABLE with
+    Retry-After (within 10 s), and the tag is still there."""
+    keys = generate_keys(tmp_path / "keys", ("alice",))
+    image = make_image(tmp_path / "layout", [10_000], seed=unique("budget"))
+    repository = unique("r2/budget")
+    with R2Proxy(s3_server.ports["s3"], write_interval=30.0) as rules:
+        store = S3Store.fresh(s3_server, "budget")
+        server = SshregServer(tmp_path / "sshreg", store.url,
+                              env={**store.env, "AWS_ENDPOINT_URL": rules.url},
+                              config={"storage": {"write_budget": "1s"}})
+        server.authorize(keys["alice"].line())
+        server.start()
+        try:
+            with server.tunnel(keys["alice"]) as tunnel:
+                registry = RegistryHTTP(tunnel.url)
+                registry.push_image(repository, "1", image)  # every key written once
+                started = time.monotonic()
+                answer = registry.call("DELETE", f"/v2/{repository}/manifests/1")
+                took = time.monotonic() - started
+                assert (answer.status, answer.error_codes()) == (503, ["UNAVAILABLE"])
+                assert int(answer.headers["Retry-After"]) > 0
+                assert took < 10.0, f"the refusal took {took:.1f}s"
+                assert registry.manifest(repository, "1").digest == image.digest
+        finally:
+            server.stop()
+    assert rules.stats["TooManyRequests"] >= 1
 
 
 # -- ordinary days on R2 ----------------------------------------------------------------
