@@ -170,7 +170,9 @@ class SeaweedFS:
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
-        client = self.client(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1})
+        # SeaweedFS's own readiness: its put-then-delete probe would be refused by R2's rules.
+        client = self.client(direct=True, connect_timeout=2, read_timeout=10,
+                             retries={"max_attempts": 1})
         errors: list[str] = []
 
         def ready() -> bool:
@@ -188,7 +190,7 @@ class SeaweedFS:
             return True
 
         try:
-            self.process.wait_ready(ready, timeout, f"SeaweedFS S3 on {self.endpoint_url}")
+            self.process.wait_ready(ready, timeout, f"SeaweedFS S3 on {self.direct_url}")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\nlast S3 error: {errors}") from None
         self.startup_seconds = time.monotonic() - self._started
