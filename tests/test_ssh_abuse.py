@@ -48,7 +48,8 @@ LIMITS = {
     "max_pending_per_address": 4,
 }
 NAMES = ["alice", "bob", "mallory", "revoked", "changed", "expiring", "fromfive", "flood1",
-         "flood2", "flood3", "flood4", "stranger", "stranger2", "stranger3", "stranger4"]
+         "flood2", "flood3", "flood4", "stranger", "stranger2", "stranger3", "stranger4",
+         "dropped"]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,7 @@ def _lines(keys: dict[str, ClientKey], expiry: str = "20990101") -> list[str]:
         keys["expiring"].line(f'expiry-time="{expiry}"'),
         keys["fromfive"].line('from="127.0.0.5"'),
         *(keys[f"flood{i}"].line('sshreg-pull="**"') for i in range(1, 5)),
+        keys["dropped"].line(),
     ]
 
 
@@ -151,6 +153,28 @@ def test_a_revoked_key_loses_its_open_tunnel_and_its_next_login(server, keys, le
     result = _ssh(server, keys["revoked"], "user@127.0.0.1", "whoami")
     assert result.returncode == 255 and "Permission denied" in result.stderr
     _fingerprint_logged(server, keys["revoked"], "refused unknown key")
+    server.authorize(*_lines(keys))
+
+
+def test_a_malformed_line_in_the_same_edit_never_keeps_a_removed_key_in(server, keys, legit):
+    """One edit removes a key and adds a line whose date does not exist: the bad line is
+    skipped with its number and reason, everything else applies (before, the reload raised
+    and the previous list, removed key included, was served from then on)."""
+    with server.tunnel(keys["dropped"]) as dropped, server.tunnel(keys["alice"]) as alice:
+        assert _http(dropped.url + "/v2/")[0] == 200
+        kept = [line for line in _lines(keys) if keys["dropped"].public not in line]
+        server.authorize(*kept, keys["stranger"].line('expiry-time="20260230"'))
+        wait_for(lambda: dropped.proc.poll() is not None, KEY_CHECK_INTERVAL + 10,
+                 "the removed key's ssh to be disconnected")
+        _fingerprint_logged(server, keys["dropped"], "no longer authorized")
+        server.wait_for_log(f"authorized_keys line {len(kept) + 1} ignored: invalid expiry-time "
+                            "'20260230': day is out of range for month")
+        assert alice.proc.poll() is None and alice.ready()
+    for name in ("dropped", "stranger"):  # nor is the malformed line half-honoured
+        result = _ssh(server, keys[name], "user@127.0.0.1", "whoami")
+        assert result.returncode == 255 and "Permission denied" in result.stderr
+        _fingerprint_logged(server, keys[name], "refused unknown key")
+    push_and_pull(server, keys["bob"], "bob/app")
     server.authorize(*_lines(keys))
 
 
