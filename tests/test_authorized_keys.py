@@ -21,12 +21,14 @@ from sshreg.ssh.authorized_keys import (
     parse_authorized_keys,
     parse_line,
 )
+from sshreg.ssh.key_admin import fingerprint_of, listing_json, listing_text, parse_lines, without_key
 
 KEYS = [asyncssh.generate_private_key(alg, comment=f"k{i}@test") for i, alg in enumerate(
     ("ssh-ed25519", "ssh-ed25519", "ecdsa-sha2-nistp256"))]
 PUBLIC = [k.export_public_key().decode().strip() for k in KEYS]
 FUZZ = settings(max_examples=300, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
+FUZZ_FILES = settings(FUZZ, max_examples=150)  # each example is several lines
 
 
 def fingerprints(entries: list[KeyEntry]) -> list[str]:
@@ -212,7 +214,7 @@ def test_no_line_makes_the_parser_raise_anything_but_its_line_error(line: str) -
     _parses_or_refuses(line)
 
 
-@FUZZ
+@FUZZ_FILES
 @given(st.lists(st.tuples(st.booleans(), st.one_of(lines, key_lines)), max_size=8),
        st.sampled_from(["\n", "\r\n"]))
 @example([(True, ""), (False, ISSUE_EXAMPLES[0]), (True, "")], "\n")
@@ -237,3 +239,18 @@ def test_the_good_lines_of_a_file_always_apply_whatever_the_others_hold(
         usable = bool(stripped) and not stripped.startswith("#") and (
             _parses_or_refuses(stripped) is not None)
         assert (number in numbers) is usable
+
+
+@FUZZ_FILES
+@given(st.lists(st.one_of(lines, key_lines), max_size=6))
+def test_keys_list_and_remove_work_on_any_file(junk: list[str]) -> None:
+    """`sshreg keys list` shows any file, and `remove` takes a good key out of it (with any
+    other line holding that key) whatever the other lines hold."""
+    text = "".join(" ".join(j.splitlines()) + "\n" for j in junk) + PUBLIC[0] + "\n"
+    found = parse_lines(text)
+    assert listing_text(found) and listing_json(found)["keys"]
+    fingerprint = KEYS[0].get_fingerprint("sha256")
+    rest, gone = without_key(found, fingerprint, "authorized_keys")
+    assert gone[-1].number == len(junk) + 1
+    assert all(fingerprint_of(line) == fingerprint for line in gone)
+    assert fingerprint not in fingerprints(parse_authorized_keys(rest))
