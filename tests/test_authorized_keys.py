@@ -113,11 +113,12 @@ def test_a_malformed_line_costs_only_itself_and_is_logged_with_its_number(caplog
     assert fingerprints(entries) == [KEYS[0].get_fingerprint("sha256"),
                                      KEYS[2].get_fingerprint("sha256")]
     warnings = [r.getMessage() for r in caplog.records]
+    bob = KEYS[1].get_fingerprint("sha256")
     assert warnings == [
         "keys/authorized_keys line 2 ignored: invalid expiry-time '20260230': "
-        "day is out of range for month",
+        f"day is out of range for month (key {bob})",
         "keys/authorized_keys line 4 ignored: invalid permitopen 'localhost:²' "
-        "(port 1-65535 or *)"]
+        f"(port 1-65535 or *) (key {bob})"]
 
 
 def _write(path: Path, *lines: str) -> None:

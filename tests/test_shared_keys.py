@@ -122,7 +122,7 @@ async def test_a_malformed_line_in_the_object_never_keeps_a_removed_key_in(caplo
     removed key stayed in use)."""
     alice, alice_fp = new_key("alice")
     bob, _ = new_key("bob")
-    carol, _ = new_key("carol")
+    carol, carol_fp = new_key("carol")
     source = FakeFile(alice + "\n" + bob + "\n")
     keys = SharedAuthorizedKeys(source, interval=0.05)
     caplog.set_level(logging.INFO, logger="sshreg.keys")
@@ -135,8 +135,8 @@ async def test_a_malformed_line_in_the_object_never_keeps_a_removed_key_in(caplo
             await asyncio.sleep(0.05)
         assert fingerprints(keys) == {alice_fp}
         messages = [r.getMessage() for r in caplog.records]
-        assert f"{source} line 2 ignored: invalid permitopen 'localhost:²' (port 1-65535 or *)" \
-            in messages
+        assert (f"{source} line 2 ignored: invalid permitopen 'localhost:²' (port 1-65535 or *)"
+                f" (key {carol_fp})") in messages
         assert not any("cannot fetch" in m for m in messages)
     finally:
         await keys.close()

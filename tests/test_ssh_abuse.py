@@ -168,7 +168,8 @@ def test_a_malformed_line_in_the_same_edit_never_keeps_a_removed_key_in(server, 
                  "the removed key's ssh to be disconnected")
         _fingerprint_logged(server, keys["dropped"], "no longer authorized")
         server.wait_for_log(f"authorized_keys line {len(kept) + 1} ignored: invalid expiry-time "
-                            "'20260230': day is out of range for month")
+                            "'20260230': day is out of range for month "
+                            f"(key {keys['stranger'].fingerprint})")
         assert alice.proc.poll() is None and alice.ready()
     for name in ("dropped", "stranger"):  # nor is the malformed line half-honoured
         result = _ssh(server, keys[name], "user@127.0.0.1", "whoami")

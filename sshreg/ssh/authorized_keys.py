@@ -101,7 +101,10 @@ def _parse_line(line: str, number: int) -> KeyEntry:
             key = asyncssh.import_public_key(rest)
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise KeyLineError(f"not a public key: {exc}") from None
-    granted = parse_options(options)
+    try:
+        granted = parse_options(options)
+    except KeyLineError as exc:
+        raise KeyLineError(str(exc), key.get_fingerprint("sha256")) from None
     return KeyEntry(
         key=key,
         fingerprint=key.get_fingerprint("sha256"),
@@ -125,7 +128,8 @@ def parse_authorized_keys(text: str, source: str = "authorized_keys") -> list[Ke
         try:
             entries.append(parse_line(line, number))
         except KeyLineError as exc:
-            log.warning("%s line %d ignored: %s", source, number, exc)
+            log.warning("%s line %d ignored: %s%s", source, number, exc,
+                        f" (key {exc.fingerprint})" if exc.fingerprint else "")
     return entries
 
 

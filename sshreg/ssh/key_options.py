@@ -23,7 +23,12 @@ from ..access import Rights
 
 
 class KeyLineError(ValueError):
-    """A line of authorized_keys that cannot be used."""
+    """A line of authorized_keys that cannot be used; `fingerprint` names its key when the
+    key itself could be read."""
+
+    def __init__(self, reason: str, fingerprint: str | None = None) -> None:
+        super().__init__(reason)
+        self.fingerprint = fingerprint
 
 
 GLOB_OPTIONS = ("sshreg-pull", "sshreg-push", "sshreg-delete")
@@ -128,7 +133,7 @@ def _check_names(options: list[Option]) -> None:
         raise KeyLineError(REFUSED_OPTIONS[refused[0]])
     unknown = names - FLAG_OPTIONS - VALUE_OPTIONS
     if unknown:
-        raise KeyLineError(f"unknown option(s) {', '.join(sorted(unknown))}")
+        raise KeyLineError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))}")
 
 
 def _port_forwarding(options: list[Option]) -> bool:
