@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sshreg.ssh import authorized_keys
 from sshreg.ssh.authorized_keys import (
     AuthorizedKeys,
     KeyEntry,
@@ -22,6 +23,7 @@ from sshreg.ssh.authorized_keys import (
     parse_line,
 )
 from sshreg.ssh.key_admin import fingerprint_of, listing_json, listing_text, parse_lines, without_key
+from sshreg.ssh.key_options import KeyOptions
 
 KEYS = [asyncssh.generate_private_key(alg, comment=f"k{i}@test") for i, alg in enumerate(
     ("ssh-ed25519", "ssh-ed25519", "ecdsa-sha2-nistp256"))]
@@ -119,6 +121,23 @@ def test_a_malformed_line_costs_only_itself_and_is_logged_with_its_number(caplog
         f"day is out of range for month (key {bob})",
         "keys/authorized_keys line 4 ignored: invalid permitopen 'localhost:²' "
         f"(port 1-65535 or *) (key {bob})"]
+
+
+def test_an_unforeseen_parser_error_still_costs_only_its_line(monkeypatch, caplog) -> None:
+    """The safety net under the checks: a bug in them must not bring back the freeze."""
+    checked = authorized_keys.parse_options
+
+    def buggy(options: list[tuple[str, str | None]]) -> KeyOptions:
+        if options:
+            raise RuntimeError("a bug\x1b[2J")
+        return checked(options)
+
+    monkeypatch.setattr(authorized_keys, "parse_options", buggy)
+    with caplog.at_level(logging.WARNING, logger="sshreg.keys"):
+        entries = parse_authorized_keys(f"no-pty {PUBLIC[1]}\n{PUBLIC[0]}\n")
+    assert fingerprints(entries) == [KEYS[0].get_fingerprint("sha256")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "authorized_keys line 1 ignored: cannot be parsed (RuntimeError('a bug\\x1b[2J'))"]
 
 
 def _write(path: Path, *lines: str) -> None:

@@ -88,7 +88,7 @@ def parse_line(line: str, number: int) -> KeyEntry:
     except KeyLineError:
         raise
     except Exception as exc:  # a case the checks missed costs this line, never the file
-        raise KeyLineError(f"cannot be parsed ({type(exc).__name__}: {exc})") from exc
+        raise KeyLineError(f"cannot be parsed ({exc!r})") from exc
 
 
 def _parse_line(line: str, number: int) -> KeyEntry:
