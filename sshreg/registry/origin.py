@@ -75,7 +75,8 @@ class OriginPolicy:
 
     def check(self, headers: CIMultiDictProxy[str]) -> None:
         """Raise `403 DENIED` unless the request looks like a registry client's: one allowed
-        `Host`, no foreign `Origin`, no cross-site or same-site `Sec-Fetch-Site`."""
+        `Host`, no `Origin` but the registry's own, no `Sec-Fetch-Site` but `same-origin` or
+        `none`."""
         hosts = headers.getall("Host", [])
         if len(hosts) != 1 or not self.host_allowed(hosts[0]):
             raise RegistryError(Code.DENIED, {"host": ", ".join(hosts) if hosts else None},
