@@ -104,6 +104,17 @@ def test_a_host_not_naming_the_loopback_is_refused_and_logged_with_the_key(
     assert f"Host does not name the loopback ({{'host': {host!r}}})" in lines[0]
 
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v2/"), ("HEAD", "/v2/"), ("GET", "/nowhere"), ("GET", "/v2/_catalog"),
+    ("DELETE", "/v2/team/app/manifests/latest"), ("PATCH", "/v2/team/app/blobs/uploads/x"),
+])
+def test_the_host_check_covers_every_route_and_method(tunnel, method, path):
+    response = request(tunnel.port, method, path, headers={"Host": "evil.example.com"})
+    assert response.status == 403
+    if method != "HEAD":
+        assert response.error_code == "DENIED"
+
+
 def test_a_forged_host_is_logged_escaped(server, key, tunnel):
     host = "evil.example\t\x9b2J:5000"  # TAB and a C1 control (CSI, in UTF-8) pass HTTP
     response = request(tunnel.port, "GET", "/v2/escaped/tags/list", headers={"Host": host})
