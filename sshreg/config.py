@@ -36,6 +36,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     body_idle_timeout = "2m"      # a request body that sends nothing this long is cut off
     header_timeout = "60s"        # a connection must send its next request's headers within
                                   # this long of opening or of its last answer (slowloris)
+    hosts = []                    # Host names accepted besides localhost, 127.0.0.0/8 and
+                                  # [::1] (any port), e.g. a name mapped in /etc/hosts
 
     [limits]
     max_connections = 256         # SSH connections in total
@@ -84,6 +86,8 @@ class ConfigError(Exception):
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
                "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_HOST_NAME = re.compile(r"[a-zA-Z0-9_]([a-zA-Z0-9_-]*[a-zA-Z0-9_])?"
+                        r"(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]*[a-zA-Z0-9_])?)*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -142,6 +146,7 @@ class Config:
     upload_idle_timeout: float = 600.0
     body_idle_timeout: float = 120.0
     header_timeout: float = 60.0
+    registry_hosts: tuple[str, ...] = ()
 
     max_connections: int = 256
     max_connections_per_key: int = 64
@@ -208,6 +213,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
     ("registry", "body_idle_timeout"): ("body_idle_timeout", parse_duration),
     ("registry", "header_timeout"): ("header_timeout", parse_duration),
+    ("registry", "hosts"): ("registry_hosts", lambda v, w: _host_names(v, w)),
     ("limits", "max_connections"): ("max_connections", lambda v, w: _positive(v, w)),
     ("limits", "max_connections_per_key"): ("max_connections_per_key", lambda v, w: _positive(v, w)),
     ("limits", "max_auth_attempts"): ("max_auth_attempts", lambda v, w: _positive(v, w)),
@@ -237,6 +243,14 @@ def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{what}: expected a list of strings")
     return tuple(value)
+
+
+def _host_names(value: Any, what: str) -> tuple[str, ...]:
+    names = _str_tuple(value, what)
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(f"{what}: {name!r} is not a host name (no port, no wildcard)")
+    return tuple(name.lower() for name in names)
 
 
 def _bool(value: Any, what: str) -> bool:

@@ -18,6 +18,7 @@ from .management.gc import GarbageCollector, GcSettings
 from .memory import HeapTrimmer
 from .metrics import InstrumentedDriver, Metrics
 from .registry.app import Registry, RegistrySettings
+from .registry.origin import origin_middleware
 from .ssh.authorized_keys import AuthorizedKeys, KeyList
 from .ssh.hostkey import HostKeyError, load_or_create_host_key
 from .ssh.limits import Limits
@@ -67,6 +68,7 @@ def registry_settings(config: Config) -> RegistrySettings:
         upload_idle_timeout=config.upload_idle_timeout,
         body_idle_timeout=config.body_idle_timeout,
         header_timeout=config.header_timeout,
+        hosts=config.registry_hosts,
         part_size=config.part_size if config.is_s3 else None,
         redirect_expiry=int(config.redirect_expiry),
     )
@@ -172,7 +174,7 @@ class Service:
 
     async def _start_metrics(self) -> None:
         """/metrics (Prometheus) and /health on a loopback port; they need no key."""
-        app = web.Application()
+        app = web.Application(middlewares=[origin_middleware(self.registry.origin)])
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/health", self._serve_health)
         self._metrics_runner = web.AppRunner(app, access_log=None)

@@ -316,7 +316,7 @@ def _answer_through(address: tuple[str, int] | str) -> bytes:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(address)
-        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(65536):
@@ -415,7 +415,7 @@ async def test_channel_flood_on_one_connection_is_a_resource_shortage(server, ke
         assert refused.value.code == asyncssh.OPEN_RESOURCE_SHORTAGE
         # The held channels still work, and closing one frees a place.
         reader, writer = held.pop()
-        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
         writer.close()
         await asyncio.sleep(0.5)

@@ -28,6 +28,7 @@ from ..references import Digest, is_valid_name
 from ..storage.base import PreconditionFailed, StorageError, TooLarge
 from ..storage.store import RegistryStore
 from .errors import Code, RegistryError
+from .origin import OriginPolicy
 from .routes import Access, Route, resolve
 from .sessions import UploadSessions
 
@@ -57,6 +58,7 @@ class RegistrySettings:
     part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None
     redirect_expiry: int = 0  # >0: pulls of blobs are redirected to presigned URLs valid this long
     max_page: int = 10_000  # largest `n` for tags/list and _catalog
+    hosts: tuple[str, ...] = ()  # Host names accepted besides the loopback's (see origin.py)
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Registry:
         self.identify = identify
         self.metrics = metrics or Metrics()
         self.sessions = UploadSessions(self.settings.upload_idle_timeout, self.metrics)
+        self.origin = OriginPolicy.allowing(self.settings.hosts)
         self.in_flight = 0  # requests being handled right now
         self.heap = heap  # trimmed whenever no request is left
         self._pins: Counter[Digest] = Counter()
@@ -203,6 +206,7 @@ class Registry:
         ctx: Context | None = None
         identity = self.identify(request)
         try:
+            self.origin.check(request.headers)  # before routing and before any body is read
             if identity is None:
                 raise RegistryError(Code.UNAUTHORIZED, "no SSH identity on this connection")
             path = unquote(request.rel_url.raw_path)
