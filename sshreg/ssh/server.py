@@ -30,9 +30,10 @@ from ..metrics import Metrics
 from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
 from .cork import cork
-from .flow import create_channel
+from .flow import FlowControlledTCPChannel, create_channel
 from .limits import FailureTracker, Limits
 from .session import CommandSession, SessionChannel, help_text
+from .slots import ChannelSlots, SlotChannel
 
 log = logging.getLogger("sshreg.ssh")
 
@@ -78,6 +79,10 @@ class GatewaySettings:
     limits: Limits = field(default_factory=Limits)
 
 
+class TunnelChannel(SlotChannel, FlowControlledTCPChannel):
+    """A forwarded channel to the registry, holding one of its connection's channel slots."""
+
+
 class GatewayConnection(asyncssh.SSHServer):
     """One SSH connection: authenticates it, then decides what each channel may do."""
 
@@ -90,8 +95,15 @@ class GatewayConnection(asyncssh.SSHServer):
         self._auth_begun = False
         self._revoked = False
         self.identity: Identity | None = None
-        self.channels = 0
+        self.slots = ChannelSlots(gateway.settings.limits.max_channels_per_connection,
+                                  lambda change: gateway.metrics.add("sshreg_ssh_channels",
+                                                                     change))
         self.last_activity = time.monotonic()
+
+    @property
+    def channels(self) -> int:
+        """Channels open or being opened."""
+        return self.slots.in_use
 
     # -- connection and authentication -------------------------------------------------
 
@@ -210,14 +222,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind=kind)
 
     def channel_opened(self) -> None:
-        self.channels += 1
         self.last_activity = time.monotonic()
-        self._gateway.metrics.add("sshreg_ssh_channels", 1)
 
     def channel_closed(self) -> None:
-        self.channels -= 1
         self.last_activity = time.monotonic()
-        self._gateway.metrics.add("sshreg_ssh_channels", -1)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int):
@@ -236,13 +244,15 @@ class GatewayConnection(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"only the registry at localhost:{self._gateway.settings.registry_port} "
                 "can be reached through this server")
-        if self.channels >= self._gateway.settings.limits.max_channels_per_connection:
+        if self.slots.full:
             self._refuse(f"forwarding to {target} (too many channels)")
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
                                             "too many tunnelled connections at once")
+        chan = create_channel(self._conn, TunnelChannel)
+        chan.hold(self.slots.take())
         session = HttpChannelSession(self._gateway.protocol_factory, identity, self._peer,
                                      self._gateway.metrics, self)
-        return create_channel(self._conn), session
+        return chan, session
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         self._refuse(f"remote forwarding of {listen_host}:{listen_port}", "remote-forward")
@@ -258,14 +268,16 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def session_requested(self) -> tuple[SessionChannel, CommandSession]:
         assert self.identity is not None and self._entry is not None and self._conn is not None
-        if self.channels >= self._gateway.settings.limits.max_channels_per_connection:
+        if self.slots.full:
             self._refuse("session (too many channels)")
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
                                             "too many channels at once")
+        chan = SessionChannel.create(self._conn, self._refuse)
+        chan.hold(self.slots.take())
         session = CommandSession(
             self._gateway.render_help(self.identity, self._entry.port_forwarding),
             self.identity, self._gateway.management, self)
-        return SessionChannel.create(self._conn, self._refuse), session
+        return chan, session
 
     def still_authorized(self, grants: set[tuple[object, ...]]) -> bool:
         """Whether the line this connection logged in with is still in authorized_keys,

@@ -1,0 +1,123 @@
+"""The SSH-side limits that keep one key or a few addresses from exhausting the gateway,
+against a real `sshreg serve` with tight limits.
+
+- A burst of channel opens, sent without waiting for any answer (asyncssh as the attack
+  tool), gets exactly `max_channels_per_connection` channels; the rest are a "resource
+  shortage", and every place comes back, exactly once, when channels close or their
+  connection drops mid-burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import asyncssh
+import pytest
+
+from tests.support.sshreg_server import ClientKey, SshregServer, wait_for
+
+pytestmark = pytest.mark.integration
+
+LIMITS = {
+    "max_connections": 8,
+    "max_connections_per_key": 8,
+    "max_pending_per_address": 3,
+    "max_channels_per_connection": 8,
+    "max_auth_failures_per_minute": 3,
+}
+BURST = 400  # channel opens sent at once on one connection
+NAMES = ["alice", "bob", "stranger"]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, ClientKey]:
+    directory = tmp_path_factory.mktemp("limits-keys")
+    return {name: ClientKey.generate(directory, name) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, keys) -> Iterator[SshregServer]:
+    srv = SshregServer(tmp_path_factory.mktemp("limits"), metrics=True,
+                       config={"limits": LIMITS, "server": {"login_timeout": "60s"}})
+    srv.authorize(keys["alice"].line(), keys["bob"].line())
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def settled(server) -> Iterator[None]:
+    """Each test starts and ends with no SSH connection and no channel open."""
+    _wait_connections(server, 0)
+    yield
+    _wait_connections(server, 0)
+    assert server.metric("sshreg_ssh_channels") == 0
+
+
+def _wait_connections(server: SshregServer, count: int) -> None:
+    wait_for(lambda: server.metric("sshreg_ssh_connections") == count, 20,
+             f"{count} SSH connections open")
+
+
+async def _connect(server: SshregServer, key: ClientKey, source: str = "127.0.0.1",
+                   ) -> asyncssh.SSHClientConnection:
+    return await asyncio.wait_for(asyncssh.connect(
+        "127.0.0.1", server.port, username="user", client_keys=[str(key.path)],
+        known_hosts=None, agent_path=None, local_addr=(source, 0)), 15)
+
+
+# -- channels -------------------------------------------------------------------------------
+
+
+async def _burst(conn: asyncssh.SSHClientConnection, count: int) -> tuple[list, list]:
+    """`count` direct-tcpip opens sent at once: (opened reader/writer pairs, refusals)."""
+    results = await asyncio.wait_for(asyncio.gather(
+        *(conn.open_connection("localhost", 80) for _ in range(count)),
+        return_exceptions=True), 60)
+    opened = [r for r in results if isinstance(r, tuple)]
+    refused = [r for r in results if isinstance(r, asyncssh.ChannelOpenError)]
+    assert len(opened) + len(refused) == count, [r for r in results if isinstance(r, Exception)
+                                                 and r not in refused][:3]
+    return opened, refused
+
+
+async def test_a_burst_of_channel_opens_gets_the_channel_limit_and_no_more(server, keys,
+                                                                             settled):
+    limit = LIMITS["max_channels_per_connection"]
+    conn = await _connect(server, keys["alice"])
+    try:
+        for _ in range(2):  # the second burst proves every place came back
+            opened, refused = await _burst(conn, BURST)
+            assert len(opened) == limit
+            assert {e.code for e in refused} == {asyncssh.OPEN_RESOURCE_SHORTAGE}
+            assert server.metric("sshreg_ssh_channels") == limit
+            for reader, writer in opened:  # the channels it got are real tunnels
+                writer.write(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+                writer.close()
+            await asyncio.to_thread(wait_for, lambda: server.metric("sshreg_ssh_channels") == 0,
+                                    10, "the channels to be given back")
+        result = await conn.run("whoami", check=False, timeout=10)  # a session fits again
+        assert result.exit_status == 0
+    finally:
+        conn.close()
+        await conn.wait_closed()
+    refusals = server.log().count(f"for key {keys['alice'].fingerprint} (alice@test) from "
+                                  "127.0.0.1")
+    assert refusals >= 2 * (BURST - limit)
+
+
+async def test_channel_places_come_back_exactly_once_when_the_connection_drops_mid_burst(
+        server, keys, settled):
+    for _ in range(3):
+        conn = await _connect(server, keys["alice"])
+        opens = [asyncio.ensure_future(conn.open_connection("localhost", 80))
+                 for _ in range(BURST)]
+        await asyncio.sleep(0)  # the opens are on their way; the connection goes at once
+        conn.abort()
+        await asyncio.gather(*opens, return_exceptions=True)
+        await conn.wait_closed()
+    _wait_connections(server, 0)
+    await asyncio.sleep(1)  # a place given back twice would show as a negative gauge
+    assert server.metric("sshreg_ssh_channels") == 0
