@@ -5,16 +5,20 @@ against a real `sshreg serve` with tight limits.
   tool), gets exactly `max_channels_per_connection` channels; the rest are a "resource
   shortage", and every place comes back, exactly once, when channels close or their
   connection drops mid-burst.
+- Per-address limits count an IPv6 /64 as one address, and an IPv4-mapped IPv6 address as
+  its IPv4 address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 
 import asyncssh
 import pytest
 
+from sshreg.ssh.limits import FailureTracker, address_group
 from tests.support.sshreg_server import ClientKey, SshregServer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -121,3 +125,24 @@ async def test_channel_places_come_back_exactly_once_when_the_connection_drops_m
     _wait_connections(server, 0)
     await asyncio.sleep(1)  # a place given back twice would show as a negative gauge
     assert server.metric("sshreg_ssh_channels") == 0
+
+
+# -- address grouping (units) ----------------------------------------------------------------
+
+
+def test_ipv6_addresses_group_by_their_64_and_mapped_ipv4_as_ipv4():
+    assert address_group("2001:db8:1:2:aaaa::1") == address_group("2001:db8:1:2:ffff::9") \
+        == "2001:db8:1:2::/64"
+    assert address_group("2001:db8:1:3::1") != address_group("2001:db8:1:2::1")
+    assert address_group("::ffff:192.0.2.7") == address_group("192.0.2.7") == "192.0.2.7"
+    assert address_group("192.0.2.7") != address_group("192.0.2.8")
+    assert address_group("fe80::1%eth0") == "fe80::/64"
+    assert address_group("") == ""
+
+
+def test_failed_logins_rotating_through_one_ipv6_64_block_it():
+    tracker = FailureTracker(limit=3)
+    for i in range(3):
+        tracker.record(address_group(f"2001:db8:0:7::{os.urandom(2).hex()}:{i}"))
+    assert tracker.blocked(address_group("2001:db8:0:7:1234::1"))
+    assert not tracker.blocked(address_group("2001:db8:0:8::1"))

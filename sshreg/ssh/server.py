@@ -31,7 +31,7 @@ from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
 from .cork import cork
 from .flow import FlowControlledTCPChannel, create_channel
-from .limits import FailureTracker, Limits
+from .limits import FailureTracker, Limits, address_group
 from .session import CommandSession, SessionChannel, help_text
 from .slots import ChannelSlots, SlotChannel
 
@@ -95,6 +95,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self._auth_begun = False
         self._revoked = False
         self.identity: Identity | None = None
+        self.group = ""  # the source address as the per-address limits count it
         self.slots = ChannelSlots(gateway.settings.limits.max_channels_per_connection,
                                   lambda change: gateway.metrics.add("sshreg_ssh_channels",
                                                                      change))
@@ -112,17 +113,18 @@ class GatewayConnection(asyncssh.SSHServer):
         cork(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._peer = (str(peer[0]), int(peer[1]))
+        self.group = address_group(self._peer[0])
         gateway = self._gateway
         limits = gateway.settings.limits
         if len(gateway.connections) >= limits.max_connections:
             self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections",
                              f"{len(gateway.connections)} connections open")
-        elif gateway.failures.blocked(self._peer[0]):
+        elif gateway.failures.blocked(self.group):
             self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                              "too many failed logins from this address, try again later",
                              "address blocked after repeated failed logins")
         elif sum(1 for c in gateway.connections.values() if c.identity is None
-                 and c._peer[0] == self._peer[0]) >= limits.max_pending_per_address:
+                 and c.group == self.group) >= limits.max_pending_per_address:
             self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
                              "too many connections from this address",
                              "too many connections from this address not logged in yet")
@@ -135,7 +137,7 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.identity is None:
             log.info("connection from %s closed before authentication", self._peer_text)
             if self._auth_begun and not self._keys_offered:  # password, keyboard-interactive
-                self._gateway.failures.record(self._peer[0])
+                self._gateway.failures.record(self.group)
                 self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
 
     def _disconnect(self, code: int, reason: str, why: str) -> None:
@@ -168,7 +170,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
         self._keys_offered.add(key.public_data)
-        if self._gateway.failures.blocked(self._peer[0]):  # earned on other connections
+        if self._gateway.failures.blocked(self.group):  # earned on other connections
             self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                              "too many failed logins from this address, try again later",
                              "address blocked after repeated failed logins")
@@ -179,7 +181,7 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         accepted = self._check_key(username, key, fingerprint)
         if not accepted:
-            self._gateway.failures.record(self._peer[0])
+            self._gateway.failures.record(self.group)
             self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
         return accepted
 
