@@ -5,6 +5,9 @@ against a real `sshreg serve` with tight limits.
   tool), gets exactly `max_channels_per_connection` channels; the rest are a "resource
   shortage", and every place comes back, exactly once, when channels close or their
   connection drops mid-burst.
+- Each admission refusal reaches OpenSSH's `ssh` as a disconnect with its reason, after the
+  version exchange (before the fix, `ssh` saw the disconnect message where it expected the
+  server's version and said only "banner line contains invalid characters").
 - Per-address limits count an IPv6 /64 as one address, and an IPv4-mapped IPv6 address as
   its IPv4 address.
 """
@@ -12,7 +15,11 @@ against a real `sshreg serve` with tight limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
+import socket
+import subprocess
 from collections.abc import Iterator
 
 import asyncssh
@@ -71,6 +78,48 @@ async def _connect(server: SshregServer, key: ClientKey, source: str = "127.0.0.
         known_hosts=None, agent_path=None, local_addr=(source, 0)), 15)
 
 
+def _ssh(server: SshregServer, key: ClientKey, source: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(server.ssh_command(key, "-b", source, "user@127.0.0.1", "whoami"),
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def _waiting(server: SshregServer, *sources: str, each: int) -> Iterator[list[socket.socket]]:
+    """`each` connections from every source address that send the client's version line
+    and then nothing (held until login_timeout); closed on the way out. One at a time, as
+    the server sees them: each has the server's version line (so its admission is decided)
+    before the next one connects."""
+    held: list[socket.socket] = []
+    try:
+        for source in sources:
+            for _ in range(each):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                                source_address=(source, 0))
+                held.append(sock)
+                sock.sendall(b"SSH-2.0-never-logs-in\r\n")
+                assert sock.recv(8) == b"SSH-2.0-"
+        yield held
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server ended this connection (everything it sent read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                if not sock.recv(65536):
+                    return True
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+    finally:
+        sock.setblocking(True)
+
+
 # -- channels -------------------------------------------------------------------------------
 
 
@@ -125,6 +174,41 @@ async def test_channel_places_come_back_exactly_once_when_the_connection_drops_m
     _wait_connections(server, 0)
     await asyncio.sleep(1)  # a place given back twice would show as a negative gauge
     assert server.metric("sshreg_ssh_channels") == 0
+
+
+# -- refusals that OpenSSH can explain -------------------------------------------------------
+
+
+def _refused_with(result: subprocess.CompletedProcess[str], reason: str) -> None:
+    """`ssh` was disconnected and printed `reason` as the server's reason."""
+    assert result.returncode == 255
+    said = re.search(r"Received disconnect from 127\.0\.0\.1 port \d+:\d+: (.*)", result.stderr)
+    assert said is not None and said[1].strip() == reason, result.stderr
+
+
+async def test_too_many_connections_in_total_reaches_ssh_as_its_reason(server, keys, settled):
+    conns = [await _connect(server, keys["bob"]) for _ in range(LIMITS["max_connections"])]
+    try:
+        result = await asyncio.to_thread(_ssh, server, keys["alice"], "127.0.0.1")
+        _refused_with(result, "too many connections")
+    finally:
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            await conn.wait_closed()
+
+
+def test_too_many_waiting_from_one_address_reaches_ssh_as_its_reason(server, keys, settled):
+    with _waiting(server, "127.0.0.31", each=LIMITS["max_pending_per_address"]):
+        _refused_with(_ssh(server, keys["alice"], "127.0.0.31"),
+                      "too many connections from this address")
+
+
+def test_a_blocked_address_reaches_ssh_as_its_reason(server, keys, settled):
+    for _ in range(LIMITS["max_auth_failures_per_minute"]):
+        assert _ssh(server, keys["stranger"], "127.0.0.51").returncode == 255
+    _refused_with(_ssh(server, keys["alice"], "127.0.0.51"),
+                  "too many failed logins from this address, try again later")
 
 
 # -- address grouping (units) ----------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..management.commands import Management
 from ..metrics import Metrics
 from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
-from .cork import cork
+from .cork import CorkedTransport, cork
 from .flow import FlowControlledTCPChannel, create_channel
 from .limits import FailureTracker, Limits, address_group
 from .session import CommandSession, SessionChannel, help_text
@@ -117,19 +117,29 @@ class GatewayConnection(asyncssh.SSHServer):
         gateway = self._gateway
         limits = gateway.settings.limits
         if len(gateway.connections) >= limits.max_connections:
-            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections",
-                             f"{len(gateway.connections)} connections open")
+            self._refuse_connection(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections",
+                                    f"{len(gateway.connections)} connections open")
         elif gateway.failures.blocked(self.group):
-            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                             "too many failed logins from this address, try again later",
-                             "address blocked after repeated failed logins")
+            self._refuse_connection(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                "too many failed logins from this address, try again later",
+                "address blocked after repeated failed logins")
         elif sum(1 for c in gateway.connections.values() if c.identity is None
                  and c.group == self.group) >= limits.max_pending_per_address:
-            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                             "too many connections from this address",
-                             "too many connections from this address not logged in yet")
+            self._refuse_connection(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                                    "too many connections from this address",
+                                    "too many connections from this address not logged in yet")
         gateway.connections[conn] = self
         gateway.metrics.set("sshreg_ssh_connections", len(gateway.connections))
+
+    def _refuse_connection(self, code: int, reason: str, why: str) -> None:
+        """Refused from `connection_made`: the disconnect goes out once asyncssh has sent
+        its version line (right after this method returns), so that the client reads the
+        version it expects first and then the reason. Sent before, the disconnect message
+        is where OpenSSH expects the version, and all it says is "banner line contains
+        invalid characters". (And the socket lingers, see `_send_disconnect`.)"""
+        self._log_disconnect(why)
+        asyncio.get_running_loop().call_soon(self._send_disconnect, code, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gateway.connections.pop(self._conn, None)
@@ -141,10 +151,21 @@ class GatewayConnection(asyncssh.SSHServer):
                 self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
 
     def _disconnect(self, code: int, reason: str, why: str) -> None:
+        self._log_disconnect(why)
+        self._send_disconnect(code, reason)
+
+    def _log_disconnect(self, why: str) -> None:
         who = self.identity.fingerprint if self.identity else "-"
         log.warning("disconnecting %s (key %s): %s", self._peer_text, who, why)
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind="connection")
+
+    def _send_disconnect(self, code: int, reason: str) -> None:
+        """asyncssh's disconnect, closing the socket without a reset so that the client
+        gets to read the reason (see linger.py)."""
         assert self._conn is not None
+        transport = self._conn._transport
+        if isinstance(transport, CorkedTransport):
+            transport.linger = True
         self._conn.disconnect(code, reason)
 
     @property
