@@ -44,6 +44,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     max_auth_failures_per_minute = 20   # per source address, then refused for a minute
     max_channels_per_connection = 64    # concurrent channels: tunnels and commands
     max_pending_per_address = 64  # connections of one address not logged in yet
+    max_pending = 64              # connections not logged in yet, all addresses (keep it
+                                  # below max_connections); IPv6 counts per /64
     idle_timeout = "1h"           # an SSH connection without open channels this long is closed
 
     [metrics]
@@ -149,6 +151,7 @@ class Config:
     max_auth_failures_per_minute: int = 20
     max_channels_per_connection: int = 64
     max_pending_per_address: int = 64
+    max_pending: int = 64
     idle_timeout: float = 3600.0
 
     metrics_listen: str = ""
@@ -217,6 +220,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
         ("max_channels_per_connection", lambda v, w: _positive(v, w)),
     ("limits", "max_pending_per_address"):
         ("max_pending_per_address", lambda v, w: _positive(v, w)),
+    ("limits", "max_pending"): ("max_pending", lambda v, w: _positive(v, w)),
     ("limits", "idle_timeout"): ("idle_timeout", parse_duration),
     ("metrics", "listen"): ("metrics_listen", lambda v, w: _str(v, w)),
     ("gc", "grace"): ("gc_grace", parse_duration),

@@ -93,6 +93,7 @@ def gateway_settings(config: Config) -> GatewaySettings:
             max_auth_failures_per_minute=config.max_auth_failures_per_minute,
             max_channels_per_connection=config.max_channels_per_connection,
             max_pending_per_address=config.max_pending_per_address,
+            max_pending=config.max_pending,
             idle_timeout=config.idle_timeout,
         ),
     )

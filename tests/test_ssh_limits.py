@@ -1,10 +1,13 @@
 """The SSH-side limits that keep one key or a few addresses from exhausting the gateway,
-against a real `sshreg serve` with tight limits.
+against a real `sshreg serve` with tight limits (and, for the grouping rules, as units).
 
 - A burst of channel opens, sent without waiting for any answer (asyncssh as the attack
   tool), gets exactly `max_channels_per_connection` channels; the rest are a "resource
   shortage", and every place comes back, exactly once, when channels close or their
   connection drops mid-burst.
+- Connections that never log in (sockets that send a version line and nothing more, from
+  several loopback addresses) are capped by `max_pending` below `max_connections`; a user
+  arriving from another address still logs in, taking the place of a waiting one.
 - Each admission refusal reaches OpenSSH's `ssh` as a disconnect with its reason, after the
   version exchange (before the fix, `ssh` saw the disconnect message where it expected the
   server's version and said only "banner line contains invalid characters").
@@ -21,11 +24,13 @@ import re
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import asyncssh
 import pytest
 
-from sshreg.ssh.limits import FailureTracker, address_group
+from sshreg.ssh.admission import PENDING_FULL, admit
+from sshreg.ssh.limits import FailureTracker, Limits, address_group
 from tests.support.sshreg_server import ClientKey, SshregServer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.integration
 LIMITS = {
     "max_connections": 8,
     "max_connections_per_key": 8,
+    "max_pending": 4,
     "max_pending_per_address": 3,
     "max_channels_per_connection": 8,
     "max_auth_failures_per_minute": 3,
@@ -102,6 +108,12 @@ def _waiting(server: SshregServer, *sources: str, each: int) -> Iterator[list[so
     finally:
         for sock in held:
             sock.close()
+
+
+def _still_waiting(held: list[socket.socket], count: int) -> None:
+    """Exactly `count` of `held` are still open on the server's side."""
+    wait_for(lambda: sum(not _closed_by_server(sock) for sock in held) == count, 10,
+             f"{count} connections left waiting")
 
 
 def _closed_by_server(sock: socket.socket) -> bool:
@@ -176,6 +188,21 @@ async def test_channel_places_come_back_exactly_once_when_the_connection_drops_m
     assert server.metric("sshreg_ssh_channels") == 0
 
 
+# -- connections not logged in yet ---------------------------------------------------------
+
+
+def test_connections_that_never_log_in_cannot_keep_a_user_out(server, keys, settled):
+    attackers = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
+    per_address = LIMITS["max_pending_per_address"]
+    with _waiting(server, *attackers, each=per_address) as held:
+        assert len(held) > LIMITS["max_connections"]  # enough to fill every place before
+        _still_waiting(held, LIMITS["max_pending"])
+        result = _ssh(server, keys["alice"], "127.0.0.1")
+        assert result.returncode == 0, result.stderr
+        server.wait_for_log("its place given to a connection from 127.0.0.1")
+        _still_waiting(held, LIMITS["max_pending"] - 1)
+
+
 # -- refusals that OpenSSH can explain -------------------------------------------------------
 
 
@@ -204,6 +231,13 @@ def test_too_many_waiting_from_one_address_reaches_ssh_as_its_reason(server, key
                       "too many connections from this address")
 
 
+def test_a_full_pre_login_cap_reaches_ssh_as_its_reason(server, keys, settled):
+    """The newcomer's address already has as many connections waiting as the busiest one,
+    so it takes no one's place."""
+    with _waiting(server, "127.0.0.41", "127.0.0.42", each=LIMITS["max_pending"] // 2):
+        _refused_with(_ssh(server, keys["alice"], "127.0.0.41"), PENDING_FULL)
+
+
 def test_a_blocked_address_reaches_ssh_as_its_reason(server, keys, settled):
     for _ in range(LIMITS["max_auth_failures_per_minute"]):
         assert _ssh(server, keys["stranger"], "127.0.0.51").returncode == 255
@@ -230,3 +264,33 @@ def test_failed_logins_rotating_through_one_ipv6_64_block_it():
         tracker.record(address_group(f"2001:db8:0:7::{os.urandom(2).hex()}:{i}"))
     assert tracker.blocked(address_group("2001:db8:0:7:1234::1"))
     assert not tracker.blocked(address_group("2001:db8:0:8::1"))
+
+
+@dataclass
+class Waiting:
+    group: str
+    opened: float
+    pending: bool = True
+    counted: bool = True
+
+
+def test_admission_counts_an_ipv6_64_as_one_address():
+    limits = Limits(max_connections=100, max_pending=50, max_pending_per_address=2)
+    others = [Waiting(address_group(f"2001:db8::{i}"), i) for i in (1, 2)]
+    refused = admit(limits, address_group("2001:db8::ffff:3"), False, others).refusal
+    assert refused is not None and refused.reason == "too many connections from this address"
+    assert admit(limits, address_group("2001:db8:0:1::3"), False, others) == admit(
+        limits, "192.0.2.1", False, others)
+
+
+def test_a_full_pre_login_cap_gives_the_busiest_address_s_oldest_place_away():
+    limits = Limits(max_connections=100, max_pending=4, max_pending_per_address=4)
+    others = [Waiting("a", 3), Waiting("a", 1), Waiting("a", 2), Waiting("b", 0),
+              Waiting("c", 5, pending=False), Waiting("a", 0.5, counted=False)]
+    decision = admit(limits, "d", False, others)
+    assert decision.refusal is None and decision.evict is others[1]
+    refused = admit(limits, "a", False, [*others[:3], Waiting("a", 4)]).refusal
+    assert refused is not None and refused.reason == "too many connections from this address"
+    even = [Waiting("a", 1), Waiting("a", 2), Waiting("b", 3), Waiting("b", 4)]
+    assert admit(limits, "a", False, even).refusal.reason == PENDING_FULL
+    assert admit(limits, "c", False, even).evict is even[0]

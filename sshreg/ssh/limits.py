@@ -16,6 +16,7 @@ class Limits:
     max_auth_failures_per_minute: int = 20  # per source address; then it is refused a minute
     max_channels_per_connection: int = 64  # concurrent channels: tunnels and commands
     max_pending_per_address: int = 64  # connections of one address not logged in yet
+    max_pending: int = 64  # connections not logged in yet, all addresses together
     idle_timeout: float = 3600.0  # a connection without channels for this long is closed
 
 

@@ -27,6 +27,7 @@ import asyncssh
 from ..access import Identity
 from ..management.commands import Management
 from ..metrics import Metrics
+from .admission import PENDING_FULL, Refusal, admit
 from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
 from .cork import CorkedTransport, cork
@@ -94,8 +95,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self._keys_offered: set[bytes] = set()
         self._auth_begun = False
         self._revoked = False
+        self._closing = False  # disconnected by us, on its way out
         self.identity: Identity | None = None
         self.group = ""  # the source address as the per-address limits count it
+        self.opened = time.monotonic()
         self.slots = ChannelSlots(gateway.settings.limits.max_channels_per_connection,
                                   lambda change: gateway.metrics.add("sshreg_ssh_channels",
                                                                      change))
@@ -106,6 +109,14 @@ class GatewayConnection(asyncssh.SSHServer):
         """Channels open or being opened."""
         return self.slots.in_use
 
+    @property
+    def counted(self) -> bool:
+        return not self._closing
+
+    @property
+    def pending(self) -> bool:
+        return self.identity is None and not self._closing
+
     # -- connection and authentication -------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -115,31 +126,28 @@ class GatewayConnection(asyncssh.SSHServer):
         self._peer = (str(peer[0]), int(peer[1]))
         self.group = address_group(self._peer[0])
         gateway = self._gateway
-        limits = gateway.settings.limits
-        if len(gateway.connections) >= limits.max_connections:
-            self._refuse_connection(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections",
-                                    f"{len(gateway.connections)} connections open")
-        elif gateway.failures.blocked(self.group):
-            self._refuse_connection(
-                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                "too many failed logins from this address, try again later",
-                "address blocked after repeated failed logins")
-        elif sum(1 for c in gateway.connections.values() if c.identity is None
-                 and c.group == self.group) >= limits.max_pending_per_address:
-            self._refuse_connection(asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                                    "too many connections from this address",
-                                    "too many connections from this address not logged in yet")
+        decision = admit(gateway.settings.limits, self.group,
+                         gateway.failures.blocked(self.group), gateway.connections.values())
+        if decision.refusal is not None:
+            self._refuse_connection(decision.refusal)
+        elif isinstance(decision.evict, GatewayConnection):
+            decision.evict._disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS, PENDING_FULL,
+                f"not logged in yet, its place given to a connection from {self._peer[0]} "
+                "(the cap on connections waiting to log in is full)")
         gateway.connections[conn] = self
         gateway.metrics.set("sshreg_ssh_connections", len(gateway.connections))
 
-    def _refuse_connection(self, code: int, reason: str, why: str) -> None:
+    def _refuse_connection(self, refusal: Refusal) -> None:
         """Refused from `connection_made`: the disconnect goes out once asyncssh has sent
         its version line (right after this method returns), so that the client reads the
         version it expects first and then the reason. Sent before, the disconnect message
         is where OpenSSH expects the version, and all it says is "banner line contains
         invalid characters". (And the socket lingers, see `_send_disconnect`.)"""
-        self._log_disconnect(why)
-        asyncio.get_running_loop().call_soon(self._send_disconnect, code, reason)
+        self._closing = True
+        self._log_disconnect(refusal.why)
+        asyncio.get_running_loop().call_soon(self._send_disconnect, refusal.code,
+                                             refusal.reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gateway.connections.pop(self._conn, None)
@@ -151,6 +159,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
 
     def _disconnect(self, code: int, reason: str, why: str) -> None:
+        self._closing = True
         self._log_disconnect(why)
         self._send_disconnect(code, reason)
 
