@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import asyncssh
 import pytest
 
+from sshreg.ssh import linger
 from sshreg.ssh.admission import PENDING_FULL, admit
 from sshreg.ssh.limits import FailureTracker, Limits, address_group
 from tests.support.sshreg_server import ClientKey, SshregServer, wait_for
@@ -294,3 +295,73 @@ def test_a_full_pre_login_cap_gives_the_busiest_address_s_oldest_place_away():
     even = [Waiting("a", 1), Waiting("a", 2), Waiting("b", 3), Waiting("b", 4)]
     assert admit(limits, "a", False, even).refusal.reason == PENDING_FULL
     assert admit(limits, "c", False, even).evict is even[0]
+
+
+# -- closing a refused connection without a reset (units) ------------------------------------
+
+
+class _Refuser(asyncio.Protocol):
+    """Says why at once and closes as the gateway does, the client's bytes still unread."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(b"why")
+        linger.close_after_reading(transport)
+
+
+async def _refused_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"SSH-2.0-client\r\n")
+    await writer.drain()
+    return reader, writer
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+async def _reset_by_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Reads the server's answer to its end, then sends more: whether that meets a reset
+    (a socket closed outright answers it with one; a lingering socket reads it)."""
+    try:
+        assert await _read_all(reader) == b"why"
+        writer.write(b"more from the client")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        assert await _read_all(reader) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    return False
+
+
+async def test_refused_connections_linger_until_the_client_closes_and_only_so_many(monkeypatch):
+    monkeypatch.setattr(linger, "MAX_LINGERING", 2)
+    monkeypatch.setattr(linger, "LINGER_SECONDS", 30.0)
+    server = await asyncio.get_running_loop().create_server(_Refuser, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = []
+    try:
+        clients = [await _refused_client(port) for _ in range(3)]
+        assert [await _reset_by_server(*client) for client in clients] == [False, False, True]
+        assert len(linger._lingering) == 2
+        for _, writer in clients:
+            writer.close()
+        await asyncio.to_thread(wait_for, lambda: not linger._lingering, 10,
+                                "the lingering sockets to close with their clients")
+    finally:
+        for _, writer in clients:
+            writer.close()
+        server.close()
+
+
+async def test_a_client_that_never_closes_is_cut_off_after_the_linger_time(monkeypatch):
+    monkeypatch.setattr(linger, "LINGER_SECONDS", 0.5)
+    server = await asyncio.get_running_loop().create_server(_Refuser, "127.0.0.1", 0)
+    try:
+        reader, writer = await _refused_client(server.sockets[0].getsockname()[1])
+        assert await _read_all(reader) == b"why"
+        await asyncio.to_thread(wait_for, lambda: not linger._lingering, 10,
+                                "the lingering socket to be aborted")
+        writer.close()
+    finally:
+        server.close()
