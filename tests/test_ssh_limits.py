@@ -32,7 +32,7 @@ import pytest
 from sshreg.ssh import linger
 from sshreg.ssh.admission import PENDING_FULL, admit
 from sshreg.ssh.limits import FailureTracker, Limits, address_group
-from tests.support.sshreg_server import ClientKey, SshregServer, wait_for
+from tests.support.sshreg_server import ClientKey, SshregServer, connect, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,16 +78,8 @@ def _wait_connections(server: SshregServer, count: int) -> None:
              f"{count} SSH connections open")
 
 
-async def _connect(server: SshregServer, key: ClientKey, source: str = "127.0.0.1",
-                   ) -> asyncssh.SSHClientConnection:
-    return await asyncio.wait_for(asyncssh.connect(
-        "127.0.0.1", server.port, username="user", client_keys=[str(key.path)],
-        known_hosts=None, agent_path=None, local_addr=(source, 0)), 15)
-
-
 def _ssh(server: SshregServer, key: ClientKey, source: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(server.ssh_command(key, "-b", source, "user@127.0.0.1", "whoami"),
-                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return server.ssh(key, "whoami", options=("-b", source))
 
 
 @contextlib.contextmanager
@@ -104,7 +96,10 @@ def _waiting(server: SshregServer, *sources: str, each: int) -> Iterator[list[so
                                                 source_address=(source, 0))
                 held.append(sock)
                 sock.sendall(b"SSH-2.0-never-logs-in\r\n")
-                assert sock.recv(8) == b"SSH-2.0-"
+                version = b""
+                while len(version) < 8 and (chunk := sock.recv(8 - len(version))):
+                    version += chunk
+                assert version == b"SSH-2.0-"
         yield held
     finally:
         for sock in held:
@@ -151,7 +146,7 @@ async def _burst(conn: asyncssh.SSHClientConnection, count: int) -> tuple[list, 
 async def test_a_burst_of_channel_opens_gets_the_channel_limit_and_no_more(server, keys,
                                                                              settled):
     limit = LIMITS["max_channels_per_connection"]
-    conn = await _connect(server, keys["alice"])
+    conn = await connect(server, keys["alice"])
     try:
         for _ in range(2):  # the second burst proves every place came back
             opened, refused = await _burst(conn, BURST)
@@ -177,7 +172,7 @@ async def test_a_burst_of_channel_opens_gets_the_channel_limit_and_no_more(serve
 async def test_channel_places_come_back_exactly_once_when_the_connection_drops_mid_burst(
         server, keys, settled):
     for _ in range(3):
-        conn = await _connect(server, keys["alice"])
+        conn = await connect(server, keys["alice"])
         opens = [asyncio.ensure_future(conn.open_connection("localhost", 80))
                  for _ in range(BURST)]
         await asyncio.sleep(0)  # the opens are on their way; the connection goes at once
@@ -215,7 +210,7 @@ def _refused_with(result: subprocess.CompletedProcess[str], reason: str) -> None
 
 
 async def test_too_many_connections_in_total_reaches_ssh_as_its_reason(server, keys, settled):
-    conns = [await _connect(server, keys["bob"]) for _ in range(LIMITS["max_connections"])]
+    conns = [await connect(server, keys["bob"]) for _ in range(LIMITS["max_connections"])]
     try:
         result = await asyncio.to_thread(_ssh, server, keys["alice"], "127.0.0.1")
         _refused_with(result, "too many connections")
