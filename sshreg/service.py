@@ -86,6 +86,7 @@ def gateway_settings(config: Config) -> GatewaySettings:
         ciphers=config.ciphers,
         login_timeout=config.login_timeout,
         keepalive_interval=config.keepalive_interval,
+        proxy_protocol=config.proxy_protocol,
         limits=Limits(
             max_connections=config.max_connections,
             max_connections_per_key=config.max_connections_per_key,

@@ -48,6 +48,7 @@ def write_config(path: Path, keys: Path, storage: str, extra: str = "") -> Path:
     ('[server]\nlisten = "nowhere"\n', "is not HOST:PORT"),
     ("[server]\nlissten = \"0.0.0.0:22\"\n", "server.lissten: unknown setting"),
     ('[storage]\npart_size = "1MiB"\n', "part_size must be between"),
+    ('[server]\nproxy_protocol = ["lb.example"]\n', "'lb.example' is not an address or network"),
 ])
 def test_bad_file_exits_2_with_one_line(tmp_path: Path, content: str, message: str) -> None:
     config = tmp_path / "config.toml"

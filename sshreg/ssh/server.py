@@ -33,6 +33,7 @@ from .bridge import HttpChannelSession
 from .cork import CorkedTransport, cork
 from .flow import FlowControlledTCPChannel, create_channel
 from .limits import FailureTracker, Limits, address_group
+from .proxy_protocol import Address, ProxyListener, trusted_networks
 from .session import CommandSession, SessionChannel, help_text
 from .slots import ChannelSlots, SlotChannel
 
@@ -78,6 +79,7 @@ class GatewaySettings:
     login_timeout: float = 30.0
     keepalive_interval: float = 30.0
     limits: Limits = field(default_factory=Limits)
+    proxy_protocol: tuple[str, ...] = ()  # balancers whose PROXY v2 headers are believed
 
 
 class TunnelChannel(SlotChannel, FlowControlledTCPChannel):
@@ -123,7 +125,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self._conn = conn
         cork(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
-        self._peer = (str(peer[0]), int(peer[1]))
+        self._peer = self._gateway.client_address((str(peer[0]), int(peer[1])))
         self.group = address_group(self._peer[0])
         gateway = self._gateway
         decision = admit(gateway.settings.limits, self.group,
@@ -340,6 +342,8 @@ class Gateway:
         self.failures = FailureTracker(settings.limits.max_auth_failures_per_minute)
         self.connections: dict[asyncssh.SSHServerConnection, GatewayConnection] = {}
         self._server: asyncssh.SSHAcceptor | None = None
+        self._proxy: ProxyListener | None = None
+        self._proxied: dict[Address, Address] = {}  # balancer side -> client, while logging in
         self._reaper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -352,24 +356,30 @@ class Gateway:
         target = name if self.settings.port == 22 else f"-p {self.settings.port} {name}"
         return help_text(identity, target, self.settings.registry_port, forwarding)
 
+    def _server_options(self) -> dict[str, object]:
+        return {
+            "server_factory": lambda: GatewayConnection(self),
+            "server_host_keys": [self.host_key],
+            "encryption_algs": list(self.ciphers),
+            "compression_algs": ["none"],
+            "agent_forwarding": False,
+            "x11_forwarding": False,
+            "allow_scp": False,
+            "sftp_factory": None,
+            "login_timeout": self.settings.login_timeout,
+            "keepalive_interval": self.settings.keepalive_interval,
+            "keepalive_count_max": 4,
+        }
+
     async def start(self) -> None:
         self.keys.reload_if_changed()
-        self._server = await asyncssh.create_server(
-            lambda: GatewayConnection(self),
-            self.settings.host,
-            self.settings.port,
-            server_host_keys=[self.host_key],
-            encryption_algs=list(self.ciphers),
-            compression_algs=["none"],
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_scp=False,
-            sftp_factory=None,
-            login_timeout=self.settings.login_timeout,
-            keepalive_interval=self.settings.keepalive_interval,
-            keepalive_count_max=4,
-            reuse_address=True,
-        )
+        if self.settings.proxy_protocol:
+            self._proxy = ProxyListener(trusted_networks(self.settings.proxy_protocol),
+                                        self.settings.login_timeout, self._serve_socket)
+            await self._proxy.start(self.settings.host, self.settings.port)
+        else:
+            self._server = await asyncssh.listen(self.settings.host, self.settings.port,
+                                                 reuse_address=True, **self._server_options())
         self._reaper = asyncio.create_task(self._close_idle_forever())
         self._watcher = asyncio.create_task(self._revoke_forever())
 
@@ -399,13 +409,35 @@ class Gateway:
                     log.info("closing idle connection from %s", state._peer_text)
                     conn.close()
 
+    def client_address(self, peer: Address) -> Address:
+        """The client's address: from the PROXY header if `peer` is a balancer's
+        connection that sent one."""
+        return self._proxied.get(peer, peer)
+
+    async def _serve_socket(self, sock: socket.socket, client: Address | None) -> None:
+        """Runs SSH on a socket the PROXY listener accepted (`client`: from its header)."""
+        peer = sock.getpeername()
+        key = (str(peer[0]), int(peer[1]))
+        if client is not None:
+            self._proxied[key] = client
+        try:
+            await asyncssh.run_server(sock, **self._server_options())
+        except (TimeoutError, asyncssh.Error, OSError):
+            pass  # refused or failed logins: GatewayConnection has logged them
+        finally:
+            self._proxied.pop(key, None)
+
     @property
     def sockets(self) -> list[socket.socket]:
+        if self._proxy is not None:
+            return list(self._proxy.sockets)
         return list(self._server.sockets) if self._server else []
 
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._proxy is not None:
+            self._proxy.close()
         for task in (self._reaper, self._watcher):
             if task is not None:
                 task.cancel()
