@@ -15,6 +15,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     login_timeout = "30s"
     keepalive_interval = "30s"
     shutdown_grace = "60s"        # on SIGTERM, running requests get this long to finish
+    proxy_protocol = []           # TCP load balancers (addresses or networks) whose PROXY
+                                  # protocol v2 header names the client; [] = none
 
     [storage]
     url = "data"                  # a folder, or s3://BUCKET[/PREFIX] for R2/S3
@@ -46,6 +48,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     max_auth_failures_per_minute = 20   # per source address, then refused for a minute
     max_channels_per_connection = 64    # concurrent channels: tunnels and commands
     max_pending_per_address = 64  # connections of one address not logged in yet
+    max_pending = 64              # connections not logged in yet, all addresses (keep it
+                                  # below max_connections); IPv6 counts per /64
     idle_timeout = "1h"           # an SSH connection without open channels this long is closed
 
     [metrics]
@@ -71,6 +75,7 @@ Secrets (S3 keys) never live here: they come from the environment or AWS profile
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -129,6 +134,7 @@ class Config:
     login_timeout: float = 30.0
     keepalive_interval: float = 30.0
     shutdown_grace: float = 60.0
+    proxy_protocol: tuple[str, ...] = ()
 
     storage: str = "data"
     endpoint_url: str = ""
@@ -154,6 +160,7 @@ class Config:
     max_auth_failures_per_minute: int = 20
     max_channels_per_connection: int = 64
     max_pending_per_address: int = 64
+    max_pending: int = 64
     idle_timeout: float = 3600.0
 
     metrics_listen: str = ""
@@ -198,6 +205,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("server", "login_timeout"): ("login_timeout", parse_duration),
     ("server", "keepalive_interval"): ("keepalive_interval", parse_duration),
     ("server", "shutdown_grace"): ("shutdown_grace", parse_duration),
+    ("server", "proxy_protocol"): ("proxy_protocol", lambda v, w: _str_tuple(v, w)),
     ("storage", "url"): ("storage", lambda v, w: _str(v, w)),
     ("storage", "endpoint_url"): ("endpoint_url", lambda v, w: _str(v, w)),
     ("storage", "region"): ("region", lambda v, w: _str(v, w)),
@@ -223,6 +231,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
         ("max_channels_per_connection", lambda v, w: _positive(v, w)),
     ("limits", "max_pending_per_address"):
         ("max_pending_per_address", lambda v, w: _positive(v, w)),
+    ("limits", "max_pending"): ("max_pending", lambda v, w: _positive(v, w)),
     ("limits", "idle_timeout"): ("idle_timeout", parse_duration),
     ("metrics", "listen"): ("metrics_listen", lambda v, w: _str(v, w)),
     ("gc", "grace"): ("gc_grace", parse_duration),
@@ -368,6 +377,12 @@ def validate(config: Config) -> None:
             r"s3://[a-z0-9][a-z0-9.-]{1,62}/[^/](.*[^/])?", config.authorized_keys):
         raise ConfigError(f"server.authorized_keys: {config.authorized_keys!r} is not "
                           "s3://BUCKET/KEY")
+    for balancer in config.proxy_protocol:
+        try:
+            ipaddress.ip_network(balancer, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.proxy_protocol: {balancer!r} is not an address or "
+                              "network") from None
     if not 1 <= config.authorized_keys_poll <= 3600:
         raise ConfigError("server.authorized_keys_poll must be between 1s and 1h")
     if not 5 << 20 <= config.part_size <= 5 << 30:

@@ -88,6 +88,7 @@ def gateway_settings(config: Config) -> GatewaySettings:
         ciphers=config.ciphers,
         login_timeout=config.login_timeout,
         keepalive_interval=config.keepalive_interval,
+        proxy_protocol=config.proxy_protocol,
         limits=Limits(
             max_connections=config.max_connections,
             max_connections_per_key=config.max_connections_per_key,
@@ -95,6 +96,7 @@ def gateway_settings(config: Config) -> GatewaySettings:
             max_auth_failures_per_minute=config.max_auth_failures_per_minute,
             max_channels_per_connection=config.max_channels_per_connection,
             max_pending_per_address=config.max_pending_per_address,
+            max_pending=config.max_pending,
             idle_timeout=config.idle_timeout,
         ),
     )

@@ -51,6 +51,7 @@ def write_config(path: Path, keys: Path, storage: str, extra: str = "") -> Path:
     ('[registry]\nhosts = ["reg.example:5000"]\n', "is not a host name"),
     ('[registry]\nhosts = ["*"]\n', "is not a host name"),
     ('[registry]\nhosts = "reg.example"\n', "expected a list of strings"),
+    ('[server]\nproxy_protocol = ["lb.example"]\n', "'lb.example' is not an address or network"),
 ])
 def test_bad_file_exits_2_with_one_line(tmp_path: Path, content: str, message: str) -> None:
     config = tmp_path / "config.toml"

@@ -36,6 +36,7 @@ import pytest
 from sshreg.ssh.limits import FailureTracker
 from sshreg.ssh.server import KEY_CHECK_INTERVAL
 from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, free_port, wait_for
+from tests.support.sshreg_server import connect as _connect
 
 pytestmark = pytest.mark.integration
 
@@ -122,13 +123,6 @@ def _ssh(server: SshregServer, key: ClientKey, *args: str, source: str = "127.0.
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
                           env={**os.environ, **(env or {})})
-
-
-async def _connect(server: SshregServer, *keys: ClientKey, source: str = "127.0.0.1",
-                   **options: object) -> asyncssh.SSHClientConnection:
-    return await asyncio.wait_for(asyncssh.connect(
-        "127.0.0.1", server.port, username="user", client_keys=[str(k.path) for k in keys],
-        known_hosts=None, agent_path=None, local_addr=(source, 0), **options), 15)
 
 
 def _fingerprint_logged(server: SshregServer, key: ClientKey, text: str) -> None:
