@@ -12,7 +12,9 @@ import os
 
 import pytest
 
+from sshreg.config import ConfigError, load_config
 from sshreg.registry.app import Registry, RegistrySettings
+from sshreg.service import registry_settings
 from sshreg.storage.base import Overloaded
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3 import MIN_PART_SIZE
@@ -172,3 +174,19 @@ async def test_a_large_s3_upload_at_the_budget_waits_for_its_own_parts_instead_o
         assert b"".join([c async for c in driver.read("data/big")]) == data
     finally:
         await driver.close()
+
+
+def test_the_limits_are_read_from_the_config_file(tmp_path):
+    path = tmp_path / "sshreg.toml"
+    path.write_text('[limits]\nmax_uploads_per_key = 7\nmax_uploads = 70\n'
+                    'upload_buffer_budget = "1GiB"\n[registry]\nmax_manifest_descriptors = 50\n')
+    settings = registry_settings(load_config(path))
+    assert (settings.max_uploads_per_key, settings.max_uploads) == (7, 70)
+    assert settings.max_manifest_descriptors == 50
+    assert load_config(path).upload_buffer_budget == 1 << 30
+
+
+def test_an_s3_buffer_budget_smaller_than_the_parts_in_flight_is_a_config_error():
+    with pytest.raises(ConfigError, match="upload_buffer_budget"):
+        load_config(storage="s3://bucket/registry", upload_buffer_budget=64 << 20)
+    load_config(storage="s3://bucket/registry")  # the defaults fit
