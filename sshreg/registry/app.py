@@ -50,7 +50,7 @@ def identity_from_transport(request: web.BaseRequest) -> Identity | None:
 @dataclass(frozen=True)
 class RegistrySettings:
     max_manifest_size: int = 4 << 20
-    max_manifest_descriptors: int = 1000  # config, layers, subject and index entries
+    max_manifest_descriptors: int = 1000  # distinct digests named: config, layers, subject, index
     upload_batch: int = 4 << 20  # bytes hashed and written per storage call
     upload_idle_timeout: float = 600.0  # an upload session with no request for this long is aborted
     body_idle_timeout: float = 120.0  # a request body or a response stalled this long is cut off
@@ -100,18 +100,25 @@ class _Protocol(web.RequestHandler):
     spec's JSON envelope instead of aiohttp's plain text, logged in one line, not a traceback.
 
     It also bounds a client that stops reading: every response write waits in aiohttp's
-    `drain` while the transport has writing paused (the SSH channel's window is shut), so a
-    pause longer than `write_timeout` aborts the connection and cancels the handler, which
-    releases the blob stream and file it holds. Bodies sent to a slow reader resume the
-    transport often enough; only a stalled one stays paused."""
+    `drain` while the transport has writing paused (the SSH channel's window is shut). If
+    the transport's write buffer has not moved for `write_timeout` while paused, the
+    connection is aborted and the handler cancelled, which releases the blob stream and
+    file it holds. A slow reader keeps the buffer moving, however long one 4 MiB chunk
+    takes it; only a client that reads nothing is cut off."""
 
     write_timeout: float | None = None
     _stall: asyncio.TimerHandle | None = None
+    _unsent = -1  # the write buffer's size when the stall timer was last armed
 
     def pause_writing(self) -> None:
         super().pause_writing()
         if self.write_timeout and self._stall is None:
-            self._stall = self._loop.call_later(self.write_timeout, self._write_stalled)
+            self._arm_stall()
+
+    def _arm_stall(self) -> None:
+        assert self.write_timeout and self.transport is not None
+        self._unsent = self.transport.get_write_buffer_size()
+        self._stall = self._loop.call_later(self.write_timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._cancel_stall()
@@ -130,6 +137,9 @@ class _Protocol(web.RequestHandler):
         self._stall = None
         transport = self.transport
         if transport is None:
+            return
+        if transport.get_write_buffer_size() != self._unsent:  # slow, but moving
+            self._arm_stall()
             return
         identity = transport.get_extra_info(IDENTITY_INFO)
         log.warning("client (key %s) read nothing of a response for %gs: connection closed",
