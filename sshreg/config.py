@@ -32,8 +32,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
 
     [registry]
     max_manifest_size = "4MiB"
-    max_manifest_descriptors = 1000  # config, layers, subject and index entries per manifest
-                                  # (real images: far fewer; overlay2 stacks ~125 layers)
+    max_manifest_descriptors = 1000  # distinct digests one manifest names: config, layers,
+                                  # subject, index entries (real images: far fewer)
     upload_idle_timeout = "10m"   # an upload session untouched this long is aborted
     body_idle_timeout = "2m"      # a request body that sends nothing this long is cut off
     header_timeout = "60s"        # a connection must send its next request's headers within

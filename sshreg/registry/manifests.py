@@ -181,12 +181,15 @@ async def _first_missing(digests: list[Digest], found: Callable[[Digest], Awaita
 
 
 def _check_fan_out(manifest: Manifest, limit: int) -> None:
-    """Refuse a manifest naming more descriptors than any image needs: each is a lookup."""
-    count = (len(manifest.blobs) + len(manifest.children)
-             + (1 if manifest.subject is not None else 0))
-    if count > limit:
-        raise RegistryError(Code.MANIFEST_INVALID, f"{count} descriptors; manifests are "
-                            f"limited to {limit} (config, layers, subject, index entries)")
+    """Refuse a manifest naming more distinct digests than any image needs: each costs
+    lookups. (A digest named many times is looked up once, so repeats are not counted.)"""
+    named = {d.digest for d in (*manifest.blobs, *manifest.children)}
+    if manifest.subject is not None:
+        named.add(manifest.subject.digest)
+    if len(named) > limit:
+        raise RegistryError(Code.MANIFEST_INVALID, f"{len(named)} distinct descriptors; "
+                            f"manifests are limited to {limit} (config, layers, subject, "
+                            "index entries)")
 
 
 async def _missing_after_write(ctx: Context, digest: Digest, manifest: Manifest) -> list[str]:
