@@ -34,6 +34,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
 
     [registry]
     max_manifest_size = "4MiB"
+    max_manifest_descriptors = 1000  # distinct digests one manifest names: config, layers,
+                                  # subject, index entries (real images: far fewer)
     upload_idle_timeout = "10m"   # an upload session untouched this long is aborted
     body_idle_timeout = "2m"      # a request body that sends nothing this long is cut off
     header_timeout = "60s"        # a connection must send its next request's headers within
@@ -51,6 +53,10 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     max_pending = 64              # connections not logged in yet, all addresses (keep it
                                   # below max_connections); IPv6 counts per /64
     idle_timeout = "1h"           # an SSH connection without open channels this long is closed
+    max_uploads_per_key = 100     # blob upload sessions one key may have open (then 429)
+    max_uploads = 1000            # blob upload sessions open in total (then 429)
+    upload_buffer_budget = "512MiB"  # S3: part buffers of all uploads together (then 429);
+                                  # at least part_size x (parts_in_flight + 1)
 
     [metrics]
     listen = ""                   # loopback HOST:PORT for /metrics and /health, e.g. 127.0.0.1:9419
@@ -149,6 +155,7 @@ class Config:
     max_attempts: int = 3
 
     max_manifest_size: int = 4 << 20
+    max_manifest_descriptors: int = 1000
     upload_idle_timeout: float = 600.0
     body_idle_timeout: float = 120.0
     header_timeout: float = 60.0
@@ -162,6 +169,9 @@ class Config:
     max_pending_per_address: int = 64
     max_pending: int = 64
     idle_timeout: float = 3600.0
+    max_uploads_per_key: int = 100
+    max_uploads: int = 1000
+    upload_buffer_budget: int = 512 << 20
 
     metrics_listen: str = ""
 
@@ -218,6 +228,8 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("storage", "read_timeout"): ("read_timeout", parse_duration),
     ("storage", "max_attempts"): ("max_attempts", lambda v, w: _positive(v, w)),
     ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
+    ("registry", "max_manifest_descriptors"):
+        ("max_manifest_descriptors", lambda v, w: _positive(v, w)),
     ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
     ("registry", "body_idle_timeout"): ("body_idle_timeout", parse_duration),
     ("registry", "header_timeout"): ("header_timeout", parse_duration),
@@ -233,6 +245,9 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
         ("max_pending_per_address", lambda v, w: _positive(v, w)),
     ("limits", "max_pending"): ("max_pending", lambda v, w: _positive(v, w)),
     ("limits", "idle_timeout"): ("idle_timeout", parse_duration),
+    ("limits", "max_uploads_per_key"): ("max_uploads_per_key", lambda v, w: _positive(v, w)),
+    ("limits", "max_uploads"): ("max_uploads", lambda v, w: _positive(v, w)),
+    ("limits", "upload_buffer_budget"): ("upload_buffer_budget", parse_size),
     ("metrics", "listen"): ("metrics_listen", lambda v, w: _str(v, w)),
     ("gc", "grace"): ("gc_grace", parse_duration),
     ("gc", "safety"): ("gc_safety", parse_duration),
@@ -391,3 +406,7 @@ def validate(config: Config) -> None:
         raise ConfigError("storage.connect_timeout and storage.read_timeout must be positive")
     if config.max_manifest_size < 4 << 20:
         raise ConfigError("registry.max_manifest_size must be at least 4MiB (OCI requirement)")
+    if config.is_s3 and config.upload_buffer_budget < config.part_size * (
+            config.parts_in_flight + 1):
+        raise ConfigError("limits.upload_buffer_budget must be at least storage.part_size x "
+                          "(storage.parts_in_flight + 1)")

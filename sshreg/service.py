@@ -47,6 +47,7 @@ def open_driver(config: Config) -> Driver:
             read_timeout=config.read_timeout,
             max_attempts=config.max_attempts,
             parts_in_flight=config.parts_in_flight,
+            buffer_budget=config.upload_buffer_budget,
         )
     return FilesystemDriver(Path(config.storage))
 
@@ -65,6 +66,9 @@ def open_keys(config: Config) -> KeyList:
 def registry_settings(config: Config) -> RegistrySettings:
     return RegistrySettings(
         max_manifest_size=config.max_manifest_size,
+        max_manifest_descriptors=config.max_manifest_descriptors,
+        max_uploads_per_key=config.max_uploads_per_key,
+        max_uploads=config.max_uploads,
         upload_idle_timeout=config.upload_idle_timeout,
         body_idle_timeout=config.body_idle_timeout,
         header_timeout=config.header_timeout,
