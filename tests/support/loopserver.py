@@ -22,8 +22,8 @@ class LoopServer:
     thread_name = "loop-server"
     buffer_limit = 1 << 16  # StreamReader's limit: it stops reading at twice this much
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=self.thread_name,
                                         daemon=True)

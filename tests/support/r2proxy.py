@@ -22,18 +22,30 @@ documented limits (developers.cloudflare.com/r2/platform/limits,
 
 `Expect: 100-continue` is answered by the proxy (the upstream never sees it), so a refused
 request never sends its body. `stats` counts what was refused, by S3 error code.
+
+`R2ProxyProcess` runs the same proxy in a child process (`python -m tests.support.r2proxy`):
+the session's S3 goes through it, so relaying gigabytes never takes the test process's GIL
+from the threads that time and measure a push. Its `stats` are read from `STATS_PATH`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.support.loopserver import LoopServer
+from tests.support.processes import free_port, wait_until
 
 MAX_REQUEST_BODY = (5 << 30) - (5 << 20)  # "5 MiB less than 5 GiB"
 MAX_PARTS = 10_000
@@ -44,6 +56,8 @@ _PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
 MAX_COMPLETE_BODY = 4 << 20  # a Complete request lists at most 10,000 parts
 # (method, has uploadId) of the writes besides PUT: DeleteObject, CompleteMultipartUpload
 _KEY_WRITES = (("DELETE", False), ("POST", True))
+STATS_PATH = "/_r2proxy/stats"  # no S3 bucket name holds an underscore
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 Upstream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -88,8 +102,9 @@ class R2Proxy(LoopServer):
     thread_name = "r2-proxy"
     buffer_limit = CHUNK
 
-    def __init__(self, upstream_port: int, *, write_interval: float = WRITE_INTERVAL) -> None:
-        super().__init__()
+    def __init__(self, upstream_port: int, *, write_interval: float = WRITE_INTERVAL,
+                 port: int | None = None) -> None:
+        super().__init__(port)
         self.upstream_port = upstream_port
         self.write_interval = write_interval
         self.stats: Counter[str] = Counter()
@@ -203,6 +218,12 @@ class R2Proxy(LoopServer):
                       upstream: Upstream | None) -> tuple[bool, Upstream | None]:
         """Answer one request; return whether the client's connection stays open, and the
         upstream connection to reuse (None: open a new one for the next request)."""
+        if req.method == "GET" and req.target == STATS_PATH:
+            body = json.dumps(self.stats).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+            await writer.drain()
+            return False, upstream
         expects = (req.header("expect") or "").lower() == "100-continue"
         req.head = [(k, v) for k, v in req.head if k.lower() != "expect"]
         body: bytes | None = None
@@ -347,3 +368,67 @@ class R2Proxy(LoopServer):
             keep = False
         await writer.drain()
         return status, keep
+
+
+class R2ProxyProcess:
+    """`R2Proxy` in a child process of its own, with the same `url`, `stats` and `stop`."""
+
+    def __init__(self, upstream_port: int, *, write_interval: float = WRITE_INTERVAL) -> None:
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.write_interval = write_interval
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stats(self) -> Counter[str]:
+        with urllib.request.urlopen(self.url + STATS_PATH, timeout=10) as answer:
+            return Counter(json.load(answer))
+
+    def start(self) -> R2ProxyProcess:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.r2proxy", str(self.port),
+             str(self.upstream_port), str(self.write_interval)], cwd=REPO_ROOT)
+        wait_until(self._listening, 20, "the R2 proxy to listen")
+        return self
+
+    def _listening(self) -> bool:
+        assert self._proc is not None and self._proc.poll() is None, "the R2 proxy exited"
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+
+    def __enter__(self) -> R2ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str]) -> None:
+    """`python -m tests.support.r2proxy PORT UPSTREAM_PORT WRITE_INTERVAL`: serve until
+    SIGTERM or SIGINT."""
+    port, upstream, interval = int(argv[0]), int(argv[1]), float(argv[2])
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # the loop's thread inherits the mask
+    proxy = R2Proxy(upstream, write_interval=interval, port=port).start()
+    signal.sigwait(stopping)
+    proxy.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

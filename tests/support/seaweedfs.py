@@ -24,8 +24,9 @@ path-style addressing and region `us-east-1`.
 AWS_CA_BUNDLE (set on this machine) is left alone: botocore only loads it for https endpoints,
 so plain-http boto3 is unaffected (checked).
 
-`enforce_r2_rules()` puts `r2proxy.R2Proxy` in front: from then on `endpoint_url`, `env()` and
-`client()` reach S3 through R2's rules (`client(direct=True)` goes around them).
+`enforce_r2_rules()` puts `r2proxy.R2ProxyProcess` (R2's rules, in a child process) in front:
+from then on `endpoint_url`, `env()` and `client()` reach S3 through R2's rules
+(`client(direct=True)` goes around them).
 
 R2's multipart rule (every part but the last of one size, the last no larger), which SeaweedFS
 does not enforce, can also be checked two ways: `assert_r2_parts` lists the parts of an upload in
@@ -57,7 +58,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.support.processes import GRPC_OFFSET, Process, free_port_pair
-from tests.support.r2proxy import R2Proxy
+from tests.support.r2proxy import R2ProxyProcess
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 3.0  # a clean exit takes ~15 s (graceful gRPC stop); not worth waiting
@@ -88,7 +89,7 @@ class SeaweedFS:
     process: Process | None = None
     rundir: Path | None = None
     startup_seconds: float | None = None
-    front: R2Proxy | None = None  # R2's rules in front of the S3 port (`enforce_r2_rules`)
+    front: R2ProxyProcess | None = None  # R2's rules in front of the S3 port (`enforce_r2_rules`)
 
     @property
     def endpoint_url(self) -> str:
@@ -100,10 +101,10 @@ class SeaweedFS:
         """SeaweedFS's own S3 port, without R2's rules."""
         return f"http://127.0.0.1:{self.ports['s3']}"
 
-    def enforce_r2_rules(self) -> R2Proxy:
-        """Put an `R2Proxy` in front: from now on `endpoint_url`, `env` and `client` go
+    def enforce_r2_rules(self) -> R2ProxyProcess:
+        """Put an `R2ProxyProcess` in front: from now on `endpoint_url`, `env` and `client` go
         through R2's rules. It outlives `restart`; the caller stops it."""
-        self.front = R2Proxy(self.ports["s3"]).start()
+        self.front = R2ProxyProcess(self.ports["s3"]).start()
         return self.front
 
     @property
