@@ -23,7 +23,7 @@ from aiohttp import HttpVersion11, web
 
 from ..access import Action, Identity
 from ..memory import HeapTrimmer
-from ..metrics import Metrics
+from ..metrics import Metrics, method_label
 from ..references import Digest, is_valid_name
 from ..storage.base import PreconditionFailed, StorageError, TooLarge
 from ..storage.store import RegistryStore
@@ -231,7 +231,7 @@ class Registry:
             response = web.Response(status=500, content_type="application/json",
                                     body=INTERNAL_ERROR)
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
-        self.metrics.inc("sshreg_http_requests_total", method=request.method,
+        self.metrics.inc("sshreg_http_requests_total", method=method_label(request.method),
                          route=ctx.route.path if ctx else "-", status=str(response.status))
         if ctx is not None and request.method in WRITE_METHODS and response.status < 400:
             self._audit(request, ctx.identity, response.status, ctx, started)
