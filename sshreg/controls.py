@@ -7,9 +7,7 @@ rewrites a terminal. `visible()` replaces each one with a backslash escape.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
 
 # C0, DEL, C1, and the Unicode line and paragraph separators (log viewers break lines there).
 CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -30,7 +28,3 @@ def visible(text: str, keep: str = "") -> str:
         return CONTROLS.sub(_escape, text)
     return CONTROLS.sub(lambda m: m[0] if m[0] in keep else _escape(m), text)
 
-
-def json_text(value: Any, **options: Any) -> str:
-    """`json.dumps`, which escapes C0 and (ensure_ascii) all past ASCII, but leaves DEL raw."""
-    return json.dumps(value, **options).replace("\x7f", "\\u007f")

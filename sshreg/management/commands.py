@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..access import Action, Identity
-from ..controls import json_text, visible
+from ..controls import visible
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
 from ..storage.store import RegistryStore
@@ -134,7 +134,7 @@ class Management:
             log.exception("command %r failed", command_line)
             return Result(1, stderr=f"{argv[0]}: internal error, see the server log\n")
         if as_json:
-            return Result(0, stdout=json_text(output, indent=2, sort_keys=True) + "\n")
+            return Result(0, stdout=json.dumps(output, indent=2, sort_keys=True) + "\n")
         return Result(0, stdout=output if isinstance(output, str) else str(output))
 
     # -- helpers -----------------------------------------------------------------------
