@@ -19,7 +19,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import ERROR as PARSE_ERROR
+from yarl import URL
 
 from ..access import Action, Identity
 from ..memory import HeapTrimmer
@@ -35,6 +40,7 @@ log = logging.getLogger("sshreg.registry")
 audit_log = logging.getLogger("sshreg.audit")
 
 IDENTITY_INFO = "sshreg.identity"
+MALFORMED = "sshreg.malformed"  # request key: why a parsed request is still not one we serve
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 _ACTIONS = {Access.PULL: Action.PULL, Access.PUSH: Action.PUSH, Access.DELETE: Action.DELETE}
 INTERNAL_ERROR = json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
@@ -116,11 +122,50 @@ class _Protocol(web.RequestHandler):
         response.force_close()
         return response
 
+    def log_exception(self, *args: object, **kw: object) -> None:
+        """A body whose framing or `Content-Encoding` breaks while aiohttp drains it after
+        the answer (the handler did not need it) is the client's fault: one line, no
+        traceback. Anything else is aiohttp's own failure and keeps its traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            identity = self.transport.get_extra_info(IDENTITY_INFO) if self.transport else None
+            cause = exc.__cause__ or exc
+            log.info("unreadable request body after the answer (key %s): %s",
+                     identity.fingerprint if identity else "-", type(cause).__name__)
+            return
+        super().log_exception(*args, **kw)
+
+
+def _unsupported(message: RawRequestMessage) -> str | None:
+    """Why a request the parser accepted is still not HTTP/1.x we serve, or None.
+    llhttp lets HTTP/0.9 (`GET /`, no version), HTTP/2.0 request lines and CONNECT through."""
+    if message.version not in (HttpVersion10, HttpVersion11):
+        return f"unsupported HTTP version {message.version.major}.{message.version.minor}"
+    if message.method == "CONNECT":
+        return "CONNECT is not supported: this is a registry, not a proxy"
+    return None
+
 
 class _Server(web.Server):
     def __call__(self) -> web.RequestHandler:
         # As web.Server.__call__, with the protocol above.
         return _Protocol(self, loop=self._loop, **self._kwargs)
+
+    def _make_request(self, message: RawRequestMessage, payload: StreamReader,
+                      protocol: web.RequestHandler, writer: AbstractStreamWriter,
+                      task: asyncio.Task[None]) -> web.BaseRequest:
+        """Every message becomes a request that can be answered with an HTTP/1.1 status
+        line (aiohttp answers in the request's version: `HTTP/0.9 404`, or `HTTP/1.0` for
+        what it could not parse); an unsupported one is marked for `Registry.handle` to
+        refuse. A CONNECT without a target has no URL at all, and building its request would
+        fail outside any handler, leaving the connection unanswered."""
+        reason = _unsupported(message) if message is not PARSE_ERROR else None
+        if reason is not None or message is PARSE_ERROR:
+            message = message._replace(version=HttpVersion11, url=message.url or URL("/"))
+        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        if reason is not None:
+            request[MALFORMED] = reason
+        return request
 
 
 class Registry:
@@ -203,6 +248,9 @@ class Registry:
         ctx: Context | None = None
         identity = self.identify(request)
         try:
+            if MALFORMED in request:
+                raise RegistryError(Code.UNSUPPORTED, request[MALFORMED], status=400,
+                                    message="malformed HTTP request")
             if identity is None:
                 raise RegistryError(Code.UNAUTHORIZED, "no SSH identity on this connection")
             path = unquote(request.rel_url.raw_path)
@@ -235,7 +283,7 @@ class Registry:
                          route=ctx.route.path if ctx else "-", status=str(response.status))
         if ctx is not None and request.method in WRITE_METHODS and response.status < 400:
             self._audit(request, ctx.identity, response.status, ctx, started)
-        if response.status in (408, 413):
+        if response.status in (408, 413) or MALFORMED in request:
             await self._answer_and_close(request, response)
         return response
 
