@@ -18,10 +18,15 @@ factory (`Registry.server()`), on a real TCP socket; a few hundred of the same r
 then go through a real `ssh -L` tunnel to a real `sshreg serve`.
 
 Examples are derandomized (the same requests every run) and bounded: about 11,000
-requests, some 35 s of CPU (hypothesis' own work is most of it). A longer run with fresh
-random examples each time:
+requests, some 35 s of CPU (hypothesis' own work is most of it). Before any change to the
+HTTP side is done, fuzz with fresh random examples for at least 10 minutes in total (one run
+is some 6 minutes; repeat with new seeds; the same seed replays the same examples):
 
-    SSHREG_FUZZ_SCALE=20 SSHREG_FUZZ_RANDOM=1 python -m pytest -q tests/test_fuzz_http.py
+    SEED=$RANDOM; echo "seed $SEED"; SSHREG_FUZZ_SCALE=10 SSHREG_FUZZ_RANDOM=1 \
+      python -m pytest -q tests/test_fuzz_http.py --hypothesis-seed=$SEED
+
+and keep what it finds as `@example`s or in the regression tests below, which the
+derandomized run checks every time.
 """
 
 from __future__ import annotations
