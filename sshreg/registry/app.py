@@ -40,7 +40,7 @@ log = logging.getLogger("sshreg.registry")
 audit_log = logging.getLogger("sshreg.audit")
 
 IDENTITY_INFO = "sshreg.identity"
-MALFORMED = "sshreg.malformed"  # request key: why a parsed request is still not one we serve
+MALFORMED = web.RequestKey("sshreg.malformed", str)  # why a parsed request is not one we serve
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 _ACTIONS = {Access.PULL: Action.PULL, Access.PUSH: Action.PUSH, Access.DELETE: Action.DELETE}
 INTERNAL_ERROR = json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
