@@ -27,4 +27,3 @@ def visible(text: str, keep: str = "") -> str:
     if not keep:
         return CONTROLS.sub(_escape, text)
     return CONTROLS.sub(lambda m: m[0] if m[0] in keep else _escape(m), text)
-

@@ -71,7 +71,7 @@ class TextFormatter(logging.Formatter):
                                         "args": None, "exc_text": None})
         return super().format(record).replace("\n", "\n    ")
 
-    def formatException(self, ei) -> str:
+    def formatException(self, ei: Any) -> str:
         return visible(super().formatException(ei), keep="\n")
 
     def formatStack(self, stack_info: str) -> str:
