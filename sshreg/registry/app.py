@@ -157,15 +157,27 @@ class _Server(web.Server):
         """Every message becomes a request that can be answered with an HTTP/1.1 status
         line (aiohttp answers in the request's version: `HTTP/0.9 404`, or `HTTP/1.0` for
         what it could not parse); an unsupported one is marked for `Registry.handle` to
-        refuse. A CONNECT without a target has no URL at all, and building its request would
-        fail outside any handler, leaving the connection unanswered."""
+        refuse. Building a request must not fail: it happens outside any handler, and the
+        connection would be left unanswered (a CONNECT without a target has no URL at all)."""
         reason = _unsupported(message) if message is not PARSE_ERROR else None
         if reason is not None or message is PARSE_ERROR:
-            message = message._replace(version=HttpVersion11, url=message.url or URL("/"))
-        request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+            message = _answerable(message)
+        try:
+            request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        except ValueError as exc:  # a target the parser passed but yarl cannot read
+            reason = f"unreadable request target ({type(exc).__name__})"
+            request = web.BaseRequest(_answerable(message), payload, protocol, writer, task,
+                                      self._loop)
         if reason is not None:
             request[MALFORMED] = reason
         return request
+
+
+def _answerable(message: RawRequestMessage) -> RawRequestMessage:
+    """The message with what an error answer needs and nothing it could trip on: HTTP/1.1,
+    and `/` for a target (absent for `CONNECT `; a host IDNA cannot decode, in the
+    pure-Python parser's CONNECT or absolute-form)."""
+    return message._replace(version=HttpVersion11, url=URL("/"))
 
 
 class Registry:
