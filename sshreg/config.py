@@ -15,6 +15,8 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     login_timeout = "30s"
     keepalive_interval = "30s"
     shutdown_grace = "60s"        # on SIGTERM, running requests get this long to finish
+    proxy_protocol = []           # TCP load balancers (addresses or networks) whose PROXY
+                                  # protocol v2 header names the client; [] = none
 
     [storage]
     url = "data"                  # a folder, or s3://BUCKET[/PREFIX] for R2/S3
@@ -32,10 +34,14 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
 
     [registry]
     max_manifest_size = "4MiB"
+    max_manifest_descriptors = 1000  # distinct digests one manifest names: config, layers,
+                                  # subject, index entries (real images: far fewer)
     upload_idle_timeout = "10m"   # an upload session untouched this long is aborted
     body_idle_timeout = "2m"      # a request body that sends nothing this long is cut off
     header_timeout = "60s"        # a connection must send its next request's headers within
                                   # this long of opening or of its last answer (slowloris)
+    hosts = []                    # Host names accepted besides localhost, 127.0.0.0/8 and
+                                  # [::1] (any port), e.g. a name mapped in /etc/hosts
 
     [limits]
     max_connections = 256         # SSH connections in total
@@ -44,7 +50,13 @@ Every key of the file, with its default (sizes accept `32MiB`-style strings, dur
     max_auth_failures_per_minute = 20   # per source address, then refused for a minute
     max_channels_per_connection = 64    # concurrent channels: tunnels and commands
     max_pending_per_address = 64  # connections of one address not logged in yet
+    max_pending = 64              # connections not logged in yet, all addresses (keep it
+                                  # below max_connections); IPv6 counts per /64
     idle_timeout = "1h"           # an SSH connection without open channels this long is closed
+    max_uploads_per_key = 100     # blob upload sessions one key may have open (then 429)
+    max_uploads = 1000            # blob upload sessions open in total (then 429)
+    upload_buffer_budget = "512MiB"  # S3: part buffers of all uploads together (then 429);
+                                  # at least part_size x (parts_in_flight + 1)
 
     [metrics]
     listen = ""                   # loopback HOST:PORT for /metrics and /health, e.g. 127.0.0.1:9419
@@ -69,6 +81,7 @@ Secrets (S3 keys) never live here: they come from the environment or AWS profile
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -84,6 +97,8 @@ class ConfigError(Exception):
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
                "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+_HOST_NAME = re.compile(r"[a-zA-Z0-9_]([a-zA-Z0-9_-]*[a-zA-Z0-9_])?"
+                        r"(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]*[a-zA-Z0-9_])?)*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -125,6 +140,7 @@ class Config:
     login_timeout: float = 30.0
     keepalive_interval: float = 30.0
     shutdown_grace: float = 60.0
+    proxy_protocol: tuple[str, ...] = ()
 
     storage: str = "data"
     endpoint_url: str = ""
@@ -139,9 +155,11 @@ class Config:
     max_attempts: int = 3
 
     max_manifest_size: int = 4 << 20
+    max_manifest_descriptors: int = 1000
     upload_idle_timeout: float = 600.0
     body_idle_timeout: float = 120.0
     header_timeout: float = 60.0
+    registry_hosts: tuple[str, ...] = ()
 
     max_connections: int = 256
     max_connections_per_key: int = 64
@@ -149,7 +167,11 @@ class Config:
     max_auth_failures_per_minute: int = 20
     max_channels_per_connection: int = 64
     max_pending_per_address: int = 64
+    max_pending: int = 64
     idle_timeout: float = 3600.0
+    max_uploads_per_key: int = 100
+    max_uploads: int = 1000
+    upload_buffer_budget: int = 512 << 20
 
     metrics_listen: str = ""
 
@@ -193,6 +215,7 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("server", "login_timeout"): ("login_timeout", parse_duration),
     ("server", "keepalive_interval"): ("keepalive_interval", parse_duration),
     ("server", "shutdown_grace"): ("shutdown_grace", parse_duration),
+    ("server", "proxy_protocol"): ("proxy_protocol", lambda v, w: _str_tuple(v, w)),
     ("storage", "url"): ("storage", lambda v, w: _str(v, w)),
     ("storage", "endpoint_url"): ("endpoint_url", lambda v, w: _str(v, w)),
     ("storage", "region"): ("region", lambda v, w: _str(v, w)),
@@ -205,9 +228,12 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("storage", "read_timeout"): ("read_timeout", parse_duration),
     ("storage", "max_attempts"): ("max_attempts", lambda v, w: _positive(v, w)),
     ("registry", "max_manifest_size"): ("max_manifest_size", parse_size),
+    ("registry", "max_manifest_descriptors"):
+        ("max_manifest_descriptors", lambda v, w: _positive(v, w)),
     ("registry", "upload_idle_timeout"): ("upload_idle_timeout", parse_duration),
     ("registry", "body_idle_timeout"): ("body_idle_timeout", parse_duration),
     ("registry", "header_timeout"): ("header_timeout", parse_duration),
+    ("registry", "hosts"): ("registry_hosts", lambda v, w: _host_names(v, w)),
     ("limits", "max_connections"): ("max_connections", lambda v, w: _positive(v, w)),
     ("limits", "max_connections_per_key"): ("max_connections_per_key", lambda v, w: _positive(v, w)),
     ("limits", "max_auth_attempts"): ("max_auth_attempts", lambda v, w: _positive(v, w)),
@@ -217,7 +243,11 @@ _FILE_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
         ("max_channels_per_connection", lambda v, w: _positive(v, w)),
     ("limits", "max_pending_per_address"):
         ("max_pending_per_address", lambda v, w: _positive(v, w)),
+    ("limits", "max_pending"): ("max_pending", lambda v, w: _positive(v, w)),
     ("limits", "idle_timeout"): ("idle_timeout", parse_duration),
+    ("limits", "max_uploads_per_key"): ("max_uploads_per_key", lambda v, w: _positive(v, w)),
+    ("limits", "max_uploads"): ("max_uploads", lambda v, w: _positive(v, w)),
+    ("limits", "upload_buffer_budget"): ("upload_buffer_budget", parse_size),
     ("metrics", "listen"): ("metrics_listen", lambda v, w: _str(v, w)),
     ("gc", "grace"): ("gc_grace", parse_duration),
     ("gc", "safety"): ("gc_safety", parse_duration),
@@ -237,6 +267,14 @@ def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{what}: expected a list of strings")
     return tuple(value)
+
+
+def _host_names(value: Any, what: str) -> tuple[str, ...]:
+    names = _str_tuple(value, what)
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(f"{what}: {name!r} is not a host name (no port, no wildcard)")
+    return tuple(name.lower() for name in names)
 
 
 def _bool(value: Any, what: str) -> bool:
@@ -354,6 +392,12 @@ def validate(config: Config) -> None:
             r"s3://[a-z0-9][a-z0-9.-]{1,62}/[^/](.*[^/])?", config.authorized_keys):
         raise ConfigError(f"server.authorized_keys: {config.authorized_keys!r} is not "
                           "s3://BUCKET/KEY")
+    for balancer in config.proxy_protocol:
+        try:
+            ipaddress.ip_network(balancer, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.proxy_protocol: {balancer!r} is not an address or "
+                              "network") from None
     if not 1 <= config.authorized_keys_poll <= 3600:
         raise ConfigError("server.authorized_keys_poll must be between 1s and 1h")
     if not 5 << 20 <= config.part_size <= 5 << 30:
@@ -362,3 +406,7 @@ def validate(config: Config) -> None:
         raise ConfigError("storage.connect_timeout and storage.read_timeout must be positive")
     if config.max_manifest_size < 4 << 20:
         raise ConfigError("registry.max_manifest_size must be at least 4MiB (OCI requirement)")
+    if config.is_s3 and config.upload_buffer_budget < config.part_size * (
+            config.parts_in_flight + 1):
+        raise ConfigError("limits.upload_buffer_budget must be at least storage.part_size x "
+                          "(storage.parts_in_flight + 1)")

@@ -18,6 +18,7 @@ from .management.gc import GarbageCollector, GcSettings
 from .memory import HeapTrimmer
 from .metrics import InstrumentedDriver, Metrics
 from .registry.app import Registry, RegistrySettings
+from .registry.origin import origin_middleware
 from .ssh.authorized_keys import AuthorizedKeys, KeyList
 from .ssh.hostkey import HostKeyError, load_or_create_host_key
 from .ssh.limits import Limits
@@ -46,6 +47,7 @@ def open_driver(config: Config) -> Driver:
             read_timeout=config.read_timeout,
             max_attempts=config.max_attempts,
             parts_in_flight=config.parts_in_flight,
+            buffer_budget=config.upload_buffer_budget,
         )
     return FilesystemDriver(Path(config.storage))
 
@@ -64,9 +66,13 @@ def open_keys(config: Config) -> KeyList:
 def registry_settings(config: Config) -> RegistrySettings:
     return RegistrySettings(
         max_manifest_size=config.max_manifest_size,
+        max_manifest_descriptors=config.max_manifest_descriptors,
+        max_uploads_per_key=config.max_uploads_per_key,
+        max_uploads=config.max_uploads,
         upload_idle_timeout=config.upload_idle_timeout,
         body_idle_timeout=config.body_idle_timeout,
         header_timeout=config.header_timeout,
+        hosts=config.registry_hosts,
         part_size=config.part_size if config.is_s3 else None,
         redirect_expiry=int(config.redirect_expiry),
     )
@@ -86,6 +92,7 @@ def gateway_settings(config: Config) -> GatewaySettings:
         ciphers=config.ciphers,
         login_timeout=config.login_timeout,
         keepalive_interval=config.keepalive_interval,
+        proxy_protocol=config.proxy_protocol,
         limits=Limits(
             max_connections=config.max_connections,
             max_connections_per_key=config.max_connections_per_key,
@@ -93,6 +100,7 @@ def gateway_settings(config: Config) -> GatewaySettings:
             max_auth_failures_per_minute=config.max_auth_failures_per_minute,
             max_channels_per_connection=config.max_channels_per_connection,
             max_pending_per_address=config.max_pending_per_address,
+            max_pending=config.max_pending,
             idle_timeout=config.idle_timeout,
         ),
     )
@@ -172,7 +180,7 @@ class Service:
 
     async def _start_metrics(self) -> None:
         """/metrics (Prometheus) and /health on a loopback port; they need no key."""
-        app = web.Application()
+        app = web.Application(middlewares=[origin_middleware(self.registry.origin)])
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/health", self._serve_health)
         self._metrics_runner = web.AppRunner(app, access_log=None)

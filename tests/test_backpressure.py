@@ -39,7 +39,7 @@ digest = hashlib.sha256()
 for c in chunks():
     digest.update(c)
 s = socket.create_connection(("127.0.0.1", port))
-s.sendall(b"POST /v2/%s/blobs/uploads/?digest=sha256:%s HTTP/1.1\r\nHost: x\r\n"
+s.sendall(b"POST /v2/%s/blobs/uploads/?digest=sha256:%s HTTP/1.1\r\nHost: localhost\r\n"
           b"Transfer-Encoding: chunked\r\n\r\n" % (name.encode(), digest.hexdigest().encode()))
 for c in chunks():
     s.sendall(b"%x\r\n" % len(c) + c + b"\r\n")

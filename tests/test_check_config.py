@@ -48,6 +48,10 @@ def write_config(path: Path, keys: Path, storage: str, extra: str = "") -> Path:
     ('[server]\nlisten = "nowhere"\n', "is not HOST:PORT"),
     ("[server]\nlissten = \"0.0.0.0:22\"\n", "server.lissten: unknown setting"),
     ('[storage]\npart_size = "1MiB"\n', "part_size must be between"),
+    ('[registry]\nhosts = ["reg.example:5000"]\n', "is not a host name"),
+    ('[registry]\nhosts = ["*"]\n', "is not a host name"),
+    ('[registry]\nhosts = "reg.example"\n', "expected a list of strings"),
+    ('[server]\nproxy_protocol = ["lb.example"]\n', "'lb.example' is not an address or network"),
 ])
 def test_bad_file_exits_2_with_one_line(tmp_path: Path, content: str, message: str) -> None:
     config = tmp_path / "config.toml"
@@ -123,14 +127,23 @@ def test_host_key_readable_by_others_fails(tmp_path: Path, keys: Path) -> None:
     assert "chmod 600" in result.stderr
 
 
-def test_ignored_key_lines_are_warnings(tmp_path: Path, keys: Path) -> None:
+@pytest.mark.parametrize("lines, warnings", [
+    ('# a comment\ncommand="ls" {key}not a key\n',
+     ["line 3 ignored: unsupported option(s) command", "line 4 ignored: not a public key"]),
+    ('expiry-time="20260230" {key}restrict,permitopen="localhost:²" {key}',  # values that
+     ["line 2 ignored: invalid expiry-time '20260230': day is out of range for month",  # once
+      "line 3 ignored: invalid permitopen 'localhost:²'"]),  # crashed check-config
+])
+def test_ignored_key_lines_are_warnings(tmp_path: Path, keys: Path, lines: str,
+                                        warnings: list[str]) -> None:
     other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
     with (keys / "authorized_keys").open("a") as f:
-        f.write(f'# a comment\ncommand="ls" {other}not a key\n')
+        f.write(lines.format(key=other))
     result = check_config("--keys", keys, "--storage", tmp_path / "data")
     assert result.returncode == 0, result.stderr
-    assert "line 3 ignored: unsupported option(s) command" in result.stderr
-    assert "line 4 ignored: not a public key" in result.stderr
+    for warning in warnings:
+        assert warning in result.stderr
+    assert "1 authorized key(s)" in result.stdout
 
 
 def test_unreachable_s3_endpoint_fails_in_bounded_time(tmp_path: Path, keys: Path) -> None:

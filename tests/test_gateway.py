@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def keys(tmp_path_factory) -> dict[str, ClientKey]:
     directory = tmp_path_factory.mktemp("client-keys")
     names = ["alice", "reader", "team", "noforward", "restricted", "expired", "elsewhere",
-             "permitted", "stranger", "newcomer"]
+             "permitted", "stranger", "newcomer", "restrictopen", "restrictforward"]
     return {name: ClientKey.generate(directory, name) for name in names}
 
 
@@ -35,6 +35,8 @@ def _authorized_lines(keys: dict[str, ClientKey]) -> list[str]:
         keys["expired"].line('expiry-time="20200101"'),
         keys["elsewhere"].line('from="10.9.8.7"'),
         keys["permitted"].line('permitopen="localhost:80"'),
+        keys["restrictopen"].line('restrict,permitopen="localhost:80"'),
+        keys["restrictforward"].line('restrict,port-forwarding,permitopen="localhost:80"'),
     ]
 
 
@@ -216,6 +218,18 @@ def test_keys_without_port_forwarding_cannot_open_a_tunnel(server, keys):
 def test_permitopen_naming_the_registry_allows_the_tunnel(server, keys):
     with server.tunnel(keys["permitted"]) as tunnel:
         assert _request(tunnel.url + "/v2/")[0] == 200
+
+
+def test_restrict_with_permitopen_opens_no_tunnel_unless_port_forwarding_follows(server, keys):
+    """As in sshd: `permitopen` narrows forwarding, only `port-forwarding` turns it back on."""
+    status, stderr = _forward_attempt(server, keys["restrictopen"], "localhost:80")
+    assert status is None and "administratively prohibited" in stderr
+    server.wait_for_log(f"refused forwarding to localhost:80 (key may not forward) "
+                        f"for key {keys['restrictopen'].fingerprint}")
+    with server.tunnel(keys["restrictforward"]) as tunnel:
+        assert _request(tunnel.url + "/v2/")[0] == 200
+    status, stderr = _forward_attempt(server, keys["restrictforward"], "127.0.0.1:80")
+    assert status is None and "administratively prohibited" in stderr  # not in permitopen
 
 
 def test_plain_ssh_prints_who_you_are_and_how_to_push(server, keys):

@@ -140,6 +140,50 @@ def test_ignored_lines_are_listed_with_their_reason(keys: Path) -> None:
     assert "   4  ignored: unsupported option(s) command" in text
 
 
+def test_lines_with_malformed_values_are_listed_and_the_file_can_still_be_edited(
+        keys: Path) -> None:
+    """Values that once made the parser raise (and every `keys` command with it)."""
+    good, good_fp = new_key("good@test")
+    bad = {reason: new_key(f"bad{i}@test") for i, reason in enumerate((
+        'expiry-time="20260230"', 'expiry-time="00000101"', 'permitopen="localhost:²"',
+        'sshreg-admin="x"', "from,restrict"))}
+    bad_lines = "".join(f"{options} {line}\n" for options, (line, _) in bad.items())
+    (keys / "authorized_keys").write_bytes(PREAMBLE + bad_lines.encode() + good.encode() + b"\n")
+
+    found = listing(keys)
+    assert [k["fingerprint"] for k in found["keys"]] == [good_fp]
+    reasons = {i["line"]: (i["fingerprint"], i["reason"]) for i in found["ignored"]}
+    assert reasons[8] == (bad['expiry-time="20260230"'][1],
+                          "invalid expiry-time '20260230': day is out of range for month")
+    assert reasons[10][1] == "invalid permitopen 'localhost:²' (port 1-65535 or *)"
+    assert reasons[11][1] == "sshreg-admin takes no value (given 'x')"
+    assert reasons[12][1] == "from needs a value"
+    text = sshreg_keys("list", "--keys", keys).stdout
+    assert "   9  ignored: invalid expiry-time '00000101': year 0 is out of range" in text
+
+    assert sshreg_keys("remove", good_fp, "--keys", keys).returncode == 0
+    removed = sshreg_keys("remove", bad['expiry-time="20260230"'][1], "--keys", keys)
+    assert removed.returncode == 0, removed.stderr
+    assert (keys / "authorized_keys").read_bytes() == PREAMBLE + "".join(
+        bad_lines.splitlines(keepends=True)[1:]).encode()
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    ('expiry-time="20260230"', "invalid expiry-time '20260230': day is out of range for month"),
+    ('permitopen="localhost:²"', "invalid permitopen 'localhost:²' (port 1-65535 or *)"),
+    ("verify-required", "verify-required is not supported"),
+    ('from=""', "from has an empty value"),
+])
+def test_add_refuses_a_malformed_line_with_its_reason(keys: Path, options: str,
+                                                     reason: str) -> None:
+    line, _ = new_key("typo@test")
+    result = sshreg_keys("add", f"{options} {line}", "--keys", keys)
+    assert result.returncode == 1
+    [message] = result.stderr.strip().splitlines()
+    assert message.startswith(f"sshreg keys add: not a usable key: {reason}")
+    assert (keys / "authorized_keys").read_bytes() == PREAMBLE
+
+
 def test_duplicate_refused_unless_replace(keys: Path) -> None:
     line, fingerprint = new_key("dup@test")
     assert sshreg_keys("add", line, "--keys", keys).returncode == 0

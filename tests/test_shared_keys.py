@@ -116,6 +116,32 @@ async def test_a_failing_bucket_keeps_the_last_good_copy_and_is_logged_once(capl
         await keys.close()
 
 
+async def test_a_malformed_line_in_the_object_never_keeps_a_removed_key_in(caplog):
+    """The bucket copy follows the file's rule: the bad line is skipped and named, the rest
+    applies (before, the parse raised, the poll counted as failed, and the copy with the
+    removed key stayed in use)."""
+    alice, alice_fp = new_key("alice")
+    bob, _ = new_key("bob")
+    carol, carol_fp = new_key("carol")
+    source = FakeFile(alice + "\n" + bob + "\n")
+    keys = SharedAuthorizedKeys(source, interval=0.05)
+    caplog.set_level(logging.INFO, logger="sshreg.keys")
+    await keys.start()
+    try:
+        source.set(alice + "\n" + 'permitopen="localhost:²" ' + carol + "\n")
+        for _ in range(100):
+            if len(keys.entries()) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert fingerprints(keys) == {alice_fp}
+        messages = [r.getMessage() for r in caplog.records]
+        assert (f"{source} line 2 ignored: invalid permitopen 'localhost:²' (port 1-65535 or *)"
+                f" (key {carol_fp})") in messages
+        assert not any("cannot fetch" in m for m in messages)
+    finally:
+        await keys.close()
+
+
 async def test_logins_never_wait_for_a_bucket_that_hangs():
     alice, alice_fp = new_key("alice")
     source = FakeFile(alice + "\n")
@@ -234,3 +260,26 @@ def test_sshreg_keys_add_list_remove_on_a_bucket_object(bucket_url, tmp_path, s3
     result = sshreg_keys(config, env, "remove", "carol@laptop")
     assert result.returncode == 0 and f"removed line 1: {fingerprint}" in result.stdout
     assert json.loads(sshreg_keys(config, env, "list", "--json").stdout)["keys"] == []
+
+
+def test_sshreg_keys_on_a_bucket_object_with_a_malformed_line(bucket_url, tmp_path, s3_server):
+    """`list` names the bad line and why, `remove` and `add` work around it, and the line is
+    left as it was."""
+    env = {**os.environ, **s3_server.env()}
+    config = tmp_path / "sshreg.toml"
+    config.write_text(f'[server]\nauthorized_keys = "{bucket_url}"\n')
+    (alice, alice_fp), (bob, _), (carol, carol_fp) = (new_key(n) for n in ("alice", "bob", "carol"))
+    bucket, key = bucket_url.removeprefix("s3://").split("/", 1)
+    bad = f'expiry-time="00000101" {bob}\n'
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=f"{alice}\n{bad}".encode())
+
+    listed = json.loads(sshreg_keys(config, env, "list", "--json").stdout)
+    assert [k["fingerprint"] for k in listed["keys"]] == [alice_fp]
+    assert [(i["line"], i["reason"]) for i in listed["ignored"]] == [
+        (2, "invalid expiry-time '00000101': year 0 is out of range")]
+    assert sshreg_keys(config, env, "remove", alice_fp).returncode == 0
+    assert sshreg_keys(config, env, "add", carol).returncode == 0
+    body = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    assert body == f"{bad}{carol}\n"
+    listed = json.loads(sshreg_keys(config, env, "list", "--json").stdout)
+    assert [k["fingerprint"] for k in listed["keys"]] == [carol_fp]

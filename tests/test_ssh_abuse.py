@@ -36,6 +36,7 @@ import pytest
 from sshreg.ssh.limits import FailureTracker
 from sshreg.ssh.server import KEY_CHECK_INTERVAL
 from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, free_port, wait_for
+from tests.support.sshreg_server import connect as _connect
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,8 @@ LIMITS = {
     "max_pending_per_address": 4,
 }
 NAMES = ["alice", "bob", "mallory", "revoked", "changed", "expiring", "fromfive", "flood1",
-         "flood2", "flood3", "flood4", "stranger", "stranger2", "stranger3", "stranger4"]
+         "flood2", "flood3", "flood4", "stranger", "stranger2", "stranger3", "stranger4",
+         "dropped"]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,7 @@ def _lines(keys: dict[str, ClientKey], expiry: str = "20990101") -> list[str]:
         keys["expiring"].line(f'expiry-time="{expiry}"'),
         keys["fromfive"].line('from="127.0.0.5"'),
         *(keys[f"flood{i}"].line('sshreg-pull="**"') for i in range(1, 5)),
+        keys["dropped"].line(),
     ]
 
 
@@ -122,13 +125,6 @@ def _ssh(server: SshregServer, key: ClientKey, *args: str, source: str = "127.0.
                           env={**os.environ, **(env or {})})
 
 
-async def _connect(server: SshregServer, *keys: ClientKey, source: str = "127.0.0.1",
-                   **options: object) -> asyncssh.SSHClientConnection:
-    return await asyncio.wait_for(asyncssh.connect(
-        "127.0.0.1", server.port, username="user", client_keys=[str(k.path) for k in keys],
-        known_hosts=None, agent_path=None, local_addr=(source, 0), **options), 15)
-
-
 def _fingerprint_logged(server: SshregServer, key: ClientKey, text: str) -> None:
     """Some line of the log has both the key's fingerprint and `text`."""
     wait_for(lambda: any(key.fingerprint in line and text in line
@@ -151,6 +147,29 @@ def test_a_revoked_key_loses_its_open_tunnel_and_its_next_login(server, keys, le
     result = _ssh(server, keys["revoked"], "user@127.0.0.1", "whoami")
     assert result.returncode == 255 and "Permission denied" in result.stderr
     _fingerprint_logged(server, keys["revoked"], "refused unknown key")
+    server.authorize(*_lines(keys))
+
+
+def test_a_malformed_line_in_the_same_edit_never_keeps_a_removed_key_in(server, keys, legit):
+    """One edit removes a key and adds a line whose date does not exist: the bad line is
+    skipped with its number and reason, everything else applies (before, the reload raised
+    and the previous list, removed key included, was served from then on)."""
+    with server.tunnel(keys["dropped"]) as dropped, server.tunnel(keys["alice"]) as alice:
+        assert _http(dropped.url + "/v2/")[0] == 200
+        kept = [line for line in _lines(keys) if keys["dropped"].public not in line]
+        server.authorize(*kept, keys["stranger"].line('expiry-time="20260230"'))
+        wait_for(lambda: dropped.proc.poll() is not None, KEY_CHECK_INTERVAL + 10,
+                 "the removed key's ssh to be disconnected")
+        _fingerprint_logged(server, keys["dropped"], "no longer authorized")
+        server.wait_for_log(f"authorized_keys line {len(kept) + 1} ignored: invalid expiry-time "
+                            "'20260230': day is out of range for month "
+                            f"(key {keys['stranger'].fingerprint})")
+        assert alice.proc.poll() is None and alice.ready()
+    for name in ("dropped", "stranger"):  # nor is the malformed line half-honoured
+        result = _ssh(server, keys[name], "user@127.0.0.1", "whoami")
+        assert result.returncode == 255 and "Permission denied" in result.stderr
+        _fingerprint_logged(server, keys[name], "refused unknown key")
+    push_and_pull(server, keys["bob"], "bob/app")
     server.authorize(*_lines(keys))
 
 
@@ -291,7 +310,7 @@ def _answer_through(address: tuple[str, int] | str) -> bytes:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(address)
-        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(65536):
@@ -390,7 +409,7 @@ async def test_channel_flood_on_one_connection_is_a_resource_shortage(server, ke
         assert refused.value.code == asyncssh.OPEN_RESOURCE_SHORTAGE
         # The held channels still work, and closing one frees a place.
         reader, writer = held.pop()
-        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
         writer.close()
         await asyncio.sleep(0.5)

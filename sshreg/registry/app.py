@@ -30,9 +30,10 @@ from ..access import Action, Identity
 from ..memory import HeapTrimmer
 from ..metrics import Metrics, method_label
 from ..references import Digest, is_valid_name
-from ..storage.base import PreconditionFailed, StorageError, TooLarge
+from ..storage.base import Overloaded, PreconditionFailed, StorageError, TooLarge
 from ..storage.store import RegistryStore
-from .errors import Code, RegistryError
+from .errors import LIMIT_RETRY_AFTER, Code, RegistryError
+from .origin import OriginPolicy
 from .routes import Access, Route, resolve
 from .sessions import UploadSessions
 
@@ -56,13 +57,17 @@ def identity_from_transport(request: web.BaseRequest) -> Identity | None:
 @dataclass(frozen=True)
 class RegistrySettings:
     max_manifest_size: int = 4 << 20
+    max_manifest_descriptors: int = 1000  # distinct digests named: config, layers, subject, index
     upload_batch: int = 4 << 20  # bytes hashed and written per storage call
     upload_idle_timeout: float = 600.0  # an upload session with no request for this long is aborted
-    body_idle_timeout: float = 120.0  # a request body that sends nothing for this long is cut off
+    body_idle_timeout: float = 120.0  # a request body or a response stalled this long is cut off
     header_timeout: float = 60.0  # a connection's next request headers must be in within this
     part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None
     redirect_expiry: int = 0  # >0: pulls of blobs are redirected to presigned URLs valid this long
     max_page: int = 10_000  # largest `n` for tags/list and _catalog
+    hosts: tuple[str, ...] = ()  # Host names accepted besides the loopback's (see origin.py)
+    max_uploads_per_key: int = 100  # upload sessions one key may have open
+    max_uploads: int = 1000  # upload sessions open in total
 
 
 @dataclass
@@ -100,7 +105,57 @@ class Context:
 class _Protocol(web.RequestHandler):
     """aiohttp's protocol for one connection, answering what never reaches `Registry.handle`
     (a malformed request line or header, headers too large, broken chunked framing) with the
-    spec's JSON envelope instead of aiohttp's plain text, logged in one line, not a traceback."""
+    spec's JSON envelope instead of aiohttp's plain text, logged in one line, not a traceback.
+
+    It also bounds a client that stops reading: every response write waits in aiohttp's
+    `drain` while the transport has writing paused (the SSH channel's window is shut). If
+    the transport's write buffer has not moved for `write_timeout` while paused, the
+    connection is aborted and the handler cancelled, which releases the blob stream and
+    file it holds. A slow reader keeps the buffer moving, however long one 4 MiB chunk
+    takes it; only a client that reads nothing is cut off."""
+
+    write_timeout: float | None = None
+    _stall: asyncio.TimerHandle | None = None
+    _unsent = -1  # the write buffer's size when the stall timer was last armed
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.write_timeout and self._stall is None:
+            self._arm_stall()
+
+    def _arm_stall(self) -> None:
+        assert self.write_timeout and self.transport is not None
+        self._unsent = self.transport.get_write_buffer_size()
+        self._stall = self._loop.call_later(self.write_timeout, self._write_stalled)
+
+    def resume_writing(self) -> None:
+        self._cancel_stall()
+        super().resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_stall()
+        super().connection_lost(exc)
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _write_stalled(self) -> None:
+        self._stall = None
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() != self._unsent:  # slow, but moving
+            self._arm_stall()
+            return
+        identity = transport.get_extra_info(IDENTITY_INFO)
+        log.warning("client (key %s) read nothing of a response for %gs: connection closed",
+                    identity.fingerprint if identity else "-", self.write_timeout)
+        transport.abort()
+        # An SSH channel is only gone once the peer confirms the close, which a client that
+        # reads nothing may never do: let go of the handler now, not then.
+        self.connection_lost(TimeoutError("response stalled"))
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
@@ -147,9 +202,13 @@ def _unsupported(message: RawRequestMessage) -> str | None:
 
 
 class _Server(web.Server):
+    write_timeout: float | None = None
+
     def __call__(self) -> web.RequestHandler:
         # As web.Server.__call__, with the protocol above.
-        return _Protocol(self, loop=self._loop, **self._kwargs)
+        protocol = _Protocol(self, loop=self._loop, **self._kwargs)
+        protocol.write_timeout = self.write_timeout
+        return protocol
 
     def _make_request(self, message: RawRequestMessage, payload: StreamReader,
                       protocol: web.RequestHandler, writer: AbstractStreamWriter,
@@ -197,6 +256,10 @@ class Registry:
         self.identify = identify
         self.metrics = metrics or Metrics()
         self.sessions = UploadSessions(self.settings.upload_idle_timeout, self.metrics)
+        self.origin = OriginPolicy.allowing(self.settings.hosts)
+        self.sessions = UploadSessions(
+            self.settings.upload_idle_timeout, self.metrics,
+            max_per_key=self.settings.max_uploads_per_key, max_total=self.settings.max_uploads)
         self.in_flight = 0  # requests being handled right now
         self.heap = heap  # trimmed whenever no request is left
         self._pins: Counter[Digest] = Counter()
@@ -235,7 +298,9 @@ class Registry:
         # start and from each answer until the next request's headers are complete, and is
         # not reset by bytes arriving: it bounds a slowloris as well as an idle connection.
         kwargs.setdefault("keepalive_timeout", self.settings.header_timeout)
-        return _Server(self.handle, **kwargs)  # type: ignore[arg-type]
+        server = _Server(self.handle, **kwargs)  # type: ignore[arg-type]
+        server.write_timeout = self.settings.body_idle_timeout  # responses: the same bound
+        return server
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if self.heap is not None and not self.in_flight:
@@ -263,6 +328,7 @@ class Registry:
             if MALFORMED in request:
                 raise RegistryError(Code.UNSUPPORTED, request[MALFORMED], status=400,
                                     message="malformed HTTP request")
+            self.origin.check(request.headers)  # before routing and before any body is read
             if identity is None:
                 raise RegistryError(Code.UNAUTHORIZED, "no SSH identity on this connection")
             path = unquote(request.rel_url.raw_path)
@@ -280,6 +346,9 @@ class Registry:
         except TooLarge as exc:
             response = self._refusal(request, identity, RegistryError(
                 Code.BLOB_UPLOAD_INVALID, str(exc), status=413, message="blob too large"))
+        except Overloaded as exc:
+            response = self._refusal(request, identity, RegistryError(
+                Code.TOOMANYREQUESTS, str(exc), headers={"Retry-After": LIMIT_RETRY_AFTER}))
         except StorageError as exc:
             log.error("storage failure on %s %s: %s", request.method, request.path, exc)
             response = self._error_response(RegistryError(
@@ -336,6 +405,8 @@ class Registry:
         if exc.status in (401, 403):
             log.warning("refused %s %s for key %s: %s", request.method, request.path, who, exc)
             self._audit(request, identity, exc.status, None, None, error=exc.code.name)
+        elif exc.status == 429:  # a limit reached: worth a warning, once, with the key
+            log.warning("limited %s %s for key %s: %s", request.method, request.path, who, exc)
         else:
             log.info("%s %s -> %d %s (key %s)", request.method, request.path, exc.status,
                      exc.code.name, who)

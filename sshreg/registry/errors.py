@@ -40,6 +40,9 @@ class Code(Enum):
         return self.value[1]
 
 
+LIMIT_RETRY_AFTER = "10"  # seconds a client refused by a limit (429) is told to wait
+
+
 class RegistryError(Exception):
     """A refusal with a spec code; `status` and `headers` override the code's defaults."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from .app import Context
 
 log = logging.getLogger("sshreg.manifests")
+
+LOOKUP_BATCH = 8  # storage lookups one manifest PUT runs at once
 
 
 async def _resolve(ctx: Context, reference: str) -> Digest:
@@ -92,9 +95,10 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
         manifest = parse_manifest(data, request.headers.get("Content-Type"))
     except ManifestError as exc:
         raise RegistryError(Code.MANIFEST_INVALID, str(exc)) from None
-    references = [d.digest for d in (*manifest.blobs, *manifest.children)]
+    _check_fan_out(manifest, ctx.settings.max_manifest_descriptors)
+    references = {d.digest for d in (*manifest.blobs, *manifest.children)}
     with ctx.registry.pin([digest, *references]):  # garbage collection keeps off them
-        await _check_references(ctx, manifest.blobs, manifest.children, manifest.media_type)
+        await _check_references(ctx, manifest)
 
         link = ManifestLink(
             digest=digest,
@@ -130,24 +134,62 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
     return response
 
 
-async def _check_references(ctx: Context, blobs, children, media_type: str) -> None:
-    """Every blob and child manifest a manifest names must be in this repository."""
-    missing = []
-    for desc in blobs:
-        if desc.external:
-            continue
-        record = await ctx.store.repository_blob(ctx.name, desc.digest)
-        if record is None:
-            missing.append(str(desc.digest))
-        elif record.size != desc.size:
+async def _check_references(ctx: Context, manifest: Manifest) -> None:
+    """Every blob and child manifest a manifest names must be in this repository.
+
+    Each digest is looked up once, a few at a time, and the first missing one ends the
+    check: a manifest naming thousands of made-up digests costs a handful of lookups."""
+    sizes: dict[Digest, set[int]] = {}
+    for desc in manifest.blobs:
+        if not desc.external:
+            sizes.setdefault(desc.digest, set()).add(desc.size)
+
+    async def blob_found(digest: Digest) -> bool:
+        record = await ctx.store.repository_blob(ctx.name, digest)
+        if record is not None and sizes[digest] != {record.size}:
+            wrong = min(sizes[digest] - {record.size})
             raise RegistryError(Code.MANIFEST_INVALID,
-                                f"{desc.digest} is {record.size} bytes, not {desc.size}")
-    for desc in children:
-        if await ctx.store.manifest_link(ctx.name, desc.digest) is None:
-            missing.append(str(desc.digest))
+                                f"{digest} is {record.size} bytes, not {wrong}")
+        return record is not None
+
+    async def child_found(digest: Digest) -> bool:
+        return await ctx.store.manifest_link(ctx.name, digest) is not None
+
+    missing = await _first_missing(list(sizes), blob_found)
+    if not missing:
+        children = list(dict.fromkeys(d.digest for d in manifest.children))
+        missing = await _first_missing(children, child_found)
     if missing:
-        kind = "manifests" if media_type in INDEXES else "blobs"
-        raise RegistryError(Code.MANIFEST_BLOB_UNKNOWN, {kind: missing})
+        kind = "manifests" if manifest.media_type in INDEXES else "blobs"
+        raise RegistryError(Code.MANIFEST_BLOB_UNKNOWN, {kind: [str(d) for d in missing]})
+
+
+async def _first_missing(digests: list[Digest], found: Callable[[Digest], Awaitable[bool]]
+                         ) -> list[Digest]:
+    """Look `digests` up `LOOKUP_BATCH` at a time; the misses of the first batch that has
+    any (an empty list if every digest is found)."""
+    for start in range(0, len(digests), LOOKUP_BATCH):
+        batch = digests[start:start + LOOKUP_BATCH]
+        results = await asyncio.gather(*(found(d) for d in batch), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        missing = [d for d, ok in zip(batch, results, strict=True) if not ok]
+        if missing:
+            return missing
+    return []
+
+
+def _check_fan_out(manifest: Manifest, limit: int) -> None:
+    """Refuse a manifest naming more distinct digests than any image needs: each costs
+    lookups. (A digest named many times is looked up once, so repeats are not counted.)"""
+    named = {d.digest for d in (*manifest.blobs, *manifest.children)}
+    if manifest.subject is not None:
+        named.add(manifest.subject.digest)
+    if len(named) > limit:
+        raise RegistryError(Code.MANIFEST_INVALID, f"{len(named)} distinct descriptors; "
+                            f"manifests are limited to {limit} (config, layers, subject, "
+                            "index entries)")
 
 
 async def _missing_after_write(ctx: Context, digest: Digest, manifest: Manifest) -> list[str]:
@@ -183,11 +225,15 @@ async def _missing_after_write(ctx: Context, digest: Digest, manifest: Manifest)
         return await references_missing(parsed)
 
     async def references_missing(parsed: Manifest) -> list[str]:
-        blobs = [d.digest for d in parsed.blobs if not d.external]
-        present = await asyncio.gather(*(blob_ok(d) for d in blobs))
-        gone = [str(d) for d, ok in zip(blobs, present, strict=True) if not ok]
-        for found in await asyncio.gather(*(child_missing(c.digest) for c in parsed.children)):
-            gone += found
+        blobs = list(dict.fromkeys(d.digest for d in parsed.blobs if not d.external))
+        gone = [str(d) for d in await _first_missing(blobs, blob_ok)]
+        children = list(dict.fromkeys(c.digest for c in parsed.children))
+        for start in range(0, len(children), LOOKUP_BATCH):
+            if gone:
+                break
+            batch = children[start:start + LOOKUP_BATCH]
+            for found in await asyncio.gather(*(child_missing(c) for c in batch)):
+                gone += found
         return gone
 
     missing = [] if await manifest_ok(digest) else [str(digest)]

@@ -4,6 +4,11 @@ A session lives in the memory of the gateway that the client's tunnel reached (h
 cannot be shared); a session id this process does not know is BLOB_UPLOAD_UNKNOWN and the
 client restarts the blob. Sessions idle for longer than the timeout are aborted, which
 also releases their storage upload (a temporary file or a multipart upload).
+
+Sessions are counted per key and in total: a key cannot open more than its share, nor
+the keys together more than the process can hold (each may come to hold a file or a part
+buffer). A session is counted from the moment it is admitted until it is committed,
+cancelled, aborted or swept.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from ..metrics import Metrics
 from ..storage.base import Upload
+from .errors import LIMIT_RETRY_AFTER, Code, RegistryError
 
 log = logging.getLogger("sshreg.uploads")
 
@@ -89,21 +96,58 @@ class UploadSession:
 class UploadSessions:
     """The live sessions of this gateway, with an expiry sweep for abandoned ones."""
 
-    def __init__(self, idle_timeout: float, metrics: Metrics | None = None) -> None:
+    def __init__(self, idle_timeout: float, metrics: Metrics | None = None, *,
+                 max_per_key: int = 100, max_total: int = 1000) -> None:
         self.idle_timeout = idle_timeout
         self.metrics = metrics or Metrics()
+        self.max_per_key = max_per_key
+        self.max_total = max_total
         self._sessions: dict[str, UploadSession] = {}
+        self._per_key: Counter[str] = Counter()  # admitted sessions, live or being opened
         self._sweeper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
 
+    @property
+    def admitted(self) -> int:
+        """Sessions counted against the limits: the live ones and those being opened."""
+        return self._per_key.total()
+
+    def admitted_for(self, owner: str) -> int:
+        return self._per_key[owner]
+
     def start(self) -> None:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
+    def admit(self, owner: str) -> None:
+        """Count a session `owner` is about to open, or refuse it with 429; `add` the session
+        (or `withdraw` the admission if opening it failed) afterwards."""
+        if self._per_key[owner] >= self.max_per_key:
+            limit = f"this key has {self.max_per_key} upload sessions open"
+        elif self.admitted >= self.max_total:
+            limit = f"the registry has {self.max_total} upload sessions open"
+        else:
+            self._per_key[owner] += 1
+            return
+        raise RegistryError(Code.TOOMANYREQUESTS, f"{limit}; finish or cancel some first",
+                            headers={"Retry-After": LIMIT_RETRY_AFTER})
+
+    def withdraw(self, owner: str) -> None:
+        """Give back an admission whose session was never added."""
+        self._per_key[owner] -= 1
+        if self._per_key[owner] <= 0:
+            del self._per_key[owner]
+
     def add(self, session: UploadSession) -> None:
+        """Make an admitted session reachable by its id."""
         self._sessions[session.id] = session
+        self._count()
+
+    def _forget(self, session: UploadSession) -> None:
+        if self._sessions.pop(session.id, None) is not None:
+            self.withdraw(session.owner)
         self._count()
 
     def _count(self) -> None:
@@ -118,15 +162,13 @@ class UploadSessions:
 
     async def discard(self, session: UploadSession) -> None:
         """Forget a session and abort its storage upload."""
-        self._sessions.pop(session.id, None)
-        self._count()
+        self._forget(session)
         await session.abort()
 
     def finish(self, session: UploadSession) -> None:
         """Forget a session whose upload is being committed: no request reaches it any more,
         and `abort` still discards its upload should the commit fail."""
-        self._sessions.pop(session.id, None)
-        self._count()
+        self._forget(session)
 
     async def sweep(self) -> int:
         cutoff = time.monotonic() - self.idle_timeout

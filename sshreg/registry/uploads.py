@@ -51,8 +51,14 @@ def _blob_created(ctx: Context, digest: Digest) -> web.Response:
 
 
 async def _new_session(ctx: Context, algorithm: str = "sha256") -> UploadSession:
-    upload = await ctx.store.begin_blob_upload(ctx.settings.part_size)
-    session = UploadSession(ctx.name, upload, ctx.identity.fingerprint, algorithm)
+    owner = ctx.identity.fingerprint
+    ctx.sessions.admit(owner)  # 429 past the per-key or total limit
+    try:
+        upload = await ctx.store.begin_blob_upload(ctx.settings.part_size)
+    except BaseException:
+        ctx.sessions.withdraw(owner)
+        raise
+    session = UploadSession(ctx.name, upload, owner, algorithm)
     ctx.sessions.add(session)
     return session
 

@@ -3,12 +3,17 @@
 Standard options enforced here: `from=`, `expiry-time=`, `permitopen=`,
 `no-port-forwarding`, `port-forwarding`, `restrict`. `restrict` means what it means in
 OpenSSH: no forwarding of any kind, so such a key can use the help and management
-commands but not the registry tunnel, unless the line also says `port-forwarding`
-(or `permitopen=` names the registry). Options that would change what a key may run or
-which identity it has (`command=`, `environment=`, `principals=`, `cert-authority`,
-`tunnel=`) are not supported: a line carrying one is rejected with a warning rather than
-half-honoured. Options that only disable things we never offer (`no-pty`,
-`no-agent-forwarding`, `no-X11-forwarding`, `no-user-rc`, `pty`, ...) are accepted.
+commands but not the registry tunnel, unless the line also says `port-forwarding` after it
+(`permitopen=` only narrows forwarding, it never turns it on). Options that would change
+what a key may run or which identity it has (`command=`, `environment=`, `principals=`,
+`cert-authority`, `tunnel=`) are not supported: a line carrying one is rejected with a
+warning rather than half-honoured. Options that only disable things we never offer
+(`no-pty`, `no-agent-forwarding`, `no-X11-forwarding`, `no-user-rc`, `pty`, ...) are
+accepted. How each option is checked: `key_options.py`.
+
+A line that cannot be used is skipped with a warning naming its line number and the reason;
+every other line still applies, so one typo never freezes the key list (a removed key
+stays removed, whatever else the same edit broke).
 
 Registry rights live in `sshreg-*` options on the same line (see `sshreg/access.py`).
 The file is re-read whenever its size, mtime or inode changes, checked on each login.
@@ -20,7 +25,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Protocol
@@ -29,71 +33,9 @@ import asyncssh
 from asyncssh.pattern import HostPatternList
 
 from ..access import Identity, Rights
+from .key_options import KeyLineError, parse_options, split_options
 
 log = logging.getLogger("sshreg.keys")
-
-RIGHTS_OPTIONS = {"sshreg-pull", "sshreg-push", "sshreg-delete", "sshreg-admin"}
-UNSUPPORTED_OPTIONS = {"command", "environment", "principals", "cert-authority", "tunnel"}
-HARMLESS_OPTIONS = {
-    "no-pty", "pty", "no-agent-forwarding", "agent-forwarding", "no-x11-forwarding",
-    "x11-forwarding", "no-user-rc", "user-rc", "no-touch-required", "verify-required",
-}
-
-
-class KeyLineError(ValueError):
-    """A line of authorized_keys that cannot be used."""
-
-
-def split_options(text: str) -> tuple[list[tuple[str, str | None]], str]:
-    """Split the leading `opt,opt="v, v",...` of a line from the rest (OpenSSH quoting)."""
-    options: list[tuple[str, str | None]] = []
-    current = ""
-    quoted = escaped = False
-    end = len(text)
-    for index, ch in enumerate(text):
-        if escaped:
-            current += ch
-            escaped = False
-        elif ch == "\\" and quoted:
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif quoted:
-            current += ch
-        elif ch in " \t":
-            end = index
-            break
-        elif ch == ",":
-            options.append(_option(current))
-            current = ""
-        else:
-            current += ch
-    if quoted:
-        raise KeyLineError("unbalanced quote in options")
-    options.append(_option(current))
-    return options, text[end:].strip()
-
-
-def _option(text: str) -> tuple[str, str | None]:
-    name, sep, value = text.partition("=")
-    if not name:
-        raise KeyLineError("empty option")
-    return name.lower(), value if sep else None
-
-
-def parse_expiry(value: str) -> float:
-    """OpenSSH `expiry-time`: YYYYMMDD[HHMM[SS]], local time unless it ends with Z."""
-    utc = value.endswith(("Z", "z"))
-    digits = value[:-1] if utc else value
-    formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
-    if not digits.isdigit() or len(digits) not in formats:
-        raise KeyLineError(f"invalid expiry-time {value!r}")
-    moment = datetime.strptime(digits, formats[len(digits)])
-    return (moment.replace(tzinfo=UTC) if utc else moment.astimezone()).timestamp()
-
-
-def _globs(value: str | None) -> tuple[str, ...]:
-    return tuple(g.strip() for g in (value or "").split(",") if g.strip())
 
 
 @dataclass(frozen=True)
@@ -140,7 +82,16 @@ class KeyEntry:
 
 
 def parse_line(line: str, number: int) -> KeyEntry:
-    """Parse one non-comment line; raise KeyLineError with the reason it is unusable."""
+    """Parse one non-comment line; raise KeyLineError (only) with the reason it is unusable."""
+    try:
+        return _parse_line(line, number)
+    except KeyLineError:
+        raise
+    except Exception as exc:  # a case the checks missed costs this line, never the file
+        raise KeyLineError(f"cannot be parsed ({exc!r})") from exc
+
+
+def _parse_line(line: str, number: int) -> KeyEntry:
     try:
         key = asyncssh.import_public_key(line)
         options: list[tuple[str, str | None]] = []
@@ -150,59 +101,21 @@ def parse_line(line: str, number: int) -> KeyEntry:
             key = asyncssh.import_public_key(rest)
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise KeyLineError(f"not a public key: {exc}") from None
-
-    names = {name for name, _ in options}
-    unsupported = names & UNSUPPORTED_OPTIONS
-    if unsupported:
-        raise KeyLineError(f"unsupported option(s) {', '.join(sorted(unsupported))}")
-    unknown = names - UNSUPPORTED_OPTIONS - HARMLESS_OPTIONS - RIGHTS_OPTIONS - {
-        "from", "expiry-time", "permitopen", "no-port-forwarding", "port-forwarding", "restrict"}
-    if unknown:
-        raise KeyLineError(f"unknown option(s) {', '.join(sorted(unknown))}")
-
-    values: dict[str, list[str | None]] = {}
-    for name, value in options:
-        values.setdefault(name, []).append(value)
-
-    from_patterns = tuple(v for v in values.get("from", []) if v)
-    expiries = [parse_expiry(v) for v in values.get("expiry-time", []) if v]
-    permit_open = frozenset(_permit(v) for v in values.get("permitopen", []) if v)
-    forwarding = "no-port-forwarding" not in names and (
-        "restrict" not in names or "port-forwarding" in names or bool(permit_open))
-
-    if names & RIGHTS_OPTIONS:
-        first = {name: values[name][0] for name in names & RIGHTS_OPTIONS}
-        rights = Rights(
-            pull=_globs(first.get("sshreg-pull")),
-            push=_globs(first.get("sshreg-push")),
-            delete=_globs(first.get("sshreg-delete")),
-            admin="sshreg-admin" in names,
-        )
-    else:
-        rights = Rights.full()
+    try:
+        granted = parse_options(options)
+    except KeyLineError as exc:
+        raise KeyLineError(str(exc), key.get_fingerprint("sha256")) from None
     return KeyEntry(
         key=key,
         fingerprint=key.get_fingerprint("sha256"),
         comment=key.get_comment() or "",
-        rights=rights,
+        rights=granted.rights,
         line=number,
-        from_patterns=from_patterns,
-        expires=min(expiries) if expiries else None,
-        port_forwarding=forwarding,
-        permit_open=permit_open,
+        from_patterns=granted.from_patterns,
+        expires=granted.expires,
+        port_forwarding=granted.port_forwarding,
+        permit_open=granted.permit_open,
     )
-
-
-def _permit(value: str) -> tuple[str, int | None]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise KeyLineError(f"invalid permitopen {value!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if port == "*":
-        return host, None
-    if not port.isdigit():
-        raise KeyLineError(f"invalid permitopen {value!r}")
-    return host, int(port)
 
 
 def parse_authorized_keys(text: str, source: str = "authorized_keys") -> list[KeyEntry]:
@@ -215,7 +128,8 @@ def parse_authorized_keys(text: str, source: str = "authorized_keys") -> list[Ke
         try:
             entries.append(parse_line(line, number))
         except KeyLineError as exc:
-            log.warning("%s line %d ignored: %s", source, number, exc)
+            log.warning("%s line %d ignored: %s%s", source, number, exc,
+                        f" (key {exc.fingerprint})" if exc.fingerprint else "")
     return entries
 
 
@@ -239,6 +153,7 @@ class AuthorizedKeys:
         self.path = Path(path)
         self._signature: tuple[int, int, int] | None = None
         self._entries: list[KeyEntry] = []
+        self._unreadable = False
 
     def entries(self) -> list[KeyEntry]:
         self.reload_if_changed()
@@ -251,20 +166,35 @@ class AuthorizedKeys:
         """Nothing to close."""
 
     def reload_if_changed(self) -> bool:
+        """Re-read the file if it changed. The new signature is kept only once the file has
+        been read, so a failed read is tried again on the next check."""
         try:
             st = self.path.stat()
-            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+            signature: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if signature == self._signature:
+                return False
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
-            signature = None
-        if signature == self._signature:
-            return False
-        self._signature = signature
+            signature, text = None, ""
+            if self._signature is None and not self._unreadable:
+                return False
+        except OSError as exc:
+            return self._cannot_read(exc)
+        self._signature, self._unreadable = signature, False
         if signature is None:
             self._entries = []
             log.warning("%s does not exist: no key can log in", self.path)
             return True
-        self._entries = parse_authorized_keys(self.path.read_text(errors="replace"), str(self.path))
+        self._entries = parse_authorized_keys(text, str(self.path))
         log.info("loaded %d key(s) from %s", len(self._entries), self.path)
+        return True
+
+    def _cannot_read(self, exc: OSError) -> bool:
+        """As sshd does with a file it cannot read: nobody logs in (logged once)."""
+        if not self._unreadable:
+            log.error("cannot read %s: %s; no key can log in until it can be read",
+                      self.path, exc.strerror or exc)
+        self._unreadable, self._signature, self._entries = True, None, []
         return True
 
     def find(self, key: asyncssh.SSHKey) -> KeyEntry | None:

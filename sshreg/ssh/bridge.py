@@ -27,7 +27,8 @@ log = logging.getLogger("sshreg.bridge")
 
 
 class ChannelOwner(Protocol):
-    """The SSH connection a channel belongs to, which counts its open channels."""
+    """The SSH connection a channel belongs to, which notes when its channels open and
+    close (its idle timeout runs from the last of these)."""
 
     def channel_opened(self) -> None: ...
 

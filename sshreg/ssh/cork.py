@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .linger import close_after_reading
+
 
 class CorkedTransport:
     """Wraps the transport under an SSH connection; everything but writing passes through."""
@@ -21,6 +23,7 @@ class CorkedTransport:
         self._loop = loop
         self._pending: list[bytes] = []
         self._scheduled = False
+        self.linger = False  # abort() sends what is pending and lingers (see linger.py)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -48,6 +51,10 @@ class CorkedTransport:
         self._transport.close()
 
     def abort(self) -> None:
+        if self.linger:
+            self.flush()
+            close_after_reading(self._transport)
+            return
         self._pending.clear()
         self._transport.abort()
 

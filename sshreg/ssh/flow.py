@@ -13,6 +13,8 @@ as `init_window - (recv_window + queued bytes)`.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from asyncssh import SSHTCPChannel
 from asyncssh.connection import SSHConnection
 from asyncssh.packet import UInt32
@@ -34,7 +36,11 @@ class FlowControlledTCPChannel(SSHTCPChannel[bytes]):
             self._session.data_received(data, datatype)
 
 
-def create_channel(conn: SSHConnection) -> FlowControlledTCPChannel:
-    """Build the channel the way `create_tcp_channel` does, with the fixed accounting."""
-    return FlowControlledTCPChannel(conn, conn._loop, None, "strict",
-                                    conn._options.window, conn._options.max_pktsize)
+Channel = TypeVar("Channel", bound=FlowControlledTCPChannel)
+
+
+def create_channel(conn: SSHConnection, cls: type[Channel]) -> Channel:
+    """Build the channel the way `create_tcp_channel` does, with the fixed accounting
+    (`cls`: `FlowControlledTCPChannel` or a subclass of it)."""
+    return cls(conn, conn._loop, None, "strict", conn._options.window,
+               conn._options.max_pktsize)

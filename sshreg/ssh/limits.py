@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -15,11 +16,28 @@ class Limits:
     max_auth_failures_per_minute: int = 20  # per source address; then it is refused a minute
     max_channels_per_connection: int = 64  # concurrent channels: tunnels and commands
     max_pending_per_address: int = 64  # connections of one address not logged in yet
+    max_pending: int = 64  # connections not logged in yet, all addresses together
     idle_timeout: float = 3600.0  # a connection without channels for this long is closed
 
 
+def address_group(address: str) -> str:
+    """The key the per-address limits count under: an IPv4 address itself (also when it
+    arrives IPv4-mapped, `::ffff:192.0.2.1`), and for IPv6 the address's /64, since one
+    subscriber or host usually has a whole /64 to pick fresh addresses from."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class FailureTracker:
-    """Failed logins per source address over the last minute."""
+    """Failed logins per source address (as grouped by `address_group`) over the last
+    minute."""
 
     WINDOW = 60.0
 

@@ -27,12 +27,15 @@ import asyncssh
 from ..access import Identity
 from ..management.commands import Management
 from ..metrics import Metrics
+from .admission import PENDING_FULL, Refusal, admit
 from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
-from .cork import cork
-from .flow import create_channel
-from .limits import FailureTracker, Limits
+from .cork import CorkedTransport, cork
+from .flow import FlowControlledTCPChannel, create_channel
+from .limits import FailureTracker, Limits, address_group
+from .proxy_protocol import Address, ProxyListener, trusted_networks
 from .session import CommandSession, SessionChannel, help_text
+from .slots import ChannelSlots, SlotChannel
 
 log = logging.getLogger("sshreg.ssh")
 
@@ -76,6 +79,11 @@ class GatewaySettings:
     login_timeout: float = 30.0
     keepalive_interval: float = 30.0
     limits: Limits = field(default_factory=Limits)
+    proxy_protocol: tuple[str, ...] = ()  # balancers whose PROXY v2 headers are believed
+
+
+class TunnelChannel(SlotChannel, FlowControlledTCPChannel):
+    """A forwarded channel to the registry, holding one of its connection's channel slots."""
 
 
 class GatewayConnection(asyncssh.SSHServer):
@@ -89,9 +97,27 @@ class GatewayConnection(asyncssh.SSHServer):
         self._keys_offered: set[bytes] = set()
         self._auth_begun = False
         self._revoked = False
+        self._closing = False  # disconnected by us, on its way out
         self.identity: Identity | None = None
-        self.channels = 0
+        self.group = ""  # the source address as the per-address limits count it
+        self.opened = time.monotonic()
+        self.slots = ChannelSlots(gateway.settings.limits.max_channels_per_connection,
+                                  lambda change: gateway.metrics.add("sshreg_ssh_channels",
+                                                                     change))
         self.last_activity = time.monotonic()
+
+    @property
+    def channels(self) -> int:
+        """Channels open or being opened."""
+        return self.slots.in_use
+
+    @property
+    def counted(self) -> bool:
+        return not self._closing
+
+    @property
+    def pending(self) -> bool:
+        return self.identity is None and not self._closing
 
     # -- connection and authentication -------------------------------------------------
 
@@ -99,23 +125,31 @@ class GatewayConnection(asyncssh.SSHServer):
         self._conn = conn
         cork(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
-        self._peer = (str(peer[0]), int(peer[1]))
+        self._peer = self._gateway.client_address((str(peer[0]), int(peer[1])))
+        self.group = address_group(self._peer[0])
         gateway = self._gateway
-        limits = gateway.settings.limits
-        if len(gateway.connections) >= limits.max_connections:
-            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections",
-                             f"{len(gateway.connections)} connections open")
-        elif gateway.failures.blocked(self._peer[0]):
-            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                             "too many failed logins from this address, try again later",
-                             "address blocked after repeated failed logins")
-        elif sum(1 for c in gateway.connections.values() if c.identity is None
-                 and c._peer[0] == self._peer[0]) >= limits.max_pending_per_address:
-            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                             "too many connections from this address",
-                             "too many connections from this address not logged in yet")
+        decision = admit(gateway.settings.limits, self.group,
+                         gateway.failures.blocked(self.group), gateway.connections.values())
+        if decision.refusal is not None:
+            self._refuse_connection(decision.refusal)
+        elif isinstance(decision.evict, GatewayConnection):
+            decision.evict._disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS, PENDING_FULL,
+                f"not logged in yet, its place given to a connection from {self._peer[0]} "
+                "(the cap on connections waiting to log in is full)")
         gateway.connections[conn] = self
         gateway.metrics.set("sshreg_ssh_connections", len(gateway.connections))
+
+    def _refuse_connection(self, refusal: Refusal) -> None:
+        """Refused from `connection_made`: the disconnect goes out once asyncssh has sent
+        its version line (right after this method returns), so that the client reads the
+        version it expects first and then the reason. Sent before, the disconnect message
+        is where OpenSSH expects the version, and all it says is "banner line contains
+        invalid characters". (And the socket lingers, see `_send_disconnect`.)"""
+        self._closing = True
+        self._log_disconnect(refusal.why)
+        asyncio.get_running_loop().call_soon(self._send_disconnect, refusal.code,
+                                             refusal.reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gateway.connections.pop(self._conn, None)
@@ -123,14 +157,26 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.identity is None:
             log.info("connection from %s closed before authentication", self._peer_text)
             if self._auth_begun and not self._keys_offered:  # password, keyboard-interactive
-                self._gateway.failures.record(self._peer[0])
+                self._gateway.failures.record(self.group)
                 self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
 
     def _disconnect(self, code: int, reason: str, why: str) -> None:
+        self._closing = True
+        self._log_disconnect(why)
+        self._send_disconnect(code, reason)
+
+    def _log_disconnect(self, why: str) -> None:
         who = self.identity.fingerprint if self.identity else "-"
         log.warning("disconnecting %s (key %s): %s", self._peer_text, who, why)
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind="connection")
+
+    def _send_disconnect(self, code: int, reason: str) -> None:
+        """asyncssh's disconnect, closing the socket without a reset so that the client
+        gets to read the reason (see linger.py)."""
         assert self._conn is not None
+        transport = self._conn._transport
+        if isinstance(transport, CorkedTransport):
+            transport.linger = True
         self._conn.disconnect(code, reason)
 
     @property
@@ -156,7 +202,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         fingerprint = key.get_fingerprint("sha256")
         self._keys_offered.add(key.public_data)
-        if self._gateway.failures.blocked(self._peer[0]):  # earned on other connections
+        if self._gateway.failures.blocked(self.group):  # earned on other connections
             self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                              "too many failed logins from this address, try again later",
                              "address blocked after repeated failed logins")
@@ -167,7 +213,7 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         accepted = self._check_key(username, key, fingerprint)
         if not accepted:
-            self._gateway.failures.record(self._peer[0])
+            self._gateway.failures.record(self.group)
             self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
         return accepted
 
@@ -210,14 +256,10 @@ class GatewayConnection(asyncssh.SSHServer):
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind=kind)
 
     def channel_opened(self) -> None:
-        self.channels += 1
         self.last_activity = time.monotonic()
-        self._gateway.metrics.add("sshreg_ssh_channels", 1)
 
     def channel_closed(self) -> None:
-        self.channels -= 1
         self.last_activity = time.monotonic()
-        self._gateway.metrics.add("sshreg_ssh_channels", -1)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int):
@@ -236,13 +278,15 @@ class GatewayConnection(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"only the registry at localhost:{self._gateway.settings.registry_port} "
                 "can be reached through this server")
-        if self.channels >= self._gateway.settings.limits.max_channels_per_connection:
+        if self.slots.full:
             self._refuse(f"forwarding to {target} (too many channels)")
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
                                             "too many tunnelled connections at once")
+        chan = create_channel(self._conn, TunnelChannel)
+        chan.hold(self.slots.take())
         session = HttpChannelSession(self._gateway.protocol_factory, identity, self._peer,
                                      self._gateway.metrics, self)
-        return create_channel(self._conn), session
+        return chan, session
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         self._refuse(f"remote forwarding of {listen_host}:{listen_port}", "remote-forward")
@@ -258,14 +302,16 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def session_requested(self) -> tuple[SessionChannel, CommandSession]:
         assert self.identity is not None and self._entry is not None and self._conn is not None
-        if self.channels >= self._gateway.settings.limits.max_channels_per_connection:
+        if self.slots.full:
             self._refuse("session (too many channels)")
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
                                             "too many channels at once")
+        chan = SessionChannel.create(self._conn, self._refuse)
+        chan.hold(self.slots.take())
         session = CommandSession(
             self._gateway.render_help(self.identity, self._entry.port_forwarding),
             self.identity, self._gateway.management, self)
-        return SessionChannel.create(self._conn, self._refuse), session
+        return chan, session
 
     def still_authorized(self, grants: set[tuple[object, ...]]) -> bool:
         """Whether the line this connection logged in with is still in authorized_keys,
@@ -296,6 +342,8 @@ class Gateway:
         self.failures = FailureTracker(settings.limits.max_auth_failures_per_minute)
         self.connections: dict[asyncssh.SSHServerConnection, GatewayConnection] = {}
         self._server: asyncssh.SSHAcceptor | None = None
+        self._proxy: ProxyListener | None = None
+        self._proxied: dict[Address, Address] = {}  # balancer side -> client, while logging in
         self._reaper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -308,24 +356,30 @@ class Gateway:
         target = name if self.settings.port == 22 else f"-p {self.settings.port} {name}"
         return help_text(identity, target, self.settings.registry_port, forwarding)
 
+    def _server_options(self) -> dict[str, object]:
+        return {
+            "server_factory": lambda: GatewayConnection(self),
+            "server_host_keys": [self.host_key],
+            "encryption_algs": list(self.ciphers),
+            "compression_algs": ["none"],
+            "agent_forwarding": False,
+            "x11_forwarding": False,
+            "allow_scp": False,
+            "sftp_factory": None,
+            "login_timeout": self.settings.login_timeout,
+            "keepalive_interval": self.settings.keepalive_interval,
+            "keepalive_count_max": 4,
+        }
+
     async def start(self) -> None:
         self.keys.reload_if_changed()
-        self._server = await asyncssh.create_server(
-            lambda: GatewayConnection(self),
-            self.settings.host,
-            self.settings.port,
-            server_host_keys=[self.host_key],
-            encryption_algs=list(self.ciphers),
-            compression_algs=["none"],
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_scp=False,
-            sftp_factory=None,
-            login_timeout=self.settings.login_timeout,
-            keepalive_interval=self.settings.keepalive_interval,
-            keepalive_count_max=4,
-            reuse_address=True,
-        )
+        if self.settings.proxy_protocol:
+            self._proxy = ProxyListener(trusted_networks(self.settings.proxy_protocol),
+                                        self.settings.login_timeout, self._serve_socket)
+            await self._proxy.start(self.settings.host, self.settings.port)
+        else:
+            self._server = await asyncssh.listen(self.settings.host, self.settings.port,
+                                                 reuse_address=True, **self._server_options())
         self._reaper = asyncio.create_task(self._close_idle_forever())
         self._watcher = asyncio.create_task(self._revoke_forever())
 
@@ -355,13 +409,35 @@ class Gateway:
                     log.info("closing idle connection from %s", state._peer_text)
                     conn.close()
 
+    def client_address(self, peer: Address) -> Address:
+        """The client's address: from the PROXY header if `peer` is a balancer's
+        connection that sent one."""
+        return self._proxied.get(peer, peer)
+
+    async def _serve_socket(self, sock: socket.socket, client: Address | None) -> None:
+        """Runs SSH on a socket the PROXY listener accepted (`client`: from its header)."""
+        peer = sock.getpeername()
+        key = (str(peer[0]), int(peer[1]))
+        if client is not None:
+            self._proxied[key] = client
+        try:
+            await asyncssh.run_server(sock, **self._server_options())
+        except (TimeoutError, asyncssh.Error, OSError):
+            pass  # refused or failed logins: GatewayConnection has logged them
+        finally:
+            self._proxied.pop(key, None)
+
     @property
     def sockets(self) -> list[socket.socket]:
+        if self._proxy is not None:
+            return list(self._proxy.sockets)
         return list(self._server.sockets) if self._server else []
 
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._proxy is not None:
+            self._proxy.close()
         for task in (self._reaper, self._watcher):
             if task is not None:
                 task.cancel()

@@ -11,6 +11,7 @@ import asyncssh
 from asyncssh.packet import SSHPacket
 
 from ..access import Identity
+from .slots import SlotChannel
 
 if TYPE_CHECKING:
     from ..management.commands import Management
@@ -42,9 +43,10 @@ def help_text(identity: Identity, ssh_target: str, registry_port: int, forwardin
     return "\r\n".join(lines) + "\r\n"
 
 
-class SessionChannel(asyncssh.SSHServerChannel[str]):
+class SessionChannel(SlotChannel, asyncssh.SSHServerChannel[str]):
     """A session channel that refuses agent and X11 forwarding itself, to log the refusal
-    with the key (asyncssh, configured without them, would refuse them too but log no key)."""
+    with the key (asyncssh, configured without them, would refuse them too but log no key).
+    It holds one of the connection's channel slots until it is cleaned up."""
 
     refused: Callable[[str], None]
 
@@ -52,7 +54,7 @@ class SessionChannel(asyncssh.SSHServerChannel[str]):
     def create(cls, conn: asyncssh.SSHServerConnection,
                refused: Callable[[str], None]) -> SessionChannel:
         chan = conn.create_server_channel()
-        chan.__class__ = cls  # the channel asyncssh built, with the two handlers below
+        chan.__class__ = cls  # the channel asyncssh built, with the handlers below
         assert isinstance(chan, SessionChannel)
         chan.refused = refused
         return chan
@@ -69,7 +71,7 @@ class SessionChannel(asyncssh.SSHServerChannel[str]):
 class CommandSession(asyncssh.SSHServerSession[str]):
     """A session channel: a shell prints the help text; `ssh host CMD` runs a management
     command (when the gateway has them) with this key's rights; sftp and other subsystems
-    are refused. It counts as one of the connection's channels while open."""
+    are refused."""
 
     def __init__(self, text: str, identity: Identity, management: Management | None,
                  owner: ChannelOwner) -> None:

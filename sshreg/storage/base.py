@@ -29,6 +29,11 @@ class TooLarge(StorageError):
     """The object would exceed what the backend can store (R2/S3: 10,000 parts)."""
 
 
+class Overloaded(StorageError):
+    """The backend takes no more work of this kind for now (a memory budget is spent); the
+    request may be retried later."""
+
+
 class PreconditionFailed(Exception):
     """A conditional write lost: the object exists (`if_none_match`) or changed (`if_match`)."""
 

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from .base import Blob, ObjectInfo, PreconditionFailed, StorageError
 
@@ -236,10 +236,7 @@ class FilesystemDriver:
             f.close()
 
     async def begin_upload(self, key: str, part_size: int | None = None) -> FilesystemUpload:
-        path = self._path(key)
-        tmp = self._new_tmp()
-        f = await self._run(open, tmp, "xb")
-        return FilesystemUpload(self, key, path, tmp, f)
+        return FilesystemUpload(self, key, self._path(key), self._new_tmp())
 
     async def presign(self, key: str, expires: int) -> str | None:
         return None
@@ -264,14 +261,18 @@ class FilesystemDriver:
 
 
 class FilesystemUpload:
-    """A temporary file that `commit` fsyncs and renames to its key's path."""
+    """A temporary file that `commit` fsyncs and renames to its key's path.
 
-    def __init__(self, driver: FilesystemDriver, key: str, path: Path, tmp: Path, f) -> None:
+    The file is created by the first write (or by `commit`, for an empty blob), not when the
+    upload begins: an upload session that never receives a byte holds no file descriptor."""
+
+    def __init__(self, driver: FilesystemDriver, key: str, path: Path, tmp: Path) -> None:
         self._driver = driver
         self._key = key
         self._path = path
         self._tmp = tmp
-        self._file = f
+        self._file: BinaryIO | None = None
+        self._ended = False  # committed or aborted: no file may be created any more
         self._size = 0
         self._written_back = 0
 
@@ -286,30 +287,42 @@ class FilesystemUpload:
     async def write(self, data: bytes | bytearray) -> None:
         await self._driver._run(self._write, data)
 
+    def _opened(self) -> BinaryIO:
+        if self._file is None:
+            if self._ended:
+                raise StorageError(f"{self._key}: the upload has ended")
+            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit or abort
+        return self._file
+
     def _write(self, data: bytes | bytearray) -> None:
-        self._file.write(data)
+        f = self._opened()
+        f.write(data)
         self._size += len(data)
         if self._size - self._written_back >= WRITEBACK_EVERY:
             # Start writeback now (without waiting for it), so that the fsync at commit only
             # waits for the tail instead of the whole blob.
-            self._file.flush()
-            os.posix_fadvise(self._file.fileno(), self._written_back,
+            f.flush()
+            os.posix_fadvise(f.fileno(), self._written_back,
                              self._size - self._written_back, os.POSIX_FADV_DONTNEED)
             self._written_back = self._size
 
     async def commit(self) -> None:
         def finish() -> None:
-            self._file.flush()
-            os.fdatasync(self._file.fileno())
-            self._file.close()
+            f = self._opened()
+            f.flush()
+            os.fdatasync(f.fileno())
+            f.close()
+            self._ended = True
             self._driver._install(self._tmp, self._path)
 
         await self._driver._run(finish)
 
     async def abort(self) -> None:
         def discard() -> None:
-            with contextlib.suppress(OSError):  # flushing what is buffered fails on a full disk
-                self._file.close()
+            self._ended = True
+            if self._file is not None:
+                with contextlib.suppress(OSError):  # flushing what is buffered fails on a full disk
+                    self._file.close()
             with contextlib.suppress(FileNotFoundError):
                 self._tmp.unlink()
 

@@ -47,7 +47,8 @@ import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import Blob, ObjectInfo, PreconditionFailed, StorageError, TooLarge
+from .base import Blob, ObjectInfo, Overloaded, PreconditionFailed, StorageError, TooLarge
+from .budget import BufferBudget
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class S3Settings:
     part_size: int = DEFAULT_PART_SIZE
     part_concurrency: int = DEFAULT_PART_CONCURRENCY
     parts_in_flight: int = 0  # 0: 2 x part_concurrency; all uploads of this driver together
+    buffer_budget: int = 512 << 20  # bytes in part buffers, all uploads of this driver together
     threads: int = 0  # 0: 2 x part_concurrency + 8
     addressing_style: str = "path"  # R2 takes both; SeaweedFS and MinIO need path
     sign_payload: bool | None = None  # None: only over plain http to a non-loopback host
@@ -263,6 +265,7 @@ class S3Driver:
         # Every upload of this driver shares this budget of parts being sent, so that many
         # concurrent pushes slow each other down instead of multiplying the memory.
         self.parts_in_flight = asyncio.Semaphore(settings.max_parts_in_flight)
+        self.buffers = BufferBudget(settings.buffer_budget)
         self._pool = ThreadPoolExecutor(max_workers=settings.pool_threads,
                                         thread_name_prefix="sshreg-s3")
         self._background: set[asyncio.Task[None]] = set()
@@ -501,6 +504,11 @@ class S3Upload:
     than `concurrency + 1` buffers (each allocated once: part buffers are mmapped, and
     faulting in 32 MiB per part costs CPU), and all uploads together no more than the
     shared budget plus one buffer each; a small blob costs only its own size.
+
+    Buffer bytes are counted against the driver's `buffers` budget as they grow, and given
+    back on commit or abort. An upload that needs a fresh buffer while the budget has no
+    room for one waits for one of its own parts to come back instead; growth past the
+    budget fails the upload with `Overloaded`.
     """
 
     def __init__(self, driver: S3Driver, key: str, part_size: int, concurrency: int) -> None:
@@ -522,6 +530,7 @@ class S3Upload:
         self._state = "open"  # open -> committing -> committed; or -> aborted
         self._object_written = False  # a commit was attempted: the object may exist
         self._aborting: asyncio.Task[None] | None = None
+        self._held = 0  # bytes of this upload's buffers counted in the driver's budget
 
     @property
     def key(self) -> str:
@@ -564,6 +573,7 @@ class S3Upload:
         offset = 0
         while offset < len(octets):
             if self._buffer is None:
+                await self._await_spare_if_short()
                 self._buffer = self._spare.pop() if self._spare else bytearray()
                 self._filled = 0
             n = min(len(octets) - offset, self.part_size - self._filled)
@@ -571,6 +581,7 @@ class S3Upload:
             if self._filled < len(self._buffer):  # a recycled, full-size buffer
                 self._buffer[self._filled:self._filled + n] = chunk
             else:
+                self._grow(n)
                 self._buffer += chunk
             self._filled += n
             self._size += n
@@ -578,6 +589,26 @@ class S3Upload:
             if self._filled == self.part_size:
                 part, self._buffer, self._filled = self._buffer, None, 0
                 await self._send(part)
+
+    async def _await_spare_if_short(self) -> None:
+        """Before a fresh buffer: if the budget has no room for one and a part of this upload
+        is in flight, wait for it to come back as a spare."""
+        if not self._spare and self._tasks and not self._driver.buffers.has_room(self.part_size):
+            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    def _grow(self, n: int) -> None:
+        try:
+            self._driver.buffers.take(n, self._key)
+        except Overloaded as exc:
+            self._error = self._error or exc  # the registry logs the refusal
+            raise
+        self._held += n
+
+    def _release_buffers(self) -> None:
+        self._buffer = None
+        self._spare.clear()
+        self._driver.buffers.give(self._held)
+        self._held = 0
 
     async def _send(self, part: bytearray) -> None:
         """Start uploading `part` as the next part, once one of the slots is free."""
@@ -673,8 +704,7 @@ class S3Upload:
                 await self._abort_quietly()
             raise
         self._state = "committed"
-        self._buffer = None
-        self._spare.clear()
+        self._release_buffers()
 
     async def _put_whole(self) -> None:
         """The blob fits in one part: a single PutObject, no multipart upload at all."""
@@ -724,8 +754,7 @@ class S3Upload:
         if self._state == "committed":
             return
         self._state = "aborted"
-        self._buffer = None
-        self._spare.clear()
+        self._release_buffers()
         if self._aborting is None or self._aborting.done():
             self._aborting = self._driver.background(self._abort())
         done, _ = await asyncio.wait({self._aborting}, timeout=ABORT_ANSWER_WAIT)

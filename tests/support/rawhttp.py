@@ -1,6 +1,7 @@
 """A tiny HTTP/1.1 client on a raw socket, for tests that must decide every byte and moment.
 
-`Connection(port)` talks to 127.0.0.1:PORT (a tunnel). `request()` sends a body from bytes or
+`Connection(port)` talks to 127.0.0.1:PORT (a tunnel), as `Host: localhost` unless a request
+names another Host. `request()` sends a body from bytes or
 an iterable of chunks, with `Transfer-Encoding: chunked` if asked; it calls `checkpoint()`
 before every chunk and after the whole request is sent (a crash test kills the server there),
 and stops sending when the server answers early (as Go's client does), so an error that
@@ -72,8 +73,12 @@ class Connection:
     # -- sending -----------------------------------------------------------------------
 
     def send_head(self, method: str, target: str, headers: dict[str, str] | None = None) -> None:
-        lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        """Send a request head; `Host: localhost` unless `headers` name a Host of their own."""
+        headers = dict(headers or {})
+        if not any(name.lower() == "host" for name in headers):
+            headers = {"Host": "localhost", **headers}
+        lines = [f"{method} {target} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def answered(self) -> bool:

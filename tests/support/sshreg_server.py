@@ -15,6 +15,7 @@ Everything listens on 127.0.0.1 only; every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
 from sshreg.references import Digest
 from sshreg.storage.store import RegistryStore
 from tests.support.processes import free_port, wait_until
@@ -40,7 +43,7 @@ AUDIT_MARK = "sshreg.audit: "
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
-__all__ = ["ClientKey", "S3Store", "SshregServer", "Tunnel", "free_port", "wait_for"]
+__all__ = ["ClientKey", "S3Store", "SshregServer", "Tunnel", "connect", "free_port", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
@@ -249,6 +252,15 @@ class SshregServer:
             yield tunnel
         finally:
             tunnel.close()
+
+
+async def connect(server: SshregServer, *keys: ClientKey, source: str = "127.0.0.1",
+                  **options: object) -> asyncssh.SSHClientConnection:
+    """An asyncssh client connection to `server` from the loopback address `source`,
+    offering `keys`, for what OpenSSH's client cannot express (bursts, odd auth methods)."""
+    return await asyncio.wait_for(asyncssh.connect(
+        "127.0.0.1", server.port, username="user", client_keys=[str(k.path) for k in keys],
+        known_hosts=None, agent_path=None, local_addr=(source, 0), **options), 15)
 
 
 @dataclass
