@@ -2,6 +2,13 @@
 
 Structured events (the audit log) are logged with a dict as the message; each format
 renders its fields natively.
+
+Control characters never reach the output raw, whatever a call site passes: clients control
+much of what is logged (paths, forward destinations, command arguments, key comments), and
+a raw newline would forge a log line, a raw ESC rewrite the terminal reading it. Text
+escapes them in the formatted message, and indents every continuation line of a record (a
+traceback's), so only a record's first line starts at the margin; logfmt and JSON quote
+values as JSON strings.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from .controls import CONTROLS, visible
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -29,9 +38,14 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return base
 
 
+def _json(value: Any) -> str:
+    # ensure_ascii (the default) escapes C0, DEL and everything past ASCII.
+    return json.dumps(value, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), default=str)
+        return _json(_fields(record))
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -41,8 +55,8 @@ class LogfmtFormatter(logging.Formatter):
 
 def _logfmt_value(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' ="\n\t'):
-        return json.dumps(text)
+    if not text or any(c in text for c in ' ="\\') or CONTROLS.search(text):
+        return _json(text)
     return text
 
 
@@ -51,11 +65,17 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        if isinstance(record.msg, dict):
-            record = logging.makeLogRecord({**record.__dict__,
-                                            "msg": json.dumps(record.msg, default=str),
-                                            "args": None})
-        return super().format(record)
+        message = _json(record.msg) if isinstance(record.msg, dict) else record.getMessage()
+        # A copy: other handlers see the record as it was. exc_text is left to be made here.
+        record = logging.makeLogRecord({**record.__dict__, "msg": visible(message),
+                                        "args": None, "exc_text": None})
+        return super().format(record).replace("\n", "\n    ")
+
+    def formatException(self, ei: Any) -> str:
+        return visible(super().formatException(ei), keep="\n")
+
+    def formatStack(self, stack_info: str) -> str:
+        return visible(super().formatStack(stack_info), keep="\n")
 
 
 FORMATTERS = {"text": TextFormatter, "json": JsonFormatter, "logfmt": LogfmtFormatter}

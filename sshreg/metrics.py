@@ -17,6 +17,14 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 
 Labels = tuple[tuple[str, str], ...]
 
+# Label values must come from a fixed set, or a client could grow the metrics without bound
+# (any token is a valid HTTP method): everything else is counted as "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else "other"
+
 
 class Histogram:
     def __init__(self, buckets: Iterable[float]) -> None:

@@ -114,6 +114,21 @@ async def test_tags_list_with_a_malformed_n_is_400(client, tagged, n):
     assert resp.status == 400
 
 
+# Digits of other scripts, which str.isdigit() takes and int() refuses (superscript two) or
+# reads (Arabic-Indic three, fullwidth one, NKo zero), and what int() tolerates around ASCII
+# digits (spaces, sign, underscore).
+NOT_ASCII_DIGITS = ["\u00b2", "\u0663", "\uff11", "1\u00b2", "\u07c0", " 1", "1 ", "+1", "1_0",
+                    "\u00a01"]
+
+
+@pytest.mark.parametrize("n", NOT_ASCII_DIGITS)
+async def test_tags_list_and_catalog_with_an_n_not_in_ascii_digits_are_400_size_invalid(
+        client, tagged, n):
+    for path in ("/v2/app/tags/list", "/v2/_catalog"):
+        resp = await client.get(path, params={"n": n})
+        await assert_error(resp, 400, "SIZE_INVALID")
+
+
 # -- _catalog ----------------------------------------------------------------------------
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from urllib.error import HTTPError
 
 import pytest
 
+from sshreg.oci import OCI_INDEX, OCI_MANIFEST
 from tests.conftest import S3_TEST_BUCKET
 from tests.support.images import make_image
 from tests.support.registry import RegistryHTTP
@@ -85,6 +88,45 @@ def test_tags_and_inspect_describe_an_image(server, keys):
     assert info["totalSize"] > info["layers"][0]["size"]
     text = _run(server, keys["reader"], "inspect", f"team/app@{info['digest']}").stdout
     assert "layer" in text and "total" in text
+
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but \t and \n
+
+
+def test_inspect_escapes_control_characters_a_pusher_wrote_in_table_and_json(server, keys):
+    """An index whose platforms and artifactType, and a referrer whose artifactType, carry
+    terminal escape sequences: the table shows them as visible escapes, JSON as JSON escapes
+    (the values still read back exactly), and no raw control character reaches the terminal."""
+    with server.tunnel(keys["admin"]) as tunnel:
+        registry = RegistryHTTP(tunnel.url)
+        image = registry.manifest("team/app", "1")
+        platform = {"os": "linux\x1b[2J", "architecture": "\x1b]0;owned\x07amd64",
+                    "variant": "v8\r\x9b"}
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
+                            "artifactType": "application/x\x1b[31m+red\x7f",
+                            "manifests": [{"mediaType": OCI_MANIFEST, "digest": image.digest,
+                                           "size": len(image.body), "platform": platform}]})
+        index_digest = registry.push_manifest("team/app", "escapes", index.encode(), OCI_INDEX)
+        referrer = json.loads(image.body)
+        referrer.update(artifactType="application/sig\x1b[5m\n",
+                        subject={"mediaType": OCI_INDEX, "digest": index_digest,
+                                 "size": len(index.encode())})
+        referrer_body = json.dumps(referrer).encode()
+        registry.push_manifest("team/app", "sha256:" + hashlib.sha256(referrer_body).hexdigest(),
+                               referrer_body, OCI_MANIFEST)
+    table = _run(server, keys["reader"], "inspect", "team/app:escapes")
+    assert table.returncode == 0, table.stderr
+    assert not CONTROL_CHARACTERS.search(table.stdout), repr(table.stdout)
+    assert "linux\\x1b[2J/\\x1b]0;owned\\x07amd64/v8\\r\\x9b" in table.stdout
+    assert "application/x\\x1b[31m+red\\x7f" in table.stdout
+    assert "application/sig\\x1b[5m\\n" in table.stdout
+    as_json = _run(server, keys["reader"], "inspect", "team/app:escapes", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert not CONTROL_CHARACTERS.search(as_json.stdout), repr(as_json.stdout)
+    info = json.loads(as_json.stdout)
+    assert info["artifactType"] == "application/x\x1b[31m+red\x7f"
+    assert info["manifests"][0]["platform"] == "linux\x1b[2J/\x1b]0;owned\x07amd64/v8\r\x9b"
+    assert info["referrers"][0]["artifactType"] == "application/sig\x1b[5m\n"
 
 
 def test_du_reports_stored_and_shared_bytes(server, keys):

@@ -57,6 +57,37 @@ def test_metrics_count_a_push_and_health_reports_the_storage(tmp_path, key):
         srv.stop()
 
 
+# llhttp (aiohttp's C parser) knows some 40 methods; aiohttp's pure-Python parser, used
+# where the C extension is missing or AIOHTTP_NO_EXTENSIONS is set, takes any token.
+UNKNOWN_METHODS = {
+    "llhttp": ["PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "SEARCH", "PURGE",
+               "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "NOTIFY", "SUBSCRIBE", "LINK", "BIND"],
+    "python": [f"MADEUP{i}" for i in range(40)],
+}
+
+
+@pytest.mark.parametrize("parser", sorted(UNKNOWN_METHODS))
+def test_request_metrics_label_every_unknown_method_as_other(tmp_path, key, parser):
+    """Labelled as sent, each method a client makes up would be a new series: the metrics
+    would grow without bound."""
+    env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
+    srv = SshregServer(tmp_path, metrics=True, env=env)
+    srv.authorize(key.line())
+    srv.start()
+    try:
+        with srv.tunnel(key) as tunnel:
+            for method in UNKNOWN_METHODS[parser]:
+                assert request(tunnel.port, method, "/v2/").status < 500
+            assert request(tunnel.port, "GET", "/v2/").status == 200
+        methods = {labels["method"] for name, labels, _ in srv.metrics()
+                   if name == "sshreg_http_requests_total"}
+        assert methods == {"GET", "other"}
+        assert srv.metric("sshreg_http_requests_total", method="other") == len(
+            UNKNOWN_METHODS[parser])
+    finally:
+        srv.stop()
+
+
 class SlowUpload:
     """A single-request upload (`POST ?digest=`, chunked) sent in pieces from a thread;
     `release` lets it send the rest, `answer` is the server's reply (or the error)."""

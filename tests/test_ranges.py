@@ -64,6 +64,21 @@ def test_invalid_or_multi_range_header_is_ignored(header):
     assert parse_range(header, 10) is None
 
 
+# Digits of other scripts: `\d` matches most of them and int() reads them (U+0663 is 3).
+OTHER_DIGITS = ["\u0663", "\uff13", "\u07c3", "\u00b2"]
+
+
+@pytest.mark.parametrize("digit", OTHER_DIGITS)
+def test_a_range_written_with_digits_other_than_ascii_is_ignored(digit):
+    for header in (f"bytes={digit}-", f"bytes=0-{digit}", f"bytes=-{digit}"):
+        assert parse_range(header, 10) is None, header
+
+
+def test_range_whitespace_is_only_what_http_allows():
+    assert parse_range("\tbytes=2-5 ", 10) == (2, 5)
+    assert parse_range("\u00a0bytes=2-5", 10) is None  # NO-BREAK SPACE is not HTTP whitespace
+
+
 @pytest.mark.parametrize(("header", "expected"), [
     ("0-0", (0, 0)),
     ("0-99", (0, 99)),
@@ -83,6 +98,14 @@ def test_malformed_content_range_is_blob_upload_invalid(header):
         parse_content_range(header)
     assert raised.value.code is Code.BLOB_UPLOAD_INVALID
     assert raised.value.status == 400
+
+
+@pytest.mark.parametrize("header", [f"{d}-9" for d in OTHER_DIGITS] + [
+    f"0-{d}" for d in OTHER_DIGITS] + ["bytes 0-9/\u0663", "\u00a00-9", "0-9\u2003"])
+def test_content_range_written_with_digits_other_than_ascii_is_blob_upload_invalid(header):
+    with pytest.raises(RegistryError) as raised:
+        parse_content_range(header)
+    assert raised.value.code is Code.BLOB_UPLOAD_INVALID
 
 
 def test_backwards_content_range_is_416():

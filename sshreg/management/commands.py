@@ -3,7 +3,9 @@
 Each command is authorized by the key's rights: reading commands need pull on the
 repository (and only show repositories the key may pull), `rm` needs delete, `gc` needs
 admin. Output is a human-readable table, or JSON with `--json`. A refusal or a mistake is
-a short message and a non-zero exit status, never a stack trace.
+a short message and a non-zero exit status, never a stack trace. Strings pushers wrote
+(media and artifact types, platforms) are shown with control characters escaped, so a
+manifest cannot drive the terminal of whoever inspects it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..access import Action, Identity
+from ..controls import visible
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
 from ..storage.store import RegistryStore
@@ -167,7 +170,7 @@ class Management:
             return {"fingerprint": identity.fingerprint, "comment": identity.comment,
                     "peer": identity.peer, "pull": list(rights.pull), "push": list(rights.push),
                     "delete": list(rights.delete), "admin": rights.admin}
-        return (f"key      {identity.fingerprint}\ncomment  {identity.comment}\n"
+        return (f"key      {identity.fingerprint}\ncomment  {visible(identity.comment)}\n"
                 f"from     {identity.peer}\nrights   {rights.describe()}\n")
 
     async def repos(self, identity: Identity, args: list[str], as_json: bool) -> Any:
@@ -299,26 +302,27 @@ class Management:
 
 
 def _platform(platform: Any) -> str:
+    """`os/architecture/variant`, as the pusher wrote them (any JSON type)."""
     if not isinstance(platform, dict):
         return ""
-    parts = [platform.get("os", ""), platform.get("architecture", ""), platform.get("variant", "")]
-    return "/".join(p for p in parts if p)
+    parts = [platform.get(k) for k in ("os", "architecture", "variant")]
+    return "/".join(str(p) for p in parts if p)
 
 
 def _describe(info: dict[str, Any]) -> str:
-    lines = [f"{info['repository']}@{info['digest']}", f"  type    {info['mediaType']}"]
+    lines = [f"{info['repository']}@{info['digest']}", f"  type    {visible(info['mediaType'])}"]
     if "artifactType" in info:
-        lines.append(f"  artifact {info['artifactType']}")
+        lines.append(f"  artifact {visible(info['artifactType'])}")
     if "subject" in info:
         lines.append(f"  subject {info['subject']}")
     if "manifests" in info:
-        lines += [f"  {m['platform'] or '-':<16} {m['digest']}  {human_size(m['size'])}"
+        lines += [f"  {visible(m['platform']) or '-':<16} {m['digest']}  {human_size(m['size'])}"
                   for m in info["manifests"]]
     else:
         lines.append(f"  config  {info['config']['digest']}  {human_size(info['config']['size'])}")
         lines += [f"  layer   {layer['digest']}  {human_size(layer['size'])}"
                   for layer in info["layers"]]
         lines.append(f"  total   {human_size(info['totalSize'])}")
-    lines += [f"  referrer {r['digest']}  {r['artifactType'] or ''}".rstrip()
+    lines += [f"  referrer {r['digest']}  {visible(str(r['artifactType'] or ''))}".rstrip()
               for r in info["referrers"]]
     return "\n".join(lines) + "\n"

@@ -19,11 +19,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from aiohttp import HttpVersion11, web
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import ERROR as PARSE_ERROR
+from yarl import URL
 
 from ..access import Action, Identity
 from ..memory import HeapTrimmer
-from ..metrics import Metrics
+from ..metrics import Metrics, method_label
 from ..references import Digest, is_valid_name
 from ..storage.base import Overloaded, PreconditionFailed, StorageError, TooLarge
 from ..storage.store import RegistryStore
@@ -36,6 +41,7 @@ log = logging.getLogger("sshreg.registry")
 audit_log = logging.getLogger("sshreg.audit")
 
 IDENTITY_INFO = "sshreg.identity"
+MALFORMED = web.RequestKey("sshreg.malformed", str)  # why a parsed request is not one we serve
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 _ACTIONS = {Access.PULL: Action.PULL, Access.PUSH: Action.PUSH, Access.DELETE: Action.DELETE}
 INTERNAL_ERROR = json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
@@ -171,6 +177,29 @@ class _Protocol(web.RequestHandler):
         response.force_close()
         return response
 
+    def log_exception(self, *args: object, **kw: object) -> None:
+        """A body whose framing or `Content-Encoding` breaks while aiohttp drains it after
+        the answer (the handler did not need it) is the client's fault: one line, no
+        traceback. Anything else is aiohttp's own failure and keeps its traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            identity = self.transport.get_extra_info(IDENTITY_INFO) if self.transport else None
+            cause = exc.__cause__ or exc
+            log.info("unreadable request body after the answer (key %s): %s",
+                     identity.fingerprint if identity else "-", type(cause).__name__)
+            return
+        super().log_exception(*args, **kw)
+
+
+def _unsupported(message: RawRequestMessage) -> str | None:
+    """Why a request the parser accepted is still not HTTP/1.x we serve, or None.
+    llhttp lets HTTP/0.9 (`GET /`, no version), HTTP/2.0 request lines and CONNECT through."""
+    if message.version not in (HttpVersion10, HttpVersion11):
+        return f"unsupported HTTP version {message.version.major}.{message.version.minor}"
+    if message.method == "CONNECT":
+        return "CONNECT is not supported: this is a registry, not a proxy"
+    return None
+
 
 class _Server(web.Server):
     write_timeout: float | None = None
@@ -180,6 +209,34 @@ class _Server(web.Server):
         protocol = _Protocol(self, loop=self._loop, **self._kwargs)
         protocol.write_timeout = self.write_timeout
         return protocol
+
+    def _make_request(self, message: RawRequestMessage, payload: StreamReader,
+                      protocol: web.RequestHandler, writer: AbstractStreamWriter,
+                      task: asyncio.Task[None]) -> web.BaseRequest:
+        """Every message becomes a request that can be answered with an HTTP/1.1 status
+        line (aiohttp answers in the request's version: `HTTP/0.9 404`, or `HTTP/1.0` for
+        what it could not parse); an unsupported one is marked for `Registry.handle` to
+        refuse. Building a request must not fail: it happens outside any handler, and the
+        connection would be left unanswered (a CONNECT without a target has no URL at all)."""
+        reason = _unsupported(message) if message is not PARSE_ERROR else None
+        if reason is not None or message is PARSE_ERROR:
+            message = _answerable(message)
+        try:
+            request = web.BaseRequest(message, payload, protocol, writer, task, self._loop)
+        except ValueError as exc:  # a target the parser passed but yarl cannot read
+            reason = f"unreadable request target ({type(exc).__name__})"
+            request = web.BaseRequest(_answerable(message), payload, protocol, writer, task,
+                                      self._loop)
+        if reason is not None:
+            request[MALFORMED] = reason
+        return request
+
+
+def _answerable(message: RawRequestMessage) -> RawRequestMessage:
+    """The message with what an error answer needs and nothing it could trip on: HTTP/1.1,
+    and `/` for a target (absent for `CONNECT `; a host IDNA cannot decode, in the
+    pure-Python parser's CONNECT or absolute-form)."""
+    return message._replace(version=HttpVersion11, url=URL("/"))
 
 
 class Registry:
@@ -268,6 +325,9 @@ class Registry:
         ctx: Context | None = None
         identity = self.identify(request)
         try:
+            if MALFORMED in request:
+                raise RegistryError(Code.UNSUPPORTED, request[MALFORMED], status=400,
+                                    message="malformed HTTP request")
             self.origin.check(request.headers)  # before routing and before any body is read
             if identity is None:
                 raise RegistryError(Code.UNAUTHORIZED, "no SSH identity on this connection")
@@ -300,11 +360,11 @@ class Registry:
             response = web.Response(status=500, content_type="application/json",
                                     body=INTERNAL_ERROR)
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
-        self.metrics.inc("sshreg_http_requests_total", method=request.method,
+        self.metrics.inc("sshreg_http_requests_total", method=method_label(request.method),
                          route=ctx.route.path if ctx else "-", status=str(response.status))
         if ctx is not None and request.method in WRITE_METHODS and response.status < 400:
             self._audit(request, ctx.identity, response.status, ctx, started)
-        if response.status in (408, 413):
+        if response.status in (408, 413) or MALFORMED in request:
             await self._answer_and_close(request, response)
         return response
 

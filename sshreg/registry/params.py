@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import quote
 
@@ -10,6 +11,10 @@ from aiohttp import web
 
 from ..references import Digest
 from .errors import Code, RegistryError
+
+# ASCII digits only: `str.isdigit()` and `\d` also take `²` or `٣`, which `int()` refuses
+# (a 500) or reads (a number the client never wrote in ASCII).
+_PAGE_SIZE_RE = re.compile(r"[0-9]{1,9}")
 
 
 def digest_param(text: str | None, *, what: str = "digest") -> Digest:
@@ -26,7 +31,7 @@ def page_params(query: Mapping[str, str], max_page: int) -> tuple[int | None, st
     raw = query.get("n")
     n: int | None = None
     if raw is not None and raw != "":
-        if not raw.isdigit() or len(raw) > 9:
+        if _PAGE_SIZE_RE.fullmatch(raw) is None:
             raise RegistryError(Code.SIZE_INVALID, "n must be a non-negative integer",
                                 message="invalid pagination size")
         n = min(int(raw), max_page)

@@ -6,8 +6,10 @@ import re
 
 from .errors import Code, RegistryError, range_not_satisfiable
 
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+# [0-9], not \d: \d also matches other scripts' digits, which `int()` would read.
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+_OWS = " \t"  # HTTP's optional whitespace; str.strip() would also drop other Unicode spaces
 _MAX_DIGITS = 19  # a blob never exceeds 2**63 bytes; longer numbers are nonsense
 
 
@@ -19,7 +21,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """
     if not header:
         return None
-    match = _RANGE_RE.fullmatch(header.strip())
+    match = _RANGE_RE.fullmatch(header.strip(_OWS))
     if match is None or (not match[1] and not match[2]):
         return None
     first, last = match[1], match[2]
@@ -41,7 +43,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 def parse_content_range(header: str) -> tuple[int, int]:
     """The inclusive `start-end` of an upload chunk; accepts an optional `bytes ` prefix."""
-    match = _CONTENT_RANGE_RE.fullmatch(header.strip())
+    match = _CONTENT_RANGE_RE.fullmatch(header.strip(_OWS))
     if match is None or len(match[1]) > _MAX_DIGITS or len(match[2]) > _MAX_DIGITS:
         raise RegistryError(Code.BLOB_UPLOAD_INVALID, f"malformed Content-Range {header!r}")
     start, end = int(match[1]), int(match[2])
