@@ -71,10 +71,22 @@ def weed_binary() -> str | None:
 
 
 def _ports() -> dict[str, int]:
+    """A port pair per service, both below the kernel's ephemeral range: a restart (a fault
+    test stops SeaweedFS and starts it again on the same ports) cannot then find a port taken
+    as the local end of some outgoing connection meanwhile."""
+    high = _ephemeral_low() - GRPC_OFFSET
+    low, high = (high - 10_000, high) if high > 11_024 else (20_000, 55_000)
     taken: list[int] = []
     for _ in SERVICES:
-        taken.append(free_port_pair(GRPC_OFFSET, low=20_000, high=55_000, exclude=taken))
+        taken.append(free_port_pair(GRPC_OFFSET, low=low, high=high, exclude=taken))
     return dict(zip(SERVICES, taken, strict=True))
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 @dataclass
