@@ -35,17 +35,16 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tests.support.loopserver import LoopServer
-from tests.support.processes import free_port, wait_until
+from tests.support.processes import Process, free_port, port_is_free
 
 MAX_REQUEST_BODY = (5 << 30) - (5 << 20)  # "5 MiB less than 5 GiB"
 MAX_PARTS = 10_000
@@ -373,11 +372,13 @@ class R2Proxy(LoopServer):
 class R2ProxyProcess:
     """`R2Proxy` in a child process of its own, with the same `url`, `stats` and `stop`."""
 
-    def __init__(self, upstream_port: int, *, write_interval: float = WRITE_INTERVAL) -> None:
+    def __init__(self, upstream_port: int, log_path: Path, *,
+                 write_interval: float = WRITE_INTERVAL) -> None:
         self.port = free_port()
         self.upstream_port = upstream_port
         self.write_interval = write_interval
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.log_path = log_path
+        self._proc: Process | None = None
 
     @property
     def url(self) -> str:
@@ -389,28 +390,16 @@ class R2ProxyProcess:
             return Counter(json.load(answer))
 
     def start(self) -> R2ProxyProcess:
-        self._proc = subprocess.Popen(
+        self._proc = Process.start(
             [sys.executable, "-m", "tests.support.r2proxy", str(self.port),
-             str(self.upstream_port), str(self.write_interval)], cwd=REPO_ROOT)
-        wait_until(self._listening, 20, "the R2 proxy to listen")
+             str(self.upstream_port), str(self.write_interval)], self.log_path,
+            cwd=Path(REPO_ROOT))
+        self._proc.wait_ready(lambda: not port_is_free(self.port), 20, "the R2 proxy to listen")
         return self
 
-    def _listening(self) -> bool:
-        assert self._proc is not None and self._proc.poll() is None, "the R2 proxy exited"
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        if self._proc is not None:
+            self._proc.stop()
 
     def __enter__(self) -> R2ProxyProcess:
         return self.start()

@@ -116,7 +116,7 @@ class SeaweedFS:
     def enforce_r2_rules(self) -> R2ProxyProcess:
         """Put an `R2ProxyProcess` in front: from now on `endpoint_url`, `env` and `client` go
         through R2's rules. It outlives `restart`; the caller stops it."""
-        self.front = R2ProxyProcess(self.ports["s3"]).start()
+        self.front = R2ProxyProcess(self.ports["s3"], self.workdir / "r2proxy.log").start()
         return self.front
 
     @property
