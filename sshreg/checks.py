@@ -174,7 +174,7 @@ async def check_storage(config: Config, report: Report) -> None:
 
 async def _storage_fact(config: Config) -> str:
     """Probe the storage; return the summary line or raise with what is wrong."""
-    from .service import open_driver
+    from .storage.factory import open_driver
 
     if not config.is_s3:
         root = Path(config.storage)

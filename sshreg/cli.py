@@ -101,7 +101,8 @@ def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
     """`sshreg gc` on the host: the collector the `gc` SSH command runs, in its own process."""
     from .management.commands import human_size
     from .management.gc import GarbageCollector
-    from .service import gc_settings, open_driver
+    from .service import gc_settings
+    from .storage.factory import open_driver
     from .storage.store import RegistryStore
 
     async def collect():

@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-from pathlib import Path
 
 from aiohttp import web
 
@@ -17,40 +16,21 @@ from .management.commands import Management
 from .management.gc import GarbageCollector, GcSettings
 from .memory import HeapTrimmer
 from .metrics import InstrumentedDriver, Metrics
-from .registry.app import Registry, RegistrySettings
+from .registry.app import Registry
 from .registry.origin import origin_middleware
+from .registry.settings import RegistrySettings
 from .ssh.authorized_keys import AuthorizedKeys, KeyList
 from .ssh.hostkey import HostKeyError, load_or_create_host_key
 from .ssh.limits import Limits
-from .ssh.server import Gateway, GatewaySettings
+from .ssh.server import Gateway
+from .ssh.settings import GatewaySettings
 from .storage.base import Driver
-from .storage.filesystem import FilesystemDriver
+from .storage.factory import open_driver
 from .storage.store import RegistryStore
 
 log = logging.getLogger("sshreg")
 
 STALE_SWEEP_INTERVAL = 3600.0
-
-
-def open_driver(config: Config) -> Driver:
-    """The storage backend `config.storage` names: a folder or an s3:// URL."""
-    if config.is_s3:
-        from .storage.s3 import S3Driver
-
-        return S3Driver.from_url(
-            config.storage,
-            endpoint_url=config.endpoint_url or None,
-            region=config.region,
-            part_size=config.part_size,
-            part_concurrency=config.part_concurrency,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-            max_attempts=config.max_attempts,
-            write_budget=config.write_budget,
-            parts_in_flight=config.parts_in_flight,
-            buffer_budget=config.upload_buffer_budget,
-        )
-    return FilesystemDriver(Path(config.storage))
 
 
 def open_keys(config: Config) -> KeyList:

@@ -14,7 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import RawTestServer, TestClient
 
 from sshreg.access import Identity, Rights
-from sshreg.registry.app import Registry, RegistrySettings
+from sshreg.registry.app import Registry
+from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.base import Driver
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings

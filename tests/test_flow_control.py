@@ -18,7 +18,8 @@ import pytest
 from aiohttp import web
 
 from sshreg.ssh.authorized_keys import AuthorizedKeys
-from sshreg.ssh.server import Gateway, GatewaySettings
+from sshreg.ssh.server import Gateway
+from sshreg.ssh.settings import GatewaySettings
 from tests.support.sshreg_server import ClientKey, free_port
 
 pytestmark = pytest.mark.integration

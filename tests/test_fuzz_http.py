@@ -55,7 +55,8 @@ from hypothesis import strategies as st
 from sshreg.management.gc import GarbageCollector
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from sshreg.references import is_valid_name
-from sshreg.registry.app import Registry, RegistrySettings
+from sshreg.registry.app import Registry
+from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.store import RegistryStore
 from tests.conftest import TEST_IDENTITY_HEADER, identify_from_test_header

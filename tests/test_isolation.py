@@ -33,7 +33,8 @@ from sshreg.access import Identity, Rights
 from sshreg.management.commands import Management
 from sshreg.management.gc import GarbageCollector, GcSettings
 from sshreg.oci import OCI_INDEX, OCI_MANIFEST
-from sshreg.registry.app import Registry, RegistrySettings
+from sshreg.registry.app import Registry
+from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.store import RegistryStore
 
 from .conftest import IDENTITIES, TEST_IDENTITY_HEADER, digest_of

@@ -13,7 +13,8 @@ import os
 import pytest
 
 from sshreg.config import ConfigError, load_config
-from sshreg.registry.app import Registry, RegistrySettings
+from sshreg.registry.app import Registry
+from sshreg.registry.settings import RegistrySettings
 from sshreg.service import registry_settings
 from sshreg.storage.base import Overloaded
 from sshreg.storage.filesystem import FilesystemDriver

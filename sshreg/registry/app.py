@@ -36,6 +36,7 @@ from .errors import LIMIT_RETRY_AFTER, Code, RegistryError
 from .origin import OriginPolicy
 from .routes import Access, Route, resolve
 from .sessions import UploadSessions
+from .settings import RegistrySettings
 
 log = logging.getLogger("sshreg.registry")
 audit_log = logging.getLogger("sshreg.audit")
@@ -52,22 +53,6 @@ def identity_from_transport(request: web.BaseRequest) -> Identity | None:
     """The identity the SSH bridge attached to this request's connection."""
     transport = request.transport
     return transport.get_extra_info(IDENTITY_INFO) if transport is not None else None
-
-
-@dataclass(frozen=True)
-class RegistrySettings:
-    max_manifest_size: int = 4 << 20
-    max_manifest_descriptors: int = 1000  # distinct digests named: config, layers, subject, index
-    upload_batch: int = 4 << 20  # bytes hashed and written per storage call
-    upload_idle_timeout: float = 600.0  # an upload session with no request for this long is aborted
-    body_idle_timeout: float = 120.0  # a request body or a response stalled this long is cut off
-    header_timeout: float = 60.0  # a connection's next request headers must be in within this
-    part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None
-    redirect_expiry: int = 0  # >0: pulls of blobs are redirected to presigned URLs valid this long
-    max_page: int = 10_000  # largest `n` for tags/list and _catalog
-    hosts: tuple[str, ...] = ()  # Host names accepted besides the loopback's (see origin.py)
-    max_uploads_per_key: int = 100  # upload sessions one key may have open
-    max_uploads: int = 1000  # upload sessions open in total
 
 
 @dataclass

@@ -19,7 +19,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -32,9 +31,10 @@ from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
 from .cork import CorkedTransport, cork
 from .flow import FlowControlledTCPChannel, create_channel
-from .limits import FailureTracker, Limits, address_group
+from .limits import FailureTracker, address_group
 from .proxy_protocol import Address, ProxyListener, trusted_networks
 from .session import CommandSession, SessionChannel, help_text
+from .settings import GatewaySettings
 from .slots import ChannelSlots, SlotChannel
 
 log = logging.getLogger("sshreg.ssh")
@@ -67,19 +67,6 @@ def default_ciphers(has_aes: bool | None = None) -> tuple[str, ...]:
     if has_aes if has_aes is not None else cpu_has_aes():
         return AES_GCM
     return CHACHA + AES_GCM
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    host: str = "0.0.0.0"
-    port: int = 2222
-    registry_port: int = 80
-    public_name: str = ""  # how users reach this box, for the help text; hostname if empty
-    ciphers: tuple[str, ...] = ()  # empty: chosen from the CPU's AES support
-    login_timeout: float = 30.0
-    keepalive_interval: float = 30.0
-    limits: Limits = field(default_factory=Limits)
-    proxy_protocol: tuple[str, ...] = ()  # balancers whose PROXY v2 headers are believed
 
 
 class TunnelChannel(SlotChannel, FlowControlledTCPChannel):
