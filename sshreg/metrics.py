@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 
-from .storage.base import Blob, Driver, ObjectInfo, StorageError, Upload
+from .storage.base import Driver, ObjectInfo, SmallObject, StorageError, Upload
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -132,7 +132,7 @@ class InstrumentedDriver:
         finally:
             self.metrics.observe("sshreg_storage_seconds", time.monotonic() - started, op=op)
 
-    async def get(self, key: str) -> Blob | None:
+    async def get(self, key: str) -> SmallObject | None:
         return await self._timed("get", self.inner.get(key))
 
     async def put(self, key: str, data: bytes, **conditions) -> str:

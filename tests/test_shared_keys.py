@@ -19,7 +19,7 @@ import pytest
 from sshreg.config import ConfigError, load_config
 from sshreg.ssh.key_admin import Grant, new_line, with_key
 from sshreg.ssh.shared_keys import BucketFile, SharedAuthorizedKeys, edit_shared
-from sshreg.storage.base import Blob, StorageError
+from sshreg.storage.base import SmallObject, StorageError
 from tests.conftest import S3_TEST_BUCKET
 
 TIMEOUT = 60
@@ -54,10 +54,10 @@ class FakeFile:
         await self._answer()
         return None if self.text is None else f'"v{self.version}"'
 
-    async def read(self) -> Blob | None:
+    async def read(self) -> SmallObject | None:
         await self._answer()
         self.reads += 1
-        return None if self.text is None else Blob(self.text.encode(), f'"v{self.version}"')
+        return None if self.text is None else SmallObject(self.text.encode(), f'"v{self.version}"')
 
     async def close(self) -> None:
         pass

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import asyncssh
 
-from ..storage.base import Blob, PreconditionFailed
+from ..storage.base import PreconditionFailed, SmallObject
 from ..storage.s3 import S3Driver, S3Settings
 from .authorized_keys import KeyEntry, parse_authorized_keys
 from .key_admin import ENCODING, KeyAdminError, Line, parse_lines
@@ -59,7 +59,7 @@ class BucketFile:
         info = await self._driver.stat(self.name)
         return info.etag if info else None
 
-    async def read(self) -> Blob | None:
+    async def read(self) -> SmallObject | None:
         return await self._driver.get(self.name)
 
     async def write(self, data: bytes, etag: str | None) -> None:

@@ -47,7 +47,7 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
-class Blob:
+class SmallObject:
     """Bytes of a small object together with the etag a conditional write can test."""
 
     data: bytes
@@ -80,7 +80,7 @@ class Upload(Protocol):
 class Driver(Protocol):
     """A backend: the filesystem (`filesystem.py`) or S3/R2 (`s3.py`)."""
 
-    async def get(self, key: str) -> Blob | None:
+    async def get(self, key: str) -> SmallObject | None:
         """Read a small object whole, or None if it does not exist."""
 
     async def put(

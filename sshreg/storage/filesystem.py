@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from .base import Blob, ObjectInfo, PreconditionFailed, StorageError
+from .base import ObjectInfo, PreconditionFailed, SmallObject, StorageError
 
 T = TypeVar("T")
 
@@ -72,13 +72,13 @@ class FilesystemDriver:
 
     # -- small objects -------------------------------------------------------------
 
-    async def get(self, key: str) -> Blob | None:
+    async def get(self, key: str) -> SmallObject | None:
         path = self._path(key)
 
-        def read() -> Blob | None:
+        def read() -> SmallObject | None:
             try:
                 with open(path, "rb") as f:
-                    return Blob(f.read(), _etag(os.fstat(f.fileno())))
+                    return SmallObject(f.read(), _etag(os.fstat(f.fileno())))
             except (FileNotFoundError, NotADirectoryError):
                 return None
 

@@ -51,7 +51,7 @@ import urllib3.exceptions
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import Blob, ObjectInfo, Overloaded, PreconditionFailed, StorageError, TooLarge
+from .base import ObjectInfo, Overloaded, PreconditionFailed, SmallObject, StorageError, TooLarge
 from .budget import BufferBudget
 from .s3_backoff import retry_write
 
@@ -350,7 +350,7 @@ class S3Driver:
 
     # -- small objects -------------------------------------------------------------
 
-    async def get(self, key: str) -> Blob | None:
+    async def get(self, key: str) -> SmallObject | None:
         try:
             response = await self.call("get_object", Key=self.full_key(key))
         except FileNotFoundError:
@@ -360,7 +360,7 @@ class S3Driver:
             data = await self.run(body.read)
         finally:
             body.close()
-        return Blob(data, response["ETag"])
+        return SmallObject(data, response["ETag"])
 
     async def put(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
