@@ -1,7 +1,12 @@
 """Logging set-up: plain text, JSON lines or logfmt, always to stderr (journald takes it).
 
-Structured events (the audit log) are logged with a dict as the message; each format
-renders its fields natively.
+Every message that carries data names it: the call passes one mapping as its argument and
+the message refers to its keys (`log.info("loaded %(keys)d key(s) from %(source)s",
+{"keys": n, "source": path})`). Text shows the message as it reads; JSON and logfmt show
+the message and, beside it, each key as a field of its own, so the data is written once
+and a log pipeline filters on `source=...` without parsing prose. (`extra=` would need the
+values a second time to keep the text readable.) Structured events (the audit log) are
+logged with a dict as the message: all fields, no prose.
 
 Control characters never reach the output raw, whatever a call site passes: clients control
 much of what is logged (paths, forward destinations, command arguments, key comments), and
@@ -17,6 +22,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from .controls import CONTROLS, visible
@@ -33,6 +39,8 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         base.update(record.msg)
     else:
         base["msg"] = record.getMessage()
+        if isinstance(record.args, Mapping):
+            base.update((str(k), v) for k, v in record.args.items() if str(k) not in base)
     if record.exc_info:
         base["exception"] = logging.Formatter().formatException(record.exc_info)
     return base
