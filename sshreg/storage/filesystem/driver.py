@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from ..base import ObjectInfo, PreconditionFailed, SmallObject, StorageError
+from ..base import ObjectInfo, PreconditionFailed, SmallObject, StorageError, check_key
 from .files import file_etag, install
 from .upload import FilesystemUpload
 
@@ -44,8 +44,8 @@ class FilesystemDriver:
             raise StorageError(f"filesystem: {exc.strerror or exc}") from exc
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts) or parts[0] == TMP_DIR:
+        parts = check_key(key)
+        if parts[0] == TMP_DIR:
             raise ValueError(f"invalid storage key: {key!r}")
         return self.root.joinpath(*parts)
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
 
-from ..base import StorageError
+from ..base import BaseUpload, StorageError
 from .files import install
 
 T = TypeVar("T")
@@ -22,29 +22,20 @@ class Run(Protocol):
     def __call__(self, fn: Callable[..., T], *args: object) -> Awaitable[T]: ...
 
 
-class FilesystemUpload:
+class FilesystemUpload(BaseUpload):
     """A temporary file that `commit` fsyncs and renames to its key's path.
 
     The file is created by the first write (or by `commit`, for an empty blob), not when the
     upload begins: an upload session that never receives a byte holds no file descriptor."""
 
     def __init__(self, run: Run, key: str, path: Path, tmp: Path) -> None:
+        super().__init__(key)
         self._run = run
-        self._key = key
         self._path = path
         self._tmp = tmp
         self._file: BinaryIO | None = None
         self._ended = False  # committed or aborted: no file may be created any more
-        self._size = 0
         self._written_back = 0
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def size(self) -> int:
-        return self._size
 
     async def write(self, data: bytes | bytearray) -> None:
         await self._run(self._write, data)

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from ..base import ObjectInfo, PreconditionFailed, SmallObject
+from ..base import ObjectInfo, PreconditionFailed, SmallObject, check_key
 from ..budget import BufferBudget
 from .client import S3Client, S3StorageError
 from .settings import S3Settings, check_part_size
@@ -57,9 +57,7 @@ class S3Driver(S3Client):
 
     def full_key(self, key: str) -> str:
         """The bucket key of a storage key: the configured prefix plus the key."""
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"invalid storage key: {key!r}")
+        check_key(key)
         return self._prefix + key
 
     # -- small objects -------------------------------------------------------------

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..base import Overloaded, StorageError, TooLarge
+from ..base import BaseUpload, Overloaded, StorageError, TooLarge
 from ..budget import BufferBudget
 from .settings import MAX_PARTS
 
@@ -57,7 +57,7 @@ class UploadDriver(Protocol):
     async def delete(self, key: str) -> None: ...
 
 
-class S3Upload:
+class S3Upload(BaseUpload):
     """A multipart upload fed by `write`, in parts of exactly `part_size` bytes.
 
     The multipart upload is created when the first part is full; a blob smaller than one
@@ -79,13 +79,12 @@ class S3Upload:
     """
 
     def __init__(self, driver: UploadDriver, key: str, part_size: int, concurrency: int) -> None:
+        super().__init__(key)
         self._driver = driver
-        self._key = key
         self._full_key = driver.full_key(key)
         self.part_size = part_size
         self.max_size = part_size * MAX_PARTS
         self._slots = asyncio.Semaphore(concurrency)
-        self._size = 0
         self._buffer: bytearray | None = None
         self._filled = 0
         self._spare: list[bytearray] = []
@@ -98,14 +97,6 @@ class S3Upload:
         self._object_written = False  # a commit was attempted: the object may exist
         self._aborting: asyncio.Task[None] | None = None
         self._held = 0  # bytes of this upload's buffers counted in the driver's budget
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def size(self) -> int:
-        return self._size
 
     @property
     def upload_id(self) -> str | None:
