@@ -1,17 +1,14 @@
 """Prometheus metrics in the text exposition format, without a client library.
 
 One `Metrics` object is created by the service and handed to the parts that count
-(registry, bridge, gateway, storage wrapper); `render()` is served on a loopback-only port.
+(registry, bridge, gateway, `storage.instrumented`); `render()` is served on a loopback-only port.
 """
 
 from __future__ import annotations
 
 import bisect
-import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
-
-from .storage.base import Driver, ObjectInfo, SmallObject, StorageError, Upload
+from collections.abc import Iterable
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -107,48 +104,3 @@ def _labels(labels: Labels) -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class InstrumentedDriver:
-    """Wraps a storage driver to time every call and count failures."""
-
-    def __init__(self, inner: Driver, metrics: Metrics) -> None:
-        self.inner = inner
-        self.metrics = metrics
-
-    def __repr__(self) -> str:
-        return repr(self.inner)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    async def _timed(self, op: str, call):
-        started = time.monotonic()
-        try:
-            return await call
-        except (StorageError, OSError):
-            self.metrics.inc("sshreg_storage_errors_total", op=op)
-            raise
-        finally:
-            self.metrics.observe("sshreg_storage_seconds", time.monotonic() - started, op=op)
-
-    async def get(self, key: str) -> SmallObject | None:
-        return await self._timed("get", self.inner.get(key))
-
-    async def put(self, key: str, data: bytes, **conditions) -> str:
-        return await self._timed("put", self.inner.put(key, data, **conditions))
-
-    async def stat(self, key: str) -> ObjectInfo | None:
-        return await self._timed("stat", self.inner.stat(key))
-
-    async def delete(self, key: str) -> None:
-        await self._timed("delete", self.inner.delete(key))
-
-    def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
-        return self.inner.list(prefix, start_after)
-
-    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        return self.inner.read(key, start, end)
-
-    async def begin_upload(self, key: str, part_size: int | None = None) -> Upload:
-        return await self._timed("begin_upload", self.inner.begin_upload(key, part_size))

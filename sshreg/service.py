@@ -15,7 +15,7 @@ from .config import Config, ConfigError, parse_listen
 from .management.commands import Management
 from .management.gc import GarbageCollector, GcSettings
 from .memory import HeapTrimmer
-from .metrics import InstrumentedDriver, Metrics
+from .metrics import Metrics
 from .registry.app import Registry
 from .registry.origin import origin_middleware
 from .registry.settings import RegistrySettings
@@ -26,6 +26,7 @@ from .ssh.server import Gateway
 from .ssh.settings import GatewaySettings
 from .storage.base import Driver
 from .storage.factory import open_driver
+from .storage.instrumented import InstrumentedDriver
 from .storage.store import RegistryStore
 
 log = logging.getLogger("sshreg")

@@ -18,7 +18,8 @@ from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.base import Driver
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings
+from sshreg.storage.s3 import S3Driver, S3Settings
+from sshreg.storage.s3.settings import MIN_PART_SIZE
 from sshreg.storage.store import RegistryStore
 from tests.support.containerd import Containerd
 from tests.support.docker import Docker, Dockerd

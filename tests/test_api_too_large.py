@@ -6,7 +6,7 @@ import os
 
 from aiohttp.test_utils import RawTestServer, TestClient
 
-import sshreg.storage.s3 as s3
+import sshreg.storage.s3.upload as s3_upload
 from sshreg.registry.app import Registry
 from sshreg.storage.store import RegistryStore
 
@@ -14,7 +14,7 @@ from .conftest import digest_of, identify_from_test_header, s3_test_driver
 
 
 async def test_a_blob_beyond_the_part_limit_is_413_and_nothing_is_stored(s3_server, monkeypatch):
-    monkeypatch.setattr(s3, "MAX_PARTS", 2)  # 2 parts of 5 MiB: 10 MiB is the limit
+    monkeypatch.setattr(s3_upload, "MAX_PARTS", 2)  # 2 parts of 5 MiB: 10 MiB is the limit
     driver = s3_test_driver(s3_server)
     registry = Registry(RegistryStore(driver), identify=identify_from_test_header)
     await registry.start()

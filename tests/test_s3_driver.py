@@ -17,9 +17,11 @@ from typing import Any
 import psutil
 import pytest
 
-import sshreg.storage.s3 as s3
+import sshreg.storage.s3.driver as s3_driver
+import sshreg.storage.s3.upload as s3_upload
 from sshreg.storage.base import StorageError
-from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings, UploadTooLarge
+from sshreg.storage.s3 import S3Driver, S3Settings, UploadTooLarge
+from sshreg.storage.s3.settings import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from tests.conftest import S3_TEST_BUCKET, s3_test_driver
 from tests.support.processes import free_port
 from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, list_parts
@@ -157,7 +159,7 @@ async def test_the_multipart_upload_is_created_with_the_first_full_part(make_dri
 
 async def test_a_blob_beyond_10000_parts_is_refused_before_it_gets_there(
         s3_server, make_driver, monkeypatch):
-    monkeypatch.setattr(s3, "MAX_PARTS", 3)
+    monkeypatch.setattr(s3_upload, "MAX_PARTS", 3)
     driver = make_driver(part_size=MIN_PART_SIZE)
     up = await driver.begin_upload("data/bb/huge")
     assert up.max_size == 3 * MIN_PART_SIZE
@@ -172,8 +174,8 @@ async def test_a_blob_beyond_10000_parts_is_refused_before_it_gets_there(
 
 def test_the_default_part_size_fits_300_gib_in_10000_parts():
     settings = S3Settings(bucket="b")
-    assert settings.part_size * s3.MAX_PARTS >= 300 << 30
-    assert s3.MIN_PART_SIZE <= settings.part_size <= s3.MAX_PART_SIZE
+    assert settings.part_size * MAX_PARTS >= 300 << 30
+    assert MIN_PART_SIZE <= settings.part_size <= MAX_PART_SIZE
 
 
 # -- aborts and the stale-upload sweep ---------------------------------------------------
@@ -197,7 +199,7 @@ async def test_abort_leaves_no_multipart_upload(s3_server, make_driver):
 
 async def test_abort_stale_uploads_removes_old_ones_under_the_prefix_only(
         s3_server, make_driver, monkeypatch):
-    monkeypatch.setattr(s3, "LIST_PAGE", 2)  # several pages of uploads
+    monkeypatch.setattr(s3_driver, "LIST_PAGE", 2)  # several pages of uploads
     driver = make_driver()
     other = make_driver()
     raw = s3_server.client()
@@ -427,7 +429,7 @@ async def test_a_2_gib_upload_runs_in_constant_memory_and_commits_in_constant_ti
 
 
 async def test_list_pages_through_many_keys_in_order(make_driver, monkeypatch):
-    monkeypatch.setattr(s3, "LIST_PAGE", 3)
+    monkeypatch.setattr(s3_driver, "LIST_PAGE", 3)
     driver = make_driver()
     names = [f"tags/v{i:02d}" for i in range(11)]
     for name in reversed(names):

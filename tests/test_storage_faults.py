@@ -34,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from sshreg.storage.s3 import ABORT_ANSWER_WAIT, S3Settings
+from sshreg.storage.s3 import S3Settings
+from sshreg.storage.s3.upload import ABORT_ANSWER_WAIT
 from tests.support.faultproxy import FaultProxy
 from tests.support.rawhttp import Connection, HTTPError, Response
 from tests.support.rawpush import PushError, pieces, push_blob, push_manifest, sha256

@@ -18,7 +18,7 @@ from sshreg.registry.settings import RegistrySettings
 from sshreg.service import registry_settings
 from sshreg.storage.base import Overloaded
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.storage.s3 import MIN_PART_SIZE
+from sshreg.storage.s3.settings import MIN_PART_SIZE
 
 from .conftest import digest_of, s3_test_driver
 from .helpers_api import as_identity, assert_error, push_blob, start_upload

@@ -54,6 +54,31 @@ class SmallObject:
     etag: str
 
 
+def check_key(key: str) -> list[str]:
+    """The segments of a valid storage key; ValueError for an empty key or an empty, `.`
+    or `..` segment, which no backend may store."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key: {key!r}")
+    return parts
+
+
+class BaseUpload:
+    """The bookkeeping every backend's upload shares: its key and the bytes taken so far."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._size = 0
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+
 class Upload(Protocol):
     """A large object being streamed into storage.
 
@@ -78,7 +103,7 @@ class Upload(Protocol):
 
 
 class Driver(Protocol):
-    """A backend: the filesystem (`filesystem.py`) or S3/R2 (`s3.py`)."""
+    """A backend: the filesystem (`filesystem/`) or S3/R2 (`s3/`)."""
 
     async def get(self, key: str) -> SmallObject | None:
         """Read a small object whole, or None if it does not exist."""
