@@ -26,7 +26,7 @@ from .ssh.server import Gateway
 from .ssh.settings import GatewaySettings
 from .storage.base import Driver
 from .storage.factory import open_driver
-from .storage.store import RegistryStore
+from .store.registry_store import RegistryStore
 
 log = logging.getLogger("sshreg")
 

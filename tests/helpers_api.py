@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from sshreg.references import Digest
 from sshreg.storage.base import Driver
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 from .conftest import TEST_IDENTITY_HEADER, digest_of
 

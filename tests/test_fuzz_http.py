@@ -58,7 +58,7 @@ from sshreg.references import is_valid_name
 from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 from tests.conftest import TEST_IDENTITY_HEADER, identify_from_test_header
 from tests.support.sshreg_server import ClientKey, SshregServer
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 
 async def _leave_orphan(root) -> str:

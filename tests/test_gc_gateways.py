@@ -25,7 +25,7 @@ from sshreg.management import lease
 from sshreg.management.gc import GcBusy, GcSettings
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 from .conftest import identify_from_test_header
 from .helpers_api import push_image, put_manifest, tags_of

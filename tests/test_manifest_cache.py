@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sshreg.references import Digest
-from sshreg.storage.store import ManifestCache, RegistryStore
+from sshreg.store.registry_store import ManifestCache, RegistryStore
 
 from .helpers_api import push_image
 

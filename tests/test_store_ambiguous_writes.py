@@ -8,7 +8,7 @@ import hashlib
 
 from sshreg.references import Digest
 from sshreg.storage.base import PreconditionFailed
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 
 class LostAnswers:

@@ -8,9 +8,9 @@ import hashlib
 from collections import Counter
 
 from sshreg.references import Digest
-from sshreg.storage import store as store_module
-from sshreg.storage.coalesce import SUPERSEDED, LatestWins
-from sshreg.storage.store import GC_LEASE_KEY, ManifestLink, RegistryStore
+from sshreg.store import registry_store as store_module
+from sshreg.store.coalesce import SUPERSEDED, LatestWins
+from sshreg.store.registry_store import GC_LEASE_KEY, ManifestLink, RegistryStore
 
 DIGEST = Digest.parse("sha256:" + hashlib.sha256(b"manifest").hexdigest())
 LINK = ManifestLink(DIGEST, "application/vnd.oci.image.manifest.v1+json", 8)

@@ -22,7 +22,7 @@ from ..access import Action, Identity
 from ..controls import visible
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
-from ..storage.store import RegistryStore
+from ..store.registry_store import RegistryStore
 from .gc import GarbageCollector, GcBusy
 
 log = logging.getLogger("sshreg.management")

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from ..oci import ManifestError, parse_manifest
 from ..references import Digest
-from ..storage.store import BlobRecord, ManifestLink, RegistryStore
+from ..store.registry_store import BlobRecord, ManifestLink, RegistryStore
 from .lease import GcBusy, Lease
 from .retention import RetentionPolicy, expired_tags
 

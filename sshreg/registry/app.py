@@ -31,7 +31,7 @@ from ..memory import HeapTrimmer
 from ..metrics import Metrics, method_label
 from ..references import Digest, is_valid_name
 from ..storage.base import Overloaded, PreconditionFailed, StorageError, TooLarge
-from ..storage.store import RegistryStore
+from ..store.registry_store import RegistryStore
 from .errors import LIMIT_RETRY_AFTER, Code, RegistryError
 from .origin import OriginPolicy
 from .routes import Access, Route, resolve

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..oci import INDEXES, Manifest, ManifestError, parse_manifest
 from ..references import Digest, is_digest, is_valid_tag
-from ..storage.store import ManifestLink
+from ..store.registry_store import ManifestLink
 from .errors import Code, RegistryError
 from .params import body_chunks, digest_param, manifest_location
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from ..access import Action
 from ..references import Digest, is_valid_name
 from ..storage.base import StorageError
-from ..storage.store import DigestMismatch
+from ..store.registry_store import DigestMismatch
 from .errors import Code, RegistryError
 from .params import blob_location, body_chunks, digest_param
 from .ranges import parse_content_range

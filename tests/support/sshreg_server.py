@@ -34,7 +34,7 @@ from typing import Any
 import asyncssh
 
 from sshreg.references import Digest
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 from tests.support.processes import free_port, wait_until
 from tests.support.seaweedfs import SeaweedFS, assert_r2_object_parts
 

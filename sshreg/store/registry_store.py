@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..references import Digest
-from .base import Driver, ObjectInfo, PreconditionFailed, StorageError, Upload
+from ..storage.base import Driver, ObjectInfo, PreconditionFailed, StorageError, Upload
 from .coalesce import SUPERSEDED, LatestWins
 
 log = logging.getLogger(__name__)
