@@ -103,7 +103,7 @@ def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
     from .management.gc import GarbageCollector
     from .service import gc_settings
     from .storage.factory import open_driver
-    from .storage.store import RegistryStore
+    from .store.registry_store import RegistryStore
 
     async def collect():
         driver = open_driver(config)

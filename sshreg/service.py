@@ -27,7 +27,7 @@ from .ssh.settings import GatewaySettings
 from .storage.base import Driver
 from .storage.factory import open_driver
 from .storage.instrumented import InstrumentedDriver
-from .storage.store import RegistryStore
+from .store.registry_store import RegistryStore
 
 log = logging.getLogger("sshreg")
 
@@ -129,8 +129,7 @@ class Service:
         self.heap = HeapTrimmer()
         self.registry = Registry(store, registry_settings(config), metrics=self.metrics,
                                  heap=self.heap)
-        self.collector = GarbageCollector(store, gc_settings(config),
-                                          pinned=self.registry.is_pinned)
+        self.collector = GarbageCollector(store, gc_settings(config))
         self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
                                Management(store, self.collector))

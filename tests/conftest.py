@@ -20,7 +20,7 @@ from sshreg.storage.base import Driver
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3 import S3Driver, S3Settings
 from sshreg.storage.s3.settings import MIN_PART_SIZE
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 from tests.support.containerd import Containerd
 from tests.support.docker import Docker, Dockerd
 from tests.support.podman import ContainersEnv

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from sshreg.references import Digest
 from sshreg.storage.base import Driver
-from sshreg.storage.store import RegistryStore
+from sshreg.store import paths
 
 from .conftest import TEST_IDENTITY_HEADER, digest_of
 
@@ -236,7 +236,7 @@ async def blob_copies(driver: Driver) -> set[str]:
 
 
 async def has_blob_record(driver: Driver, digest: str) -> bool:
-    return await driver.stat(RegistryStore.blob_key(Digest.parse(digest))) is not None
+    return await driver.stat(paths.blob_record(Digest.parse(digest))) is not None
 
 
 async def leftover_uploads(driver: Driver) -> int:

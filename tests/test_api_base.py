@@ -104,7 +104,7 @@ async def test_lost_compare_and_swap_is_429_toomanyrequests_with_retry_after(cli
     async def always_changed(*args, **kwargs):
         raise PreconditionFailed("tag moved")
 
-    monkeypatch.setattr(registry.store, "set_tag", always_changed)
+    monkeypatch.setattr(registry.store.tags, "set", always_changed)
     resp = await put_manifest(client, "app", "latest", image.manifest)
     await assert_error(resp, 429, "TOOMANYREQUESTS")
     assert resp.headers["Retry-After"] == "1"
@@ -114,6 +114,6 @@ async def test_unexpected_failure_is_500_with_the_error_envelope(client, registr
     async def bug(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(registry.store, "repositories", bug)
+    monkeypatch.setattr(registry.store.repositories, "names", bug)
     resp = await client.get("/v2/_catalog")
     await assert_error(resp, 500, "UNKNOWN")

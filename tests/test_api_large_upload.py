@@ -95,7 +95,7 @@ async def test_one_gib_chunked_upload_and_download_run_in_constant_memory(client
         async for chunk in resp.content.iter_chunked(PIECE):
             received.update(chunk)
             size += len(chunk)
-    await registry.store.delete_blob(Digest.parse(digest))  # do not leave 1 GiB in the temp dir
+    await registry.store.blobs.delete(Digest.parse(digest))  # do not leave 1 GiB in the temp dir
     assert size == GIB
     assert f"sha256:{received.hexdigest()}" == digest
     assert upload_growth < MAX_RSS_GROWTH, f"upload grew RSS by {upload_growth >> 20} MiB"

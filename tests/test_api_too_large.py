@@ -8,7 +8,7 @@ from aiohttp.test_utils import RawTestServer, TestClient
 
 import sshreg.storage.s3.upload as s3_upload
 from sshreg.registry.app import Registry
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 from .conftest import digest_of, identify_from_test_header, s3_test_driver
 

@@ -58,7 +58,7 @@ from sshreg.references import is_valid_name
 from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 from tests.conftest import TEST_IDENTITY_HEADER, identify_from_test_header
 from tests.support.sshreg_server import ClientKey, SshregServer
 
@@ -73,7 +73,7 @@ SPEC_CODES = frozenset({
     "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS",
 })
 LEAKS = re.compile(rb"Traceback \(most recent|File \"/|site-packages|/sshreg/|line \d+, in ")
-# What the store may hold (see sshreg/storage/store.py); `_tmp/` holds uploads in progress.
+# What the store may hold (see sshreg/store/paths.py); `_tmp/` holds uploads in progress.
 STORE_LAYOUT = re.compile(
     r"_tmp/[0-9a-f]+|gc/[a-z]+|data/[0-9a-f]{2}/[0-9a-f-]+|blobs/sha(256|512)/[0-9a-f]{2}/[0-9a-f]+"
     r"|(catalog|repositories)/(?P<name>.+?)/(_repository|_layers/.+|_manifests/.+|_referrers/.+)")
@@ -346,7 +346,7 @@ def srv_checks(srv: Served, outside_before: set[str]) -> None:
             if repository is not None:
                 assert is_valid_name(repository.split("/_manifests")[0].split("/_layers")[0]
                                      .split("/_referrers")[0]), key
-    for name in srv.run(srv.store.repositories()):
+    for name in srv.run(srv.store.repositories.names()):
         assert is_valid_name(name), name
     report = srv.run(GarbageCollector(srv.store).run(dry_run=True))
     assert report.dry_run

@@ -45,7 +45,7 @@ async def push_layers(client, name: str, tag: str | None, layers: list[bytes],
 
 
 async def blob_exists(registry, digest: str) -> bool:
-    return await registry.store.blob(Digest.parse(digest)) is not None
+    return await registry.store.blobs.get(Digest.parse(digest)) is not None
 
 
 class SettledCollector(GarbageCollector):
@@ -59,8 +59,7 @@ class SettledCollector(GarbageCollector):
 
 
 def collector(registry, **settings) -> GarbageCollector:
-    return SettledCollector(registry.store, GcSettings(**{**NOW, **settings}),
-                            pinned=registry.is_pinned)
+    return SettledCollector(registry.store, GcSettings(**{**NOW, **settings}))
 
 
 async def test_gc_removes_what_only_a_deleted_tag_reached_and_keeps_shared_blobs(client, registry):
@@ -128,7 +127,7 @@ async def test_a_manifest_written_during_the_safety_pause_spares_the_old_blob_it
             pausing.set()
             await asyncio.sleep(0.5)
 
-    gc = Observed(registry.store, GcSettings(**NOW), pinned=registry.is_pinned)
+    gc = Observed(registry.store, GcSettings(**NOW))
     run = asyncio.create_task(gc.run())
     await asyncio.wait_for(pausing.wait(), 30)
     resp = await put_manifest(client, "reuse/app", "new", first.manifest)
@@ -216,7 +215,7 @@ def test_retention_drops_tags_older_than_max_age():
 
 
 async def test_gc_removes_stored_bytes_no_record_points_at(registry, driver):
-    upload = await registry.store.begin_blob_upload()
+    upload = await registry.store.blobs.begin_upload()
     await upload.write(b"left behind by a crash between the bytes and their record")
     await upload.commit()
     assert await driver.stat(upload.key) is not None
@@ -230,7 +229,7 @@ async def test_gc_removes_stored_bytes_no_record_points_at(registry, driver):
 async def test_pinned_digests_are_never_collected(client, registry):
     layer = os.urandom(1000)
     digest = await push_blob(client, "pin/app", layer)
-    with registry.pin([Digest.parse(digest)]):
+    with registry.store.pins.hold([Digest.parse(digest)]):
         await collector(registry).run()
     assert await blob_exists(registry, digest)
     await collector(registry).run()

@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 
 async def _leave_orphan(root) -> str:
     store = RegistryStore(FilesystemDriver(root))
-    upload = await store.begin_blob_upload()
+    upload = await store.blobs.begin_upload()
     await upload.write(b"bytes a crash left without a record")
     await upload.commit()
     await store.driver.close()

@@ -25,7 +25,8 @@ from sshreg.management import lease
 from sshreg.management.gc import GcBusy, GcSettings
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
-from sshreg.storage.store import RegistryStore
+from sshreg.store import paths
+from sshreg.store.registry_store import RegistryStore
 
 from .conftest import identify_from_test_header
 from .helpers_api import push_image, put_manifest, tags_of
@@ -70,13 +71,16 @@ class PausingStore(RegistryStore):
         super().__init__(driver)
         self.hold: asyncio.Event | None = None
         self.held = asyncio.Event()
+        put_bytes = self.blobs.put_bytes  # the one BlobStore every part of this store uses
 
-    async def put_blob_bytes(self, digest, data):
-        record = await super().put_blob_bytes(digest, data)
-        if self.hold is not None:
-            self.held.set()
-            await self.hold.wait()
-        return record
+        async def paused_put_bytes(digest, data):
+            record = await put_bytes(digest, data)
+            if self.hold is not None:
+                self.held.set()
+                await self.hold.wait()
+            return record
+
+        self.blobs.put_bytes = paused_put_bytes  # type: ignore[method-assign]
 
 
 async def other_gateway(driver) -> tuple[Registry, TestClient]:
@@ -89,7 +93,7 @@ async def other_gateway(driver) -> tuple[Registry, TestClient]:
 
 def collector_on(registry: Registry, driver: HookedDriver) -> SettledCollector:
     """The collector of the gateway `registry` belongs to, seeing storage through `driver`."""
-    return SettledCollector(RegistryStore(driver), GcSettings(**NOW), pinned=registry.is_pinned)
+    return SettledCollector(RegistryStore(driver, pins=registry.store.pins), GcSettings(**NOW))
 
 
 async def assert_complete(client: TestClient, name: str, tag: str, image) -> None:
@@ -118,7 +122,7 @@ async def test_a_push_checked_before_gc_unlinked_its_blobs_and_written_after_is_
     and nothing is half there, or the image is complete; a retry always succeeds."""
     name = "race/unlinked"
     image = await garbage_image(client, name)
-    records = {RegistryStore.blob_key(Digest.parse(d)) for d in (*image.blobs, image.digest)}
+    records = {paths.blob_record(Digest.parse(d)) for d in (*image.blobs, image.digest)}
     other, other_client = await other_gateway(driver)
     put: asyncio.Task | None = None
     deleted: set[str] = set()
@@ -246,7 +250,7 @@ async def test_a_second_collection_on_another_gateway_is_refused_while_one_runs(
             pausing.set()
             await finish.wait()
 
-    first = Paused(registry.store, GcSettings(**NOW), pinned=registry.is_pinned)
+    first = Paused(registry.store, GcSettings(**NOW))
     other = SettledCollector(RegistryStore(driver), GcSettings(**NOW))
     running = asyncio.create_task(first.run())
     await asyncio.wait_for(pausing.wait(), 30)

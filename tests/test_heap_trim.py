@@ -10,7 +10,7 @@ from aiohttp.test_utils import RawTestServer, TestClient
 from sshreg.memory import MALLOC_SETTINGS, HeapTrimmer, _find_malloc_trim, tune_malloc
 from sshreg.registry.app import Registry
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 from .conftest import digest_of, identify_from_test_header
 from .helpers_api import as_identity, push_blob

@@ -35,7 +35,7 @@ from sshreg.management.gc import GarbageCollector, GcSettings
 from sshreg.oci import OCI_INDEX, OCI_MANIFEST
 from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 from .conftest import IDENTITIES, TEST_IDENTITY_HEADER, digest_of
 from .helpers_api import (

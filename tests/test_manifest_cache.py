@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from sshreg.references import Digest
-from sshreg.storage.store import ManifestCache, RegistryStore
+from sshreg.store.manifests import ManifestCache
+from sshreg.store.registry_store import RegistryStore
 
 from .helpers_api import push_image
 

@@ -8,7 +8,7 @@ import hashlib
 
 from sshreg.references import Digest
 from sshreg.storage.base import PreconditionFailed
-from sshreg.storage.store import RegistryStore
+from sshreg.store.registry_store import RegistryStore
 
 
 class LostAnswers:
@@ -34,8 +34,8 @@ async def test_a_blob_whose_publication_was_retried_keeps_its_bytes(driver):
     store = RegistryStore(LostAnswers(driver))
     data = b"layer bytes" * 1000
     digest = Digest.parse("sha256:" + hashlib.sha256(data).hexdigest())
-    upload = await store.begin_blob_upload()
+    upload = await store.blobs.begin_upload()
     await upload.write(data)
-    record = await store.commit_blob(digest, upload)
+    record = await store.blobs.commit(digest, upload)
     assert await driver.stat(record.key) is not None
-    assert await store.blob_bytes(await store.blob(digest)) == data
+    assert await store.blobs.read_all(await store.blobs.get(digest)) == data

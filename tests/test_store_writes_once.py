@@ -8,9 +8,11 @@ import hashlib
 from collections import Counter
 
 from sshreg.references import Digest
-from sshreg.storage import store as store_module
-from sshreg.storage.coalesce import SUPERSEDED, LatestWins
-from sshreg.storage.store import GC_LEASE_KEY, ManifestLink, RegistryStore
+from sshreg.store import immutable
+from sshreg.store.coalesce import SUPERSEDED, LatestWins
+from sshreg.store.manifests import ManifestLink
+from sshreg.store.paths import GC_LEASE_KEY
+from sshreg.store.registry_store import RegistryStore
 
 DIGEST = Digest.parse("sha256:" + hashlib.sha256(b"manifest").hexdigest())
 LINK = ManifestLink(DIGEST, "application/vnd.oci.image.manifest.v1+json", 8)
@@ -35,8 +37,8 @@ async def test_links_written_again_at_once_are_not_rewritten(driver):
     counting = CountingWrites(driver)
     store = RegistryStore(counting)
     for _ in range(3):
-        await store.link_blob("app", DIGEST)
-        await store.restore_revision("app", LINK)
+        await store.repositories.link_blob("app", DIGEST)
+        await store.manifests.restore("app", LINK)
     assert set(counting.puts.values()) == {1}, counting.puts
 
 
@@ -44,18 +46,18 @@ async def test_links_are_rewritten_while_a_gc_holds_its_lease(driver):
     """A running collection spares only what was written since it started."""
     counting = CountingWrites(driver)
     store = RegistryStore(counting)
-    await store.restore_revision("app", LINK)
+    await store.manifests.restore("app", LINK)
     await driver.put(GC_LEASE_KEY, b"{}")
-    await store.restore_revision("app", LINK)
+    await store.manifests.restore("app", LINK)
     assert list(counting.puts.values()) == [2]
 
 
 async def test_links_older_than_the_fresh_time_are_renewed(driver, monkeypatch):
-    monkeypatch.setattr(store_module, "FRESH_SECONDS", 0.0)
+    monkeypatch.setattr(immutable, "FRESH_SECONDS", 0.0)
     counting = CountingWrites(driver)
     store = RegistryStore(counting)
-    await store.link_blob("app", DIGEST)
-    await store.link_blob("app", DIGEST)
+    await store.repositories.link_blob("app", DIGEST)
+    await store.repositories.link_blob("app", DIGEST)
     assert counting.puts[f"repositories/app/_layers/sha256/{DIGEST.hex}"] == 2
 
 
@@ -81,6 +83,6 @@ async def test_concurrent_set_tag_in_one_store_writes_the_latest_and_skips_the_r
     store = RegistryStore(counting)
     digests = [Digest.parse("sha256:" + hashlib.sha256(bytes([i])).hexdigest())
                for i in range(8)]
-    await asyncio.gather(*(store.set_tag("app", "latest", d) for d in digests))
-    assert await store.tag("app", "latest") == digests[-1]
+    await asyncio.gather(*(store.tags.set("app", "latest", d) for d in digests))
+    assert await store.tags.get("app", "latest") == digests[-1]
     assert counting.puts["repositories/app/_manifests/tags/latest"] <= 2

@@ -114,7 +114,7 @@ async def test_a_session_whose_storage_upload_cannot_begin_gives_back_its_slot(
     async def broken(*args: object) -> None:
         raise OSError("no space left")
 
-    monkeypatch.setattr(registry.store, "begin_blob_upload", broken)
+    monkeypatch.setattr(registry.store.blobs, "begin_upload", broken)
     resp = await client.post("/v2/app/blobs/uploads/")
     assert resp.status == 500
     assert_counts_back_to_zero(registry)

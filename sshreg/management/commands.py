@@ -22,7 +22,7 @@ from ..access import Action, Identity
 from ..controls import visible
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
-from ..storage.store import RegistryStore
+from ..store.registry_store import RegistryStore
 from .gc import GarbageCollector, GcBusy
 
 log = logging.getLogger("sshreg.management")
@@ -155,7 +155,7 @@ class Management:
         return positional
 
     async def _readable_repositories(self, identity: Identity) -> list[str]:
-        return [n for n in await self.store.repositories() if identity.may(Action.PULL, n)]
+        return [n for n in await self.store.repositories.names() if identity.may(Action.PULL, n)]
 
     def _audit(self, identity: Identity, command: str, **fields: object) -> None:
         audit_log.info({"time": round(time.time(), 3), "command": command,
@@ -183,9 +183,9 @@ class Management:
         if not is_valid_name(name):
             raise CommandError(f"invalid repository name {name!r}", 2)
         self._require(identity, Action.PULL, name)
-        if not await self.store.repository_exists(name):
+        if not await self.store.repositories.exists(name):
             raise CommandError(f"no repository {name}", 3)
-        entries = [(tag, str(d), written) async for tag, d, written in self.store.tag_entries(name)]
+        entries = [(tag, str(d), written) async for tag, d, written in self.store.tags.entries(name)]
         if as_json:
             return [{"tag": t, "digest": d, "written": w} for t, d, w in entries]
         return _table([[t, d, _when(w)] for t, d, w in entries], ["TAG", "DIGEST", "WRITTEN (UTC)"])
@@ -194,8 +194,8 @@ class Management:
         (ref_text,) = self._args(args, 1, 1)
         name, ref, is_digest = split_reference(ref_text)
         self._require(identity, Action.PULL, name)
-        digest = Digest.parse(ref) if is_digest else await self.store.tag(name, ref)
-        found = await self.store.manifest(name, digest) if digest else None
+        digest = Digest.parse(ref) if is_digest else await self.store.tags.get(name, ref)
+        found = await self.store.manifests.get(name, digest) if digest else None
         if found is None:
             raise CommandError(f"no manifest {ref_text}", 3)
         link, data = found
@@ -221,7 +221,7 @@ class Management:
             info["layers"] = [{"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
                               for d in layers]
             info["totalSize"] = len(data) + sum(d.size for d in manifest.blobs)
-        referrers = await self.store.referrers(name, digest)
+        referrers = await self.store.referrers.descriptors(name, digest)
         info["referrers"] = [{"digest": r["digest"], "artifactType": r.get("artifactType")}
                              for r in referrers]
         return info if as_json else _describe(info)
@@ -231,9 +231,9 @@ class Management:
         name, ref, is_digest = split_reference(ref_text)
         self._require(identity, Action.DELETE, name)
         if is_digest:
-            deleted = await self.store.delete_manifest(name, Digest.parse(ref))
+            deleted = await self.store.manifests.delete(name, Digest.parse(ref)) is not None
         else:
-            deleted = await self.store.delete_tag(name, ref)
+            deleted = await self.store.tags.delete(name, ref)
         if not deleted:
             raise CommandError(f"no manifest {ref_text}", 3)
         self._audit(identity, "rm", repository=name, reference=ref)
@@ -259,14 +259,14 @@ class Management:
         linked: dict[str, set[Digest]] = {}
         users: dict[Digest, int] = {}
         for name in names:
-            digests = {d async for d, _ in self.store.layer_entries(name)}
-            digests |= {d async for d, _ in self.store.revision_entries(name)}
+            digests = {d async for d, _ in self.store.inventory.blob_links(name)}
+            digests |= {d async for d, _ in self.store.inventory.manifest_revisions(name)}
             linked[name] = digests
             for d in digests:
                 users[d] = users.get(d, 0) + 1
         sizes: dict[Digest, int] = {}
         for d in users:
-            record = await self.store.blob(d)
+            record = await self.store.blobs.get(d)
             sizes[d] = record.size if record else 0
         return [{"repository": name, "blobs": len(ds), "bytes": sum(sizes[d] for d in ds),
                  "shared": sum(sizes[d] for d in ds if users[d] > 1)}

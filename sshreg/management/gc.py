@@ -4,7 +4,7 @@ Reachable: every tagged manifest, the children of reachable indexes, the referre
 reachable manifests, and the config and layer blobs of all of them. With `keep_untagged`,
 every manifest of a repository is a root too. Never deleted: anything written less than
 `grace` seconds before the run started (blobs of a push whose manifest is not written yet),
-and anything a request of this process is using right now (`pinned`).
+and anything a request of this process is using right now (the store's `pins`).
 
 Deleting happens after a `safety` pause and a second look: manifests, tags and links
 written since the run started are marked again, and whatever they reference is spared.
@@ -30,12 +30,13 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..oci import ManifestError, parse_manifest
 from ..references import Digest
-from ..storage.store import BlobRecord, ManifestLink, RegistryStore
+from ..store.blobs import BlobRecord
+from ..store.manifests import ManifestLink
+from ..store.registry_store import RegistryStore
 from .lease import GcBusy, Lease
 from .retention import RetentionPolicy, expired_tags
 
@@ -132,11 +133,10 @@ class _Candidates:
 
 
 class GarbageCollector:
-    def __init__(self, store: RegistryStore, settings: GcSettings | None = None, *,
-                 pinned: Callable[[Digest], bool] = lambda digest: False) -> None:
+    def __init__(self, store: RegistryStore, settings: GcSettings | None = None) -> None:
         self.store = store
         self.settings = settings or GcSettings()
-        self.pinned = pinned
+        self.pins = store.pins
         self._lock = asyncio.Lock()
 
     async def run(self, dry_run: bool = False) -> GcReport:
@@ -144,19 +144,19 @@ class GarbageCollector:
         one that deletes raises GcBusy while a collection elsewhere holds the lease."""
         async with self._lock:
             began = time.monotonic()
-            started = await self._storage_now()
+            started = await self.store.inventory.storage_now()
             if dry_run:
                 return await self._collect(True, began, started)
             async with Lease.hold(self.store.driver, started) as lease:
                 # A push skips rewriting a link it finds fresh only while no lease exists
-                # (store._write_immutable), so "new" means written since the lease was taken.
+                # (store/immutable.py), so "new" means written since the lease was taken.
                 return await self._collect(False, began, await lease.taken_at())
 
     async def _collect(self, dry_run: bool, began: float, started: float) -> GcReport:
         report = GcReport(dry_run)
         reachable = BloomFilter(self.settings.bloom_bits)
         candidates = _Candidates()
-        repositories = await self.store.repositories()
+        repositories = await self.store.repositories.names()
         for name in repositories:
             await self._collect_repository(name, started, reachable, candidates, report)
         await self._collect_blobs(started, reachable, candidates)
@@ -171,17 +171,6 @@ class GarbageCollector:
                  json.dumps(report.to_dict()))
         return report
 
-    async def _storage_now(self) -> float:
-        """The current time by the storage's clock, at the storage's resolution.
-
-        Ages are compared with modification times the storage assigned (S3 keeps whole
-        seconds), so "written since the run started" must use that clock too."""
-        key = "gc/clock"
-        await self.store.driver.put(key, str(time.time()).encode())
-        info = await self.store.driver.stat(key)
-        assert info is not None
-        return info.modified
-
     async def _pause(self) -> None:
         """Give writes that started before the decision time to finish."""
         await asyncio.sleep(self.settings.safety)
@@ -190,23 +179,23 @@ class GarbageCollector:
 
     async def _collect_repository(self, name: str, started: float, reachable: BloomFilter,
                                   candidates: _Candidates, report: GcReport) -> None:
-        tags = [entry async for entry in self.store.tag_entries(name)]
+        tags = [entry async for entry in self.store.tags.entries(name)]
         expired = set(expired_tags(self.settings.retention, name,
                                    [(t, written) for t, _, written in tags], started))
         for tag in sorted(expired):
             report.tags.append(f"{name}:{tag}")
             if not report.dry_run:
-                await self.store.delete_tag(name, tag)
+                await self.store.tags.delete(name, tag)
         young = started - self.settings.grace
-        revisions = {d: info async for d, info in self.store.revision_entries(name)}
+        revisions = {d: info async for d, info in self.store.inventory.manifest_revisions(name)}
         roots = {digest for tag, digest, _ in tags if tag not in expired}
         roots |= {d for d, info in revisions.items()
-                  if info.modified >= young or self.settings.keep_untagged or self.pinned(d)}
+                  if info.modified >= young or self.settings.keep_untagged or d in self.pins}
         marks = _Marks()
         await self._walk(name, roots, marks)
         links = []
-        async for digest, info in self.store.layer_entries(name):
-            if info.modified >= young or self.pinned(digest):
+        async for digest, info in self.store.inventory.blob_links(name):
+            if info.modified >= young or digest in self.pins:
                 marks.blobs.add(digest)
             links.append(digest)
         for digest in marks.manifests | marks.blobs:
@@ -235,20 +224,20 @@ class GarbageCollector:
             marks.manifests.add(digest)
             marks.blobs.update(d.digest for d in manifest.blobs if not d.external)
             pending.extend(d.digest for d in manifest.children)
-            pending.extend(await self.store.referrer_digests(name, digest))
+            pending.extend(await self.store.referrers.digests(name, digest))
             if removed is not None:
                 pending.extend(removed.referrers(name, digest))
 
     async def _read_manifest(self, name: str, digest: Digest, removed: _Removed | None
                              ) -> tuple[ManifestLink, bytes] | None:
         if removed is None:
-            return await self.store.manifest(name, digest)
-        link = await self.store.manifest_link(name, digest) or removed.revisions.get((name, digest))
-        record = await self.store.blob(digest) or removed.records.get(digest)
+            return await self.store.manifests.get(name, digest)
+        link = await self.store.manifests.link(name, digest) or removed.revisions.get((name, digest))
+        record = await self.store.blobs.get(digest) or removed.records.get(digest)
         if link is None or record is None:
             return None
         try:
-            return link, await self.store.blob_bytes(record)
+            return link, await self.store.blobs.read_all(record)
         except FileNotFoundError:
             return None
 
@@ -256,15 +245,15 @@ class GarbageCollector:
                              candidates: _Candidates) -> None:
         young = started - self.settings.grace
         referenced = BloomFilter(self.settings.bloom_bits)  # data keys some record uses
-        async for digest, info in self.store.blob_entries():
-            record = await self.store.blob(digest)
+        async for digest, info in self.store.inventory.blobs():
+            record = await self.store.blobs.get(digest)
             if record is None:
                 continue
             referenced.add(record.key)
             if (str(digest) not in reachable and info.modified < young
-                    and not self.pinned(digest)):
+                    and digest not in self.pins):
                 candidates.blobs.append(record)
-        async for obj in self.store.data_entries():
+        async for obj in self.store.inventory.blob_data():
             if obj.key not in referenced and obj.modified < young:
                 candidates.orphans.append((obj.key, obj.size))
 
@@ -274,13 +263,13 @@ class GarbageCollector:
                        removed: _Removed | None = None) -> dict[str, _Marks]:
         """What manifests, tags and links written since the run started keep, per repository."""
         rescued: dict[str, _Marks] = {}
-        names = set(repositories) | set(await self.store.repositories())
+        names = set(repositories) | set(await self.store.repositories.names())
         for name in names:
-            roots = {d async for d, info in self.store.revision_entries(name)
+            roots = {d async for d, info in self.store.inventory.manifest_revisions(name)
                      if info.modified >= started}
-            roots |= {d async for _, d, written in self.store.tag_entries(name)
+            roots |= {d async for _, d, written in self.store.tags.entries(name)
                       if written >= started}
-            marks = _Marks(blobs={d async for d, info in self.store.layer_entries(name)
+            marks = _Marks(blobs={d async for d, info in self.store.inventory.blob_links(name)
                                   if info.modified >= started})
             await self._walk(name, roots, marks, removed)
             if marks.manifests or marks.blobs:
@@ -303,23 +292,23 @@ class GarbageCollector:
         removed = _Removed()
         for name, digests in candidates.manifests.items():
             for digest in digests:
-                info = await self.store.revision_info(name, digest)
-                if info is None or info.modified >= started or self.pinned(digest):
+                info = await self.store.manifests.link_info(name, digest)
+                if info is None or info.modified >= started or digest in self.pins:
                     continue
-                link = await self.store.delete_revision(name, digest)
+                link = await self.store.manifests.delete(name, digest, keep_tags=True)
                 if link is not None:
                     removed.revisions[(name, digest)] = link
         for name, digests in candidates.links.items():
             for digest in digests:
-                info = await self.store.layer_info(name, digest)
-                if info is None or info.modified >= started or self.pinned(digest):
+                info = await self.store.repositories.blob_link_info(name, digest)
+                if info is None or info.modified >= started or digest in self.pins:
                     continue
-                await self.store.unlink_blob(name, digest)
+                await self.store.repositories.unlink_blob(name, digest)
                 removed.links.add((name, digest))
         for record in candidates.blobs:
-            if self.pinned(record.digest):
+            if record.digest in self.pins:
                 continue
-            await self.store.delete_blob_record(record.digest)
+            await self.store.blobs.delete_record(record.digest)
             removed.records[record.digest] = record
         # The last look: a write since the run started, here or on another gateway, may
         # use some of what just went. Put that back; only the rest loses its bytes.
@@ -328,11 +317,11 @@ class GarbageCollector:
         report.manifests.extend(f"{name}@{digest}" for name, digest in removed.revisions)
         report.links += len(removed.links)
         for record in removed.records.values():
-            await self.store.driver.delete(record.key)
+            await self.store.blobs.delete_data(record.key)
             report.blobs += 1
             report.blob_bytes += record.size
         for key, size in candidates.orphans:
-            await self.store.driver.delete(key)
+            await self.store.blobs.delete_data(key)
             report.orphans += 1
             report.orphan_bytes += size
 
@@ -342,20 +331,20 @@ class GarbageCollector:
         kept = {d for marks in rescued.values() for d in marks.manifests | marks.blobs}
         restored = 0
         for digest, record in list(removed.records.items()):
-            if digest in kept or self.pinned(digest):
-                await self.store.restore_blob_record(record)
+            if digest in kept or digest in self.pins:
+                await self.store.blobs.restore_record(record)
                 del removed.records[digest]
                 restored += 1
         for name, marks in rescued.items():
             for digest in marks.blobs:
                 if (name, digest) in removed.links:
-                    await self.store.link_blob(name, digest)
+                    await self.store.repositories.link_blob(name, digest)
                     removed.links.discard((name, digest))
                     restored += 1
             for digest in marks.manifests:
                 link = removed.revisions.pop((name, digest), None)
                 if link is not None:
-                    await self.store.restore_revision(name, link)
+                    await self.store.manifests.restore(name, link)
                     restored += 1
         return restored
 

@@ -19,7 +19,7 @@ import socket
 from collections.abc import AsyncIterator
 
 from ..storage.base import Driver, PreconditionFailed
-from ..storage.store import GC_LEASE_KEY
+from ..store.paths import GC_LEASE_KEY
 
 log = logging.getLogger("sshreg.gc")
 

@@ -10,12 +10,10 @@ global.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -29,9 +27,9 @@ from yarl import URL
 from ..access import Action, Identity
 from ..memory import HeapTrimmer
 from ..metrics import Metrics, method_label
-from ..references import Digest, is_valid_name
+from ..references import is_valid_name
 from ..storage.base import Overloaded, PreconditionFailed, StorageError, TooLarge
-from ..storage.store import RegistryStore
+from ..store.registry_store import RegistryStore
 from .errors import LIMIT_RETRY_AFTER, Code, RegistryError
 from .origin import OriginPolicy
 from .routes import Access, Route, resolve
@@ -247,26 +245,9 @@ class Registry:
             max_per_key=self.settings.max_uploads_per_key, max_total=self.settings.max_uploads)
         self.in_flight = 0  # requests being handled right now
         self.heap = heap  # trimmed whenever no request is left
-        self._pins: Counter[Digest] = Counter()
 
     async def start(self) -> None:
         self.sessions.start()
-
-    @contextlib.contextmanager
-    def pin(self, digests: Iterable[Digest]) -> Iterator[None]:
-        """Mark digests as being referenced by a write in progress, for garbage collection."""
-        held = list(digests)
-        self._pins.update(held)
-        try:
-            yield
-        finally:
-            self._pins.subtract(held)
-            for digest in held:
-                if self._pins[digest] <= 0:
-                    del self._pins[digest]
-
-    def is_pinned(self, digest: Digest) -> bool:
-        return self._pins[digest] > 0 if digest in self._pins else False
 
     async def close(self) -> None:
         await self.sessions.close()

@@ -20,7 +20,7 @@ log = logging.getLogger("sshreg.blobs")
 
 async def get_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     digest = digest_param(ctx.params["digest"])
-    record = await ctx.store.repository_blob(ctx.name, digest)
+    record = await ctx.store.repositories.blob(ctx.name, digest)
     if record is None:
         raise RegistryError(Code.BLOB_UNKNOWN, {"digest": str(digest)})
     headers = {
@@ -36,7 +36,7 @@ async def get_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse
 
     byte_range = parse_range(request.headers.get("Range"), record.size)
     if ctx.settings.redirect_expiry > 0 and byte_range is None:
-        url = await ctx.store.driver.presign(record.key, ctx.settings.redirect_expiry)
+        url = await ctx.store.blobs.presign(record, ctx.settings.redirect_expiry)
         if url is not None:
             return web.Response(status=307, headers={"Location": url, **headers})
 
@@ -47,7 +47,7 @@ async def get_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse
         headers["Content-Range"] = f"bytes {start}-{end}/{record.size}"
     length = end - start + 1 if record.size else 0
 
-    chunks = ctx.store.read_blob(record, start, end + 1)
+    chunks = ctx.store.blobs.read(record, start, end + 1)
     try:  # read the first chunk before answering, so a vanished blob is still a 404
         first = await anext(chunks) if length else b""
     except FileNotFoundError:
@@ -75,8 +75,8 @@ async def get_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse
 async def delete_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     """Unlink a blob from the repository; the bytes go when garbage collection finds them unused."""
     digest = digest_param(ctx.params["digest"])
-    if not await ctx.store.is_blob_linked(ctx.name, digest):
+    if not await ctx.store.repositories.is_blob_linked(ctx.name, digest):
         raise RegistryError(Code.BLOB_UNKNOWN, {"digest": str(digest)})
-    await ctx.store.unlink_blob(ctx.name, digest)
+    await ctx.store.repositories.unlink_blob(ctx.name, digest)
     ctx.reference = str(digest)
     return web.Response(status=202)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 async def list_repositories(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     n, last = page_params(request.query, ctx.settings.max_page)
     names = [
-        name for name in await ctx.store.repositories()
+        name for name in await ctx.store.repositories.names()
         if name > last and ctx.may(Action.PULL, name)
     ]
     page = names if n is None else names[:n]

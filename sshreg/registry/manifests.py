@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..oci import INDEXES, Manifest, ManifestError, parse_manifest
 from ..references import Digest, is_digest, is_valid_tag
-from ..storage.store import ManifestLink
+from ..store.manifests import ManifestLink
 from .errors import Code, RegistryError
 from .params import body_chunks, digest_param, manifest_location
 
@@ -29,7 +29,7 @@ async def _resolve(ctx: Context, reference: str) -> Digest:
         return digest_param(reference)
     if not is_valid_tag(reference):
         raise RegistryError(Code.MANIFEST_UNKNOWN, {"tag": reference})
-    digest = await ctx.store.tag(ctx.name, reference)
+    digest = await ctx.store.tags.get(ctx.name, reference)
     if digest is None:
         raise RegistryError(Code.MANIFEST_UNKNOWN, {"tag": reference})
     return digest
@@ -38,12 +38,12 @@ async def _resolve(ctx: Context, reference: str) -> Digest:
 async def get_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     digest = await _resolve(ctx, ctx.params["reference"])
     if request.method == "HEAD":  # the repository's link has all a HEAD answers with
-        link = await ctx.store.manifest_link(ctx.name, digest)
+        link = await ctx.store.manifests.link(ctx.name, digest)
         if link is None:
             raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": str(digest)})
         return web.Response(status=200, headers={
             **_manifest_headers(link), "Content-Length": str(link.size)})
-    found = await ctx.store.manifest(ctx.name, digest)
+    found = await ctx.store.manifests.get(ctx.name, digest)
     if found is None:
         raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": str(digest)})
     link, data = found
@@ -97,7 +97,7 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
         raise RegistryError(Code.MANIFEST_INVALID, str(exc)) from None
     _check_fan_out(manifest, ctx.settings.max_manifest_descriptors)
     references = {d.digest for d in (*manifest.blobs, *manifest.children)}
-    with ctx.registry.pin([digest, *references]):  # garbage collection keeps off them
+    with ctx.store.pins.hold([digest, *references]):  # garbage collection keeps off them
         await _check_references(ctx, manifest)
 
         link = ManifestLink(
@@ -108,12 +108,12 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
             subject=manifest.subject.digest if manifest.subject else None,
             annotations=manifest.annotations or None,
         )
-        await ctx.store.put_manifest(ctx.name, link, data)
-        previous = {tag: await ctx.store.set_tag(ctx.name, tag, digest) for tag in tags}
+        await ctx.store.manifests.put(ctx.name, link, data)
+        previous = {tag: await ctx.store.tags.set(ctx.name, tag, digest) for tag in tags}
         missing = await _missing_after_write(ctx, digest, manifest)
         if missing:
             for tag, before in previous.items():
-                await ctx.store.undo_tag(ctx.name, tag, digest, before)
+                await ctx.store.tags.undo(ctx.name, tag, digest, before)
             log.warning("manifest %s for %s: %s removed while it was written (garbage "
                         "collection on another gateway?); push refused", digest, ctx.name,
                         ", ".join(missing))
@@ -145,7 +145,7 @@ async def _check_references(ctx: Context, manifest: Manifest) -> None:
             sizes.setdefault(desc.digest, set()).add(desc.size)
 
     async def blob_found(digest: Digest) -> bool:
-        record = await ctx.store.repository_blob(ctx.name, digest)
+        record = await ctx.store.repositories.blob(ctx.name, digest)
         if record is not None and sizes[digest] != {record.size}:
             wrong = min(sizes[digest] - {record.size})
             raise RegistryError(Code.MANIFEST_INVALID,
@@ -153,7 +153,7 @@ async def _check_references(ctx: Context, manifest: Manifest) -> None:
         return record is not None
 
     async def child_found(digest: Digest) -> bool:
-        return await ctx.store.manifest_link(ctx.name, digest) is not None
+        return await ctx.store.manifests.link(ctx.name, digest) is not None
 
     missing = await _first_missing(list(sizes), blob_found)
     if not missing:
@@ -205,17 +205,17 @@ async def _missing_after_write(ctx: Context, digest: Digest, manifest: Manifest)
     seen: set[Digest] = set()
 
     async def manifest_ok(target: Digest) -> bool:
-        return (await store.manifest_link(name, target) is not None
-                and await store.blob(target) is not None)
+        return (await store.manifests.link(name, target) is not None
+                and await store.blobs.get(target) is not None)
 
     async def blob_ok(target: Digest) -> bool:
-        return await store.repository_blob(name, target) is not None
+        return await store.repositories.blob(name, target) is not None
 
     async def child_missing(child: Digest) -> list[str]:
         if child in seen:
             return []
         seen.add(child)
-        found = await store.manifest(name, child)
+        found = await store.manifests.get(name, child)
         if found is None:
             return [str(child)]
         try:
@@ -245,9 +245,9 @@ async def delete_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamR
     ctx.reference = reference
     if is_digest(reference):
         digest = digest_param(reference)
-        if not await ctx.store.delete_manifest(ctx.name, digest):
+        if await ctx.store.manifests.delete(ctx.name, digest) is None:
             raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": reference})
-    elif not is_valid_tag(reference) or not await ctx.store.delete_tag(ctx.name, reference):
+    elif not is_valid_tag(reference) or not await ctx.store.tags.delete(ctx.name, reference):
         raise RegistryError(Code.MANIFEST_UNKNOWN, {"tag": reference})
     log.info("manifest %s deleted from %s by %s", reference, ctx.name, ctx.identity.fingerprint)
     return web.Response(status=202)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 async def list_referrers(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     subject = digest_param(ctx.params["digest"])
-    descriptors = await ctx.store.referrers(ctx.name, subject)
+    descriptors = await ctx.store.referrers.descriptors(ctx.name, subject)
     artifact_type = request.query.get("artifactType")
     headers = {}
     if artifact_type is not None:

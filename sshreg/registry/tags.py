@@ -15,18 +15,16 @@ if TYPE_CHECKING:
 
 async def list_tags(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     n, last = page_params(request.query, ctx.settings.max_page)
-    if not await ctx.store.repository_exists(ctx.name):
+    if not await ctx.store.repositories.exists(ctx.name):
         raise RegistryError(Code.NAME_UNKNOWN, {"name": ctx.name})
     tags: list[str] = []
     more = False
     if n != 0:
-        prefix_len = None
-        async for obj in ctx.store.tag_names(ctx.name, last):
+        async for tag in ctx.store.tags.names(ctx.name, last):
             if n is not None and len(tags) == n:
                 more = True
                 break
-            prefix_len = prefix_len or obj.key.rindex("/") + 1
-            tags.append(obj.key[prefix_len:])
+            tags.append(tag)
     response = web.json_response({"name": ctx.name, "tags": tags})
     if more and n:
         response.headers["Link"] = next_link(f"/v2/{ctx.name}/tags/list", n, tags[-1])

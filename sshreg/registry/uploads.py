@@ -18,7 +18,7 @@ from aiohttp import web
 from ..access import Action
 from ..references import Digest, is_valid_name
 from ..storage.base import StorageError
-from ..storage.store import DigestMismatch
+from ..store.blobs import DigestMismatch
 from .errors import Code, RegistryError
 from .params import blob_location, body_chunks, digest_param
 from .ranges import parse_content_range
@@ -54,7 +54,7 @@ async def _new_session(ctx: Context, algorithm: str = "sha256") -> UploadSession
     owner = ctx.identity.fingerprint
     ctx.sessions.admit(owner)  # 429 past the per-key or total limit
     try:
-        upload = await ctx.store.begin_blob_upload(ctx.settings.part_size)
+        upload = await ctx.store.blobs.begin_upload(ctx.settings.part_size)
     except BaseException:
         ctx.sessions.withdraw(owner)
         raise
@@ -121,16 +121,16 @@ async def _commit(ctx: Context, session: UploadSession, digest: Digest) -> web.R
                                                   "computed": f"{session.algorithm}:"
                                                               f"{session.hexdigest()}"})
     ctx.sessions.finish(session)
-    with ctx.registry.pin([digest]):  # garbage collection keeps off it until it is linked
+    with ctx.store.pins.hold([digest]):  # garbage collection keeps off it until it is linked
         try:
-            await ctx.store.commit_blob(digest, session.upload, verified=verified)
+            await ctx.store.blobs.commit(digest, session.upload, verified=verified)
         except DigestMismatch as exc:
             raise RegistryError(Code.DIGEST_INVALID, str(exc)) from None
         except BaseException:
             await session.abort()
             raise
         session.closed = True
-        await ctx.store.link_blob(ctx.name, digest)
+        await ctx.store.repositories.link_blob(ctx.name, digest)
     log.info("blob %s (%d bytes) pushed to %s by %s", digest, session.size, ctx.name,
              ctx.identity.fingerprint)
     return _blob_created(ctx, digest)
@@ -153,15 +153,15 @@ async def _mount(ctx: Context, digest_text: str, source: str | None) -> web.Resp
             log.warning("mount of %s from %s refused for key %s", digest, source,
                         ctx.identity.fingerprint)
     else:
-        everything = [ctx.name, *(await ctx.store.repositories())]
+        everything = [ctx.name, *(await ctx.store.repositories.names())]
         readable = [r for r in everything if ctx.may(Action.PULL, r)]
-        if len(readable) == len(everything) and await ctx.store.blob(digest) is None:
+        if len(readable) == len(everything) and await ctx.store.blobs.get(digest) is None:
             return None
     for repository in readable:
-        if (await ctx.store.is_blob_linked(repository, digest)
-                and await ctx.store.blob(digest) is not None):
-            with ctx.registry.pin([digest]):
-                await ctx.store.link_blob(ctx.name, digest)
+        if (await ctx.store.repositories.is_blob_linked(repository, digest)
+                and await ctx.store.blobs.get(digest) is not None):
+            with ctx.store.pins.hold([digest]):
+                await ctx.store.repositories.link_blob(ctx.name, digest)
             return _blob_created(ctx, digest)
     return None
 

@@ -34,7 +34,7 @@ from typing import Any
 import asyncssh
 
 from sshreg.references import Digest
-from sshreg.storage.store import RegistryStore
+from sshreg.store import paths
 from tests.support.processes import free_port, wait_until
 from tests.support.seaweedfs import SeaweedFS, assert_r2_object_parts
 
@@ -340,7 +340,7 @@ class S3Store:
     def blob_object(self, digest: str) -> str | None:
         """The bucket key holding a blob's bytes (from sshreg's blob record), None if the
         blob was never published."""
-        record_key = f"{self.prefix}/{RegistryStore.blob_key(Digest.parse(digest))}"
+        record_key = f"{self.prefix}/{paths.blob_record(Digest.parse(digest))}"
         try:
             body = self.client().get_object(Bucket=self.bucket, Key=record_key)["Body"].read()
         except self.client().exceptions.NoSuchKey:
