@@ -128,7 +128,7 @@ def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .ssh import key_admin
+    from .keys import lines as key_admin
     from .storage.base import StorageError
 
     try:
@@ -166,10 +166,10 @@ def _keys_edit(config: Config, args: argparse.Namespace, change):
     """Read authorized_keys (`change` None: its lines) or apply `change` (lines, where ->
     new text, result) to it, wherever the config puts it: a file (edited under a lock) or
     an object in a bucket (a conditional write, redone if another edit came first)."""
-    from .ssh import key_admin
+    from .keys import lines as key_admin
 
     if config.shared_keys:
-        from .ssh.shared_keys import BucketFile, edit_shared, read_shared
+        from .keys.bucket_file import BucketFile, edit_shared, read_shared
 
         async def shared():
             source = BucketFile(config.authorized_keys,

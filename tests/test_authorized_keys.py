@@ -14,16 +14,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sshreg.ssh import authorized_keys
-from sshreg.ssh.authorized_keys import (
+from sshreg.keys import entries as authorized_keys
+from sshreg.keys.entries import (
     AuthorizedKeys,
     KeyEntry,
     KeyLineError,
     parse_authorized_keys,
     parse_line,
 )
-from sshreg.ssh.key_admin import fingerprint_of, listing_json, listing_text, parse_lines, without_key
-from sshreg.ssh.key_options import KeyOptions
+from sshreg.keys.lines import fingerprint_of, listing_json, listing_text, parse_lines, without_key
+from sshreg.keys.options import KeyOptions
 
 KEYS = [asyncssh.generate_private_key(alg, comment=f"k{i}@test") for i, alg in enumerate(
     ("ssh-ed25519", "ssh-ed25519", "ecdsa-sha2-nistp256"))]

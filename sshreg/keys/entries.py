@@ -33,7 +33,7 @@ import asyncssh
 from asyncssh.pattern import HostPatternList
 
 from ..access import Identity, Rights
-from .key_options import KeyLineError, parse_options, split_options
+from .options import KeyLineError, parse_options, split_options
 
 log = logging.getLogger("sshreg.keys")
 

@@ -26,8 +26,8 @@ import asyncssh
 
 from ..storage.base import PreconditionFailed, SmallObject
 from ..storage.s3 import S3Driver, S3Settings
-from .authorized_keys import KeyEntry, parse_authorized_keys
-from .key_admin import ENCODING, KeyAdminError, Line, parse_lines
+from .entries import KeyEntry, parse_authorized_keys
+from .lines import ENCODING, KeyAdminError, Line, parse_lines
 
 log = logging.getLogger("sshreg.keys")
 

@@ -31,8 +31,8 @@ from typing import TypeVar
 import asyncssh
 
 from ..access import Rights
-from .authorized_keys import KeyEntry, parse_line
-from .key_options import RIGHTS_OPTIONS, KeyLineError, split_options
+from .entries import KeyEntry, parse_line
+from .options import RIGHTS_OPTIONS, KeyLineError, split_options
 
 T = TypeVar("T")
 
