@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .keys.lines import FILE_NAME, read_lines
+from .keys.local_file import FILE_NAME, read_lines
 from .ssh.hostkey import HOST_KEY_NAME, HostKeyError, load_or_create_host_key
 from .storage.base import StorageError
 

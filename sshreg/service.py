@@ -12,7 +12,8 @@ import socket
 from aiohttp import web
 
 from .config import Config, ConfigError, parse_listen
-from .keys.entries import AuthorizedKeys, KeyList
+from .keys.entries import KeyList
+from .keys.local_file import AuthorizedKeys
 from .management.commands import Management
 from .management.gc import GarbageCollector, GcSettings
 from .memory import HeapTrimmer

@@ -18,7 +18,7 @@ import pytest
 
 from sshreg.config import ConfigError, load_config
 from sshreg.keys.bucket_file import BucketFile, SharedAuthorizedKeys, edit_shared
-from sshreg.keys.lines import Grant, new_line, with_key
+from sshreg.keys.edits import Grant, new_line, with_key
 from sshreg.storage.base import SmallObject, StorageError
 from tests.conftest import S3_TEST_BUCKET
 

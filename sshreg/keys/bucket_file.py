@@ -22,8 +22,6 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-import asyncssh
-
 from ..storage.base import PreconditionFailed, SmallObject
 from ..storage.s3 import S3Driver, S3Settings
 from .entries import KeyEntry, parse_authorized_keys
@@ -91,10 +89,6 @@ class SharedAuthorizedKeys:
 
     def entries(self) -> list[KeyEntry]:
         return self._entries
-
-    def find(self, key: asyncssh.SSHKey) -> KeyEntry | None:
-        data = key.public_data
-        return next((e for e in self._entries if e.key.public_data == data), None)
 
     def reload_if_changed(self) -> bool:
         """Check the bucket now (SIGHUP); never waits for it. Returns False: the answer
