@@ -75,10 +75,10 @@ def check_keys(folder: Path, report: Report, authorized_keys: str | None = None)
 
 async def check_shared_keys(config: Config, report: Report) -> None:
     """authorized_keys in a bucket: it can be read, and how the server would take it."""
-    from .keys.bucket_file import BucketFile, read_shared
+    from .keys.bucket_file import open_bucket_file, read_shared
 
-    source = BucketFile(config.authorized_keys, endpoint_url=config.endpoint_url or None,
-                        region=config.region)
+    source = open_bucket_file(config.authorized_keys, endpoint_url=config.endpoint_url or None,
+                              region=config.region)
     try:
         lines = await asyncio.wait_for(read_shared(source), STORAGE_TIMEOUT)
     except Exception as exc:

@@ -168,11 +168,12 @@ def _keys_edit(config: Config, args: argparse.Namespace, change):
     new text, result) to it, wherever the config puts it: a file (edited under a lock) or
     an object in a bucket (a conditional write, redone if another edit came first)."""
     if config.shared_keys:
-        from .keys.bucket_file import BucketFile, edit_shared, read_shared
+        from .keys.bucket_file import edit_shared, open_bucket_file, read_shared
 
         async def shared():
-            source = BucketFile(config.authorized_keys,
-                                endpoint_url=config.endpoint_url or None, region=config.region)
+            source = open_bucket_file(config.authorized_keys,
+                                      endpoint_url=config.endpoint_url or None,
+                                      region=config.region)
             try:
                 if change is None:
                     return await read_shared(source)

@@ -37,10 +37,10 @@ STALE_SWEEP_INTERVAL = 3600.0
 def open_keys(config: Config) -> KeyList:
     """authorized_keys where the config says: a file, or an object in a bucket (polled)."""
     if config.shared_keys:
-        from .keys.bucket_file import BucketFile, SharedAuthorizedKeys
+        from .keys.bucket_file import SharedAuthorizedKeys, open_bucket_file
 
-        source = BucketFile(config.authorized_keys, endpoint_url=config.endpoint_url or None,
-                            region=config.region)
+        source = open_bucket_file(config.authorized_keys,
+                                  endpoint_url=config.endpoint_url or None, region=config.region)
         return SharedAuthorizedKeys(source, config.authorized_keys_poll)
     return AuthorizedKeys(config.authorized_keys_location)
 

@@ -17,9 +17,15 @@ import asyncssh
 import pytest
 
 from sshreg.config import ConfigError, load_config
-from sshreg.keys.bucket_file import BucketFile, SharedAuthorizedKeys, edit_shared
+from sshreg.keys.bucket_file import (
+    BucketFile,
+    SharedAuthorizedKeys,
+    edit_shared,
+    open_bucket_file,
+)
 from sshreg.keys.edits import Grant, new_line, with_key
 from sshreg.storage.base import SmallObject, StorageError
+from sshreg.storage.filesystem import FilesystemDriver
 from tests.conftest import S3_TEST_BUCKET
 
 TIMEOUT = 60
@@ -181,6 +187,32 @@ async def test_a_gateway_that_starts_while_the_bucket_fails_admits_nobody_until_
         await keys.close()
 
 
+async def test_the_object_can_live_on_any_driver(tmp_path):
+    """`BucketFile` takes the driver contract, not S3: concurrent edits on a filesystem
+    driver's conditional writes lose nothing either, and the poller reads the result."""
+    added = [new_key(f"user{i}") for i in range(4)]
+    grant = Grant.parse(None, False)
+
+    def source() -> BucketFile:
+        return BucketFile(FilesystemDriver(tmp_path), "keys/authorized_keys", "fs:authorized_keys")
+
+    async def add(line: str) -> None:
+        target = source()
+        text, entry = new_line(line, grant)
+        try:
+            await edit_shared(target, lambda lines: with_key(lines, text, entry, False, target))
+        finally:
+            await target.close()
+
+    await asyncio.gather(*(add(line) for line, _ in added))
+    keys = SharedAuthorizedKeys(source())
+    await keys.start()
+    try:
+        assert sorted(fingerprints(keys)) == sorted(fp for _, fp in added)
+    finally:
+        await keys.close()
+
+
 def test_config_accepts_a_bucket_object_or_a_path_and_refuses_a_bucket_alone(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[server]\nauthorized_keys = "s3://team-bucket/registry/authorized_keys"\n'
@@ -213,7 +245,7 @@ async def test_concurrent_edits_through_conditional_writes_lose_nothing(bucket_u
     grant = Grant.parse(None, False)
 
     async def add(line: str) -> None:
-        source = BucketFile(bucket_url)
+        source = open_bucket_file(bucket_url)
         text, entry = new_line(line, grant)
         try:
             await edit_shared(source, lambda lines: with_key(lines, text, entry, False, source))
@@ -221,7 +253,7 @@ async def test_concurrent_edits_through_conditional_writes_lose_nothing(bucket_u
             await source.close()
 
     await asyncio.gather(*(add(line) for line, _ in added))
-    keys = SharedAuthorizedKeys(BucketFile(bucket_url))
+    keys = SharedAuthorizedKeys(open_bucket_file(bucket_url))
     await keys.start()
     try:
         assert sorted(e.fingerprint for e in keys.entries()) == sorted(fp for _, fp in added)
