@@ -1,6 +1,6 @@
 """Who is asking and what they may do: the identity an SSH key carries into every request.
 
-Rights are written on the key's line in `authorized_keys` (see `ssh/authorized_keys.py`).
+Rights are written on the key's line in `authorized_keys` (see `keys/entries.py`).
 A plain line means full access. With any `sshreg-*` option, a key has exactly the rights
 its options grant:
 

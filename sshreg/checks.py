@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
+from .keys.local_file import FILE_NAME, read_lines
 from .ssh.hostkey import HOST_KEY_NAME, HostKeyError, load_or_create_host_key
-from .ssh.key_admin import FILE_NAME, read_lines
 from .storage.base import StorageError
 
 STORAGE_TIMEOUT = 60.0
@@ -75,10 +75,10 @@ def check_keys(folder: Path, report: Report, authorized_keys: str | None = None)
 
 async def check_shared_keys(config: Config, report: Report) -> None:
     """authorized_keys in a bucket: it can be read, and how the server would take it."""
-    from .ssh.shared_keys import BucketFile, read_shared
+    from .keys.bucket_file import open_bucket_file, read_shared
 
-    source = BucketFile(config.authorized_keys, endpoint_url=config.endpoint_url or None,
-                        region=config.region)
+    source = open_bucket_file(config.authorized_keys, endpoint_url=config.endpoint_url or None,
+                              region=config.region)
     try:
         lines = await asyncio.wait_for(read_shared(source), STORAGE_TIMEOUT)
     except Exception as exc:

@@ -128,7 +128,9 @@ def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .ssh import key_admin
+    from .keys.edits import Grant, new_line, read_key_source, with_key, without_key
+    from .keys.lines import KeyAdminError, comment_of, fingerprint_of
+    from .keys.listing import listing_json, listing_text
     from .storage.base import StorageError
 
     try:
@@ -139,24 +141,23 @@ def _keys(args: argparse.Namespace) -> int:
     try:
         if args.keys_command == "list":
             lines = _keys_edit(config, args, None)
-            print(json.dumps(key_admin.listing_json(lines), indent=2) if args.json
-                  else "\n".join(key_admin.listing_text(lines)))
+            print(json.dumps(listing_json(lines), indent=2) if args.json
+                  else "\n".join(listing_text(lines)))
         elif args.keys_command == "add":
-            grant = key_admin.Grant.parse(args.repos, args.pull_only)
-            text, entry = key_admin.new_line(key_admin.read_key_source(args.key), grant,
-                                             args.comment)
-            added = _keys_edit(config, args, lambda lines, where: key_admin.with_key(
+            grant = Grant.parse(args.repos, args.pull_only)
+            text, entry = new_line(read_key_source(args.key), grant, args.comment)
+            added = _keys_edit(config, args, lambda lines, where: with_key(
                 lines, text, entry, args.replace, where))
             verb = "replaced" if added.replaced else "added"
             print(f"{verb} {added.entry.fingerprint} {added.entry.comment or '-'} on line "
                   f"{added.line}: {added.entry.rights.describe()}")
         else:
-            gone = _keys_edit(config, args, lambda lines, where: key_admin.without_key(
+            gone = _keys_edit(config, args, lambda lines, where: without_key(
                 lines, args.selector, where))
             for line in gone:
-                print(f"removed line {line.number}: {key_admin.fingerprint_of(line)} "
-                      f"{key_admin.comment_of(line) or '-'}")
-    except (key_admin.KeyAdminError, OSError, StorageError) as exc:
+                print(f"removed line {line.number}: {fingerprint_of(line)} "
+                      f"{comment_of(line) or '-'}")
+    except (KeyAdminError, OSError, StorageError) as exc:
         print(f"sshreg keys {args.keys_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return 0
@@ -166,14 +167,13 @@ def _keys_edit(config: Config, args: argparse.Namespace, change):
     """Read authorized_keys (`change` None: its lines) or apply `change` (lines, where ->
     new text, result) to it, wherever the config puts it: a file (edited under a lock) or
     an object in a bucket (a conditional write, redone if another edit came first)."""
-    from .ssh import key_admin
-
     if config.shared_keys:
-        from .ssh.shared_keys import BucketFile, edit_shared, read_shared
+        from .keys.bucket_file import edit_shared, open_bucket_file, read_shared
 
         async def shared():
-            source = BucketFile(config.authorized_keys,
-                                endpoint_url=config.endpoint_url or None, region=config.region)
+            source = open_bucket_file(config.authorized_keys,
+                                      endpoint_url=config.endpoint_url or None,
+                                      region=config.region)
             try:
                 if change is None:
                     return await read_shared(source)
@@ -182,14 +182,13 @@ def _keys_edit(config: Config, args: argparse.Namespace, change):
                 await source.close()
 
         return asyncio.run(shared())
-    path = Path(config.authorized_keys_location)
-    if path.parent.exists() and not path.parent.is_dir():
-        raise key_admin.KeyAdminError(f"{path.parent} is not a folder")
+    from .keys.local_file import edit_file, keys_file, read_lines
+
+    path = keys_file(Path(config.authorized_keys_location),
+                     must_exist=args.keys_command == "remove")
     if change is None:
-        return key_admin.read_lines(path)
-    if args.keys_command == "remove" and not path.parent.is_dir():
-        raise key_admin.KeyAdminError(f"{path.parent} does not exist")
-    return key_admin.edit_file(path, lambda lines: change(lines, path))
+        return read_lines(path)
+    return edit_file(path, lambda lines: change(lines, path))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ import socket
 from aiohttp import web
 
 from .config import Config, ConfigError, parse_listen
+from .keys.entries import KeyList
+from .keys.local_file import AuthorizedKeys
 from .management.commands import Management
 from .management.gc import GarbageCollector, GcSettings
 from .memory import HeapTrimmer
@@ -19,7 +21,6 @@ from .metrics import Metrics
 from .registry.app import Registry
 from .registry.origin import origin_middleware
 from .registry.settings import RegistrySettings
-from .ssh.authorized_keys import AuthorizedKeys, KeyList
 from .ssh.hostkey import HostKeyError, load_or_create_host_key
 from .ssh.limits import Limits
 from .ssh.server import Gateway
@@ -37,10 +38,10 @@ STALE_SWEEP_INTERVAL = 3600.0
 def open_keys(config: Config) -> KeyList:
     """authorized_keys where the config says: a file, or an object in a bucket (polled)."""
     if config.shared_keys:
-        from .ssh.shared_keys import BucketFile, SharedAuthorizedKeys
+        from .keys.bucket_file import SharedAuthorizedKeys, open_bucket_file
 
-        source = BucketFile(config.authorized_keys, endpoint_url=config.endpoint_url or None,
-                            region=config.region)
+        source = open_bucket_file(config.authorized_keys,
+                                  endpoint_url=config.endpoint_url or None, region=config.region)
         return SharedAuthorizedKeys(source, config.authorized_keys_poll)
     return AuthorizedKeys(config.authorized_keys_location)
 

@@ -14,16 +14,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sshreg.ssh import authorized_keys
-from sshreg.ssh.authorized_keys import (
-    AuthorizedKeys,
-    KeyEntry,
-    KeyLineError,
-    parse_authorized_keys,
-    parse_line,
-)
-from sshreg.ssh.key_admin import fingerprint_of, listing_json, listing_text, parse_lines, without_key
-from sshreg.ssh.key_options import KeyOptions
+from sshreg.keys import entries as key_entries
+from sshreg.keys.edits import without_key
+from sshreg.keys.entries import KeyEntry, parse_authorized_keys, parse_line
+from sshreg.keys.lines import fingerprint_of, parse_lines
+from sshreg.keys.listing import listing_json, listing_text
+from sshreg.keys.local_file import AuthorizedKeys
+from sshreg.keys.options import KeyLineError, KeyOptions
 
 KEYS = [asyncssh.generate_private_key(alg, comment=f"k{i}@test") for i, alg in enumerate(
     ("ssh-ed25519", "ssh-ed25519", "ecdsa-sha2-nistp256"))]
@@ -125,14 +122,14 @@ def test_a_malformed_line_costs_only_itself_and_is_logged_with_its_number(caplog
 
 def test_an_unforeseen_parser_error_still_costs_only_its_line(monkeypatch, caplog) -> None:
     """The safety net under the checks: a bug in them must not bring back the freeze."""
-    checked = authorized_keys.parse_options
+    checked = key_entries.parse_options
 
     def buggy(options: list[tuple[str, str | None]]) -> KeyOptions:
         if options:
             raise RuntimeError("a bug\x1b[2J")
         return checked(options)
 
-    monkeypatch.setattr(authorized_keys, "parse_options", buggy)
+    monkeypatch.setattr(key_entries, "parse_options", buggy)
     with caplog.at_level(logging.WARNING, logger="sshreg.keys"):
         entries = parse_authorized_keys(f"no-pty {PUBLIC[1]}\n{PUBLIC[0]}\n")
     assert fingerprints(entries) == [KEYS[0].get_fingerprint("sha256")]

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from sshreg.ssh.authorized_keys import AuthorizedKeys
+from sshreg.keys.local_file import AuthorizedKeys
 from sshreg.ssh.server import Gateway
 from sshreg.ssh.settings import GatewaySettings
 from tests.support.sshreg_server import ClientKey, free_port

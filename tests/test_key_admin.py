@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sshreg.ssh.authorized_keys import AuthorizedKeys
+from sshreg.keys.local_file import AuthorizedKeys
 
 TIMEOUT = 60
 

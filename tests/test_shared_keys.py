@@ -11,15 +11,22 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
 import pytest
 
 from sshreg.config import ConfigError, load_config
-from sshreg.ssh.key_admin import Grant, new_line, with_key
-from sshreg.ssh.shared_keys import BucketFile, SharedAuthorizedKeys, edit_shared
+from sshreg.keys.bucket_file import (
+    BucketFile,
+    SharedAuthorizedKeys,
+    edit_shared,
+    open_bucket_file,
+)
+from sshreg.keys.edits import Grant, new_line, with_key
 from sshreg.storage.base import SmallObject, StorageError
+from sshreg.storage.filesystem import FilesystemDriver
 from tests.conftest import S3_TEST_BUCKET
 
 TIMEOUT = 60
@@ -181,6 +188,35 @@ async def test_a_gateway_that_starts_while_the_bucket_fails_admits_nobody_until_
         await keys.close()
 
 
+async def assert_concurrent_adds_land(open_source: Callable[[], BucketFile], count: int) -> None:
+    """`count` admins add a key each at the same moment: every line lands, once."""
+    added = [new_key(f"user{i}") for i in range(count)]
+    grant = Grant.parse(None, False)
+
+    async def add(line: str) -> None:
+        source = open_source()
+        text, entry = new_line(line, grant)
+        try:
+            await edit_shared(source, lambda lines: with_key(lines, text, entry, False, source))
+        finally:
+            await source.close()
+
+    await asyncio.gather(*(add(line) for line, _ in added))
+    keys = SharedAuthorizedKeys(open_source())
+    await keys.start()
+    try:
+        assert sorted(e.fingerprint for e in keys.entries()) == sorted(fp for _, fp in added)
+    finally:
+        await keys.close()
+
+
+async def test_the_object_can_live_on_any_driver(tmp_path):
+    """`BucketFile` takes the driver contract, not S3: concurrent edits through a filesystem
+    driver's conditional writes lose nothing either."""
+    await assert_concurrent_adds_land(lambda: BucketFile(
+        FilesystemDriver(tmp_path), "keys/authorized_keys", "fs:authorized_keys"), 4)
+
+
 def test_config_accepts_a_bucket_object_or_a_path_and_refuses_a_bucket_alone(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[server]\nauthorized_keys = "s3://team-bucket/registry/authorized_keys"\n'
@@ -209,24 +245,7 @@ def bucket_url(s3_server, monkeypatch) -> str:
 
 async def test_concurrent_edits_through_conditional_writes_lose_nothing(bucket_url):
     """Eight admins add a key each at the same moment: every line lands, once."""
-    added = [new_key(f"user{i}") for i in range(8)]
-    grant = Grant.parse(None, False)
-
-    async def add(line: str) -> None:
-        source = BucketFile(bucket_url)
-        text, entry = new_line(line, grant)
-        try:
-            await edit_shared(source, lambda lines: with_key(lines, text, entry, False, source))
-        finally:
-            await source.close()
-
-    await asyncio.gather(*(add(line) for line, _ in added))
-    keys = SharedAuthorizedKeys(BucketFile(bucket_url))
-    await keys.start()
-    try:
-        assert sorted(e.fingerprint for e in keys.entries()) == sorted(fp for _, fp in added)
-    finally:
-        await keys.close()
+    await assert_concurrent_adds_land(lambda: open_bucket_file(bucket_url), 8)
 
 
 def sshreg_keys(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

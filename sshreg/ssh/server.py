@@ -24,10 +24,10 @@ from pathlib import Path
 import asyncssh
 
 from ..access import Identity
+from ..keys.entries import KeyEntry, KeyList
 from ..management.commands import Management
 from ..metrics import Metrics
 from .admission import PENDING_FULL, Refusal, admit
-from .authorized_keys import KeyEntry, KeyList
 from .bridge import HttpChannelSession
 from .cork import CorkedTransport, cork
 from .flow import FlowControlledTCPChannel, create_channel

@@ -9,6 +9,9 @@ its recovery once). A missing object means no key may log in, as a missing local
 `sshreg keys add/remove` edit the object with a conditional write (If-Match on the ETag read,
 If-None-Match when there was none), recomputing the edit when another admin got there first,
 so two edits never lose each other.
+
+The object is reached through the storage driver contract (`storage.base.Driver`), so any
+driver with conditional writes can hold it; `open_bucket_file` opens an `s3://` URL.
 """
 
 from __future__ import annotations
@@ -22,12 +25,9 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-import asyncssh
-
-from ..storage.base import PreconditionFailed, SmallObject
-from ..storage.s3 import S3Driver, S3Settings
-from .authorized_keys import KeyEntry, parse_authorized_keys
-from .key_admin import ENCODING, KeyAdminError, Line, parse_lines
+from ..storage.base import Driver, PreconditionFailed, SmallObject
+from .entries import KeyEntry, parse_authorized_keys
+from .lines import ENCODING, KeyAdminError, Line, parse_lines
 
 log = logging.getLogger("sshreg.keys")
 
@@ -38,19 +38,13 @@ EDIT_ATTEMPTS = 8
 
 
 class BucketFile:
-    """One object of a bucket, named by `s3://BUCKET/KEY`, read with its ETag and written
-    conditionally. Credentials and endpoint as for the storage (environment, profiles)."""
+    """One object of a driver, read with its ETag and written conditionally; `url` names it
+    in messages. Closing it closes the driver."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, region: str = "auto") -> None:
-        parts = urlsplit(url)
-        folder, name = posixpath.split(parts.path.strip("/"))
-        if parts.scheme != "s3" or not parts.netloc or not name:
-            raise ValueError(f"not an s3://BUCKET/KEY URL: {url!r}")
+    def __init__(self, driver: Driver, name: str, url: str) -> None:
         self.url = url
         self.name = name
-        self._driver = S3Driver(S3Settings(bucket=parts.netloc, prefix=folder,
-                                           endpoint_url=endpoint_url or None, region=region,
-                                           max_attempts=2, read_timeout=20.0))
+        self._driver = driver
 
     def __str__(self) -> str:
         return self.url
@@ -74,6 +68,22 @@ class BucketFile:
         await self._driver.close()
 
 
+def open_bucket_file(url: str, *, endpoint_url: str | None = None, region: str = "auto"
+                     ) -> BucketFile:
+    """The object `s3://BUCKET/KEY` names. Credentials and endpoint as for the storage
+    (environment, profiles)."""
+    from ..storage.s3 import S3Driver, S3Settings
+
+    parts = urlsplit(url)
+    folder, name = posixpath.split(parts.path.strip("/"))
+    if parts.scheme != "s3" or not parts.netloc or not name:
+        raise ValueError(f"not an s3://BUCKET/KEY URL: {url!r}")
+    driver = S3Driver(S3Settings(bucket=parts.netloc, prefix=folder,
+                                 endpoint_url=endpoint_url or None, region=region,
+                                 max_attempts=2, read_timeout=20.0))
+    return BucketFile(driver, name, url)
+
+
 class SharedAuthorizedKeys:
     """The entries of an authorized_keys in a bucket, polled every `interval` seconds."""
 
@@ -91,10 +101,6 @@ class SharedAuthorizedKeys:
 
     def entries(self) -> list[KeyEntry]:
         return self._entries
-
-    def find(self, key: asyncssh.SSHKey) -> KeyEntry | None:
-        data = key.public_data
-        return next((e for e in self._entries if e.key.public_data == data), None)
 
     def reload_if_changed(self) -> bool:
         """Check the bucket now (SIGHUP); never waits for it. Returns False: the answer

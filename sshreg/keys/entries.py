@@ -9,31 +9,29 @@ what a key may run or which identity it has (`command=`, `environment=`, `princi
 `cert-authority`, `tunnel=`) are not supported: a line carrying one is rejected with a
 warning rather than half-honoured. Options that only disable things we never offer
 (`no-pty`, `no-agent-forwarding`, `no-X11-forwarding`, `no-user-rc`, `pty`, ...) are
-accepted. How each option is checked: `key_options.py`.
+accepted. How each option is checked: `options.py`.
 
 A line that cannot be used is skipped with a warning naming its line number and the reason;
 every other line still applies, so one typo never freezes the key list (a removed key
 stays removed, whatever else the same edit broke).
 
 Registry rights live in `sshreg-*` options on the same line (see `sshreg/access.py`).
-The file is re-read whenever its size, mtime or inode changes, checked on each login.
+Where the file lives and when it is re-read: `local_file.py`, `bucket_file.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from pathlib import Path
 from typing import Protocol
 
 import asyncssh
 from asyncssh.pattern import HostPatternList
 
 from ..access import Identity, Rights
-from .key_options import KeyLineError, parse_options, split_options
+from .options import KeyLineError, parse_options, split_options
 
 log = logging.getLogger("sshreg.keys")
 
@@ -135,7 +133,8 @@ def parse_authorized_keys(text: str, source: str = "authorized_keys") -> list[Ke
 
 class KeyList(Protocol):
     """Who may log in, as the SSH server asks it on every login: from memory, at once.
-    `AuthorizedKeys` (a file) and `shared_keys.SharedAuthorizedKeys` (a bucket object)."""
+    `local_file.AuthorizedKeys` (a file) and `bucket_file.SharedAuthorizedKeys` (a bucket
+    object)."""
 
     def entries(self) -> list[KeyEntry]: ...
 
@@ -144,60 +143,3 @@ class KeyList(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class AuthorizedKeys:
-    """The authorized_keys file, re-read when it changes."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._signature: tuple[int, int, int] | None = None
-        self._entries: list[KeyEntry] = []
-        self._unreadable = False
-
-    def entries(self) -> list[KeyEntry]:
-        self.reload_if_changed()
-        return self._entries
-
-    async def start(self) -> None:
-        """Nothing to start: the file is read on demand."""
-
-    async def close(self) -> None:
-        """Nothing to close."""
-
-    def reload_if_changed(self) -> bool:
-        """Re-read the file if it changed. The new signature is kept only once the file has
-        been read, so a failed read is tried again on the next check."""
-        try:
-            st = self.path.stat()
-            signature: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if signature == self._signature:
-                return False
-            text = self.path.read_bytes().decode("utf-8", errors="replace")
-        except FileNotFoundError:
-            signature, text = None, ""
-            if self._signature is None and not self._unreadable:
-                return False
-        except OSError as exc:
-            return self._cannot_read(exc)
-        self._signature, self._unreadable = signature, False
-        if signature is None:
-            self._entries = []
-            log.warning("%s does not exist: no key can log in", self.path)
-            return True
-        self._entries = parse_authorized_keys(text, str(self.path))
-        log.info("loaded %d key(s) from %s", len(self._entries), self.path)
-        return True
-
-    def _cannot_read(self, exc: OSError) -> bool:
-        """As sshd does with a file it cannot read: nobody logs in (logged once)."""
-        if not self._unreadable:
-            log.error("cannot read %s: %s; no key can log in until it can be read",
-                      self.path, exc.strerror or exc)
-        self._unreadable, self._signature, self._entries = True, None, []
-        return True
-
-    def find(self, key: asyncssh.SSHKey) -> KeyEntry | None:
-        """The first entry for this public key (as OpenSSH does)."""
-        data = key.public_data
-        return next((e for e in self.entries() if e.key.public_data == data), None)
