@@ -35,8 +35,8 @@ from ..storage.store import RegistryStore
 from .errors import LIMIT_RETRY_AFTER, Code, RegistryError
 from .origin import OriginPolicy
 from .routes import Access, Route, resolve
-from .sessions import UploadSessions
 from .settings import RegistrySettings
+from .upload_sessions import UploadSessions
 
 log = logging.getLogger("sshreg.registry")
 audit_log = logging.getLogger("sshreg.audit")

@@ -22,7 +22,7 @@ from ..storage.store import DigestMismatch
 from .errors import Code, RegistryError
 from .params import blob_location, body_chunks, digest_param
 from .ranges import parse_content_range
-from .sessions import UploadSession
+from .upload_sessions import UploadSession
 
 if TYPE_CHECKING:
     from .app import Context
