@@ -132,7 +132,7 @@ class Service:
                                           pinned=self.registry.is_pinned)
         self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
-                               Management(store, self.collector))
+                               commands=Management(store, self.collector))
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_runner: web.AppRunner | None = None
 
