@@ -127,7 +127,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self._gateway.connections.pop(self._conn, None)
         self._gateway.metrics.set("sshreg_ssh_connections", len(self._gateway.connections))
         if self.identity is None:
-            log.info("connection from %s closed before authentication", self._peer_text)
+            log.info("connection from %s closed before authentication", self.peer_text)
             if self._auth_begun and not self._keys_offered:  # password, keyboard-interactive
                 self._gateway.failures.record(self.group)
                 self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
@@ -139,7 +139,7 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def _log_disconnect(self, why: str) -> None:
         who = self.identity.fingerprint if self.identity else "-"
-        log.warning("disconnecting %s (key %s): %s", self._peer_text, who, why)
+        log.warning("disconnecting %s (key %s): %s", self.peer_text, who, why)
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind="connection")
 
     def _send_disconnect(self, code: int, reason: str) -> None:
@@ -152,7 +152,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self._conn.disconnect(code, reason)
 
     @property
-    def _peer_text(self) -> str:
+    def peer_text(self) -> str:
         return f"{self._peer[0]}:{self._peer[1]}"
 
     def begin_auth(self, username: str) -> bool:
@@ -192,7 +192,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def _check_key(self, username: str, key: asyncssh.SSHKey, fingerprint: str) -> bool:
         entries = [e for e in self._gateway.keys.entries() if e.key.public_data == key.public_data]
         if not entries:
-            log.warning("refused unknown key %s from %s (user %r)", fingerprint, self._peer_text,
+            log.warning("refused unknown key %s from %s (user %r)", fingerprint, self.peer_text,
                         username)
             return False
         for entry in entries:
@@ -204,7 +204,7 @@ class GatewayConnection(asyncssh.SSHServer):
                 self._entry = entry  # asyncssh validates again with the signature, then
                 return True          # calls auth_completed for the key validated last
             log.warning("refused key %s (%s) from %s: %s", fingerprint, entry.comment,
-                        self._peer_text, reason)
+                        self.peer_text, reason)
         return False
 
     def auth_completed(self) -> None:
@@ -217,14 +217,14 @@ class GatewayConnection(asyncssh.SSHServer):
                              "too many connections for this key", f"{same_key} connections of key")
             return
         log.info("key %s (%s) logged in from %s", self.identity.fingerprint,
-                 self.identity.comment, self._peer_text)
+                 self.identity.comment, self.peer_text)
 
     # -- channels --------------------------------------------------------------------
 
     def _refuse(self, what: str, kind: str = "channel") -> None:
         who = self.identity.fingerprint if self.identity else "-"
         comment = self.identity.comment if self.identity else ""
-        log.warning("refused %s for key %s (%s) from %s", what, who, comment, self._peer_text)
+        log.warning("refused %s for key %s (%s) from %s", what, who, comment, self.peer_text)
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind=kind)
 
     def channel_opened(self) -> None:
