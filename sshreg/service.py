@@ -133,7 +133,7 @@ class Service:
         self.collector = GarbageCollector(store, gc_settings(config))
         self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
-                               Management(store, self.collector))
+                               commands=Management(store, self.collector))
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_runner: web.AppRunner | None = None
 

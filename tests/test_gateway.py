@@ -294,7 +294,7 @@ def test_configuration_errors_exit_2_with_one_line(tmp_path):
 
 
 def test_a_default_openssh_client_settles_on_aes_gcm(server, keys):
-    from sshreg.ssh.server import cpu_has_aes, default_ciphers
+    from sshreg.ssh.ciphers import cpu_has_aes, default_ciphers
 
     assert default_ciphers(has_aes=False)[0] == "chacha20-poly1305@openssh.com"
     assert default_ciphers(has_aes=True) == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..storage.base import StorageError
+from .context import Context
 from .errors import Code, RegistryError
 from .params import digest_param
 from .ranges import parse_range
-
-if TYPE_CHECKING:
-    from .app import Context
 
 log = logging.getLogger("sshreg.blobs")
 

@@ -41,6 +41,8 @@ class Code(Enum):
 
 
 LIMIT_RETRY_AFTER = "10"  # seconds a client refused by a limit (429) is told to wait
+INTERNAL_ERROR = json.dumps({"errors": [{"code": "UNKNOWN", "message": "internal error",
+                                          "detail": None}]}).encode()
 
 
 class RegistryError(Exception):

@@ -5,18 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..oci import INDEXES, Manifest, ManifestError, parse_manifest
 from ..references import Digest, is_digest, is_valid_tag
 from ..store.manifests import ManifestLink
+from .context import Context
 from .errors import Code, RegistryError
 from .params import body_chunks, digest_param, manifest_location
-
-if TYPE_CHECKING:
-    from .app import Context
 
 log = logging.getLogger("sshreg.manifests")
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from ..oci import OCI_INDEX
+from .context import Context
 from .params import digest_param
-
-if TYPE_CHECKING:
-    from .app import Context
 
 
 async def list_referrers(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:

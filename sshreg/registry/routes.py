@@ -8,40 +8,17 @@ its answer by the key's pull rights; mounts check pull on their source themselve
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import Enum
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from . import blobs, catalog, manifests, referrers, tags, uploads
+from .context import Access, Context, Route
 from .errors import Code, RegistryError
-
-if TYPE_CHECKING:
-    from .app import Context
-
-Handler = Callable[[web.BaseRequest, "Context"], Awaitable[web.StreamResponse]]
-
-
-class Access(Enum):
-    ANY_KEY = "any key"
-    PULL = "pull"
-    PUSH = "push"
-    DELETE = "delete"
 
 
 async def api_version(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     """`GET /v2/`: the registry speaks the distribution API and the key is accepted."""
     return web.json_response({})
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str  # `{name}` is a repository name; other `{x}` match one path segment
-    access: Access
-    handler: Handler
 
 
 ROUTES = [

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
+from .context import Context
 from .errors import Code, RegistryError
 from .params import next_link, page_params
-
-if TYPE_CHECKING:
-    from .app import Context
 
 
 async def list_tags(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:

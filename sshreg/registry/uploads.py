@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -19,13 +18,11 @@ from ..access import Action
 from ..references import Digest, is_valid_name
 from ..storage.base import StorageError
 from ..store.blobs import DigestMismatch
+from .context import Context
 from .errors import Code, RegistryError
 from .params import blob_location, body_chunks, digest_param
 from .ranges import parse_content_range
-from .sessions import UploadSession
-
-if TYPE_CHECKING:
-    from .app import Context
+from .upload_sessions import UploadSession
 
 log = logging.getLogger("sshreg.uploads")
 

@@ -21,7 +21,7 @@ import asyncssh
 
 from ..access import Identity
 from ..metrics import Metrics
-from ..registry.app import IDENTITY_INFO
+from ..registry.context import IDENTITY_INFO
 
 log = logging.getLogger("sshreg.bridge")
 

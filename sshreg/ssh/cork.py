@@ -4,7 +4,9 @@ asyncssh writes every SSH packet (at most 32 KiB of payload from OpenSSH clients
 same for what we send) to the socket transport on its own: a pull of 1 GiB is 32,768
 `send()` calls, each waking the client's ssh. This wrapper collects the packets written
 during one loop iteration and hands them to the real transport as one buffer, the way a
-TCP_CORK/uncork pair would. It delays nothing beyond the current iteration.
+TCP_CORK/uncork pair would. It delays nothing beyond the current iteration. It replaces
+asyncssh's private `_transport`: verified on the version pyproject.toml pins
+(tests/test_library_patches.py).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ window's worth, so a slow storage made a 1 GiB upload grow the server past 650 M
 This subclass counts the queued bytes as still occupying the window: the window is only
 re-opened for data the session has really consumed, so memory per channel stays bounded
 by one window. To report upstream: `SSHChannel._deliver_data` should compute the adjust
-as `init_window - (recv_window + queued bytes)`.
+as `init_window - (recv_window + queued bytes)`. It overrides asyncssh internals: verified
+on the version pyproject.toml pins (tests/test_library_patches.py).
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""The SSH gateway: public-key logins, the forwarding policy, and the bridge into the registry.
-
-Every use of SSH other than these is refused and logged:
-- public-key authentication against authorized_keys (no password, keyboard-interactive,
-  host-based or GSS);
-- `direct-tcpip` to the registry's own names (`localhost`, `127.0.0.1`, `::1`, the
-  configured port), served in-process by the registry;
-- a session channel, which prints help (and later runs management commands).
-Remote forwarding, forwarding anywhere else, agent and X11 forwarding, sftp and other
-subsystems are refused: otherwise the gateway is an open proxy into the box's network.
-A key whose line is removed from authorized_keys, changes or expires loses its open
-connections within `KEY_CHECK_INTERVAL` seconds, not only its next login.
+"""The SSH gateway in front of the registry: listens (itself, or behind a balancer speaking
+the PROXY protocol), owns the open connections (connection.py decides what each may do),
+closes idle ones, and disconnects keys no longer authorized: a key whose line is removed
+from authorized_keys, changes or expires loses its open connections within
+`KEY_CHECK_INTERVAL` seconds, not only its next login.
 """
 
 from __future__ import annotations
@@ -19,299 +12,22 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import asyncssh
 
 from ..access import Identity
-from ..keys.entries import KeyEntry, KeyList
-from ..management.commands import Management
+from ..keys.entries import KeyList
 from ..metrics import Metrics
-from .admission import PENDING_FULL, Refusal, admit
-from .bridge import HttpChannelSession
-from .cork import CorkedTransport, cork
-from .flow import FlowControlledTCPChannel, create_channel
-from .limits import FailureTracker, address_group
+from .ciphers import default_ciphers
+from .connection import GatewayConnection
+from .exec_channel import CommandRunner, help_text
+from .limits import FailureTracker
 from .proxy_protocol import Address, ProxyListener, trusted_networks
-from .session import CommandSession, SessionChannel, help_text
 from .settings import GatewaySettings
-from .slots import ChannelSlots, SlotChannel
 
 log = logging.getLogger("sshreg.ssh")
 
-REGISTRY_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
-AES_GCM = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
-CHACHA = ("chacha20-poly1305@openssh.com",)
 KEY_CHECK_INTERVAL = 5.0  # seconds between checks of open connections against authorized_keys
-
-
-def cpu_has_aes() -> bool:
-    """Whether the CPU has AES instructions (x86 `aes` flag, ARM `aes` feature)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features") and "aes" in value.split():
-            return True
-    return False
-
-
-def default_ciphers(has_aes: bool | None = None) -> tuple[str, ...]:
-    """The client's order wins. OpenSSH lists chacha20, then AES-CTR (which needs a separate
-    MAC, computed in Python by asyncssh), then AES-GCM: offering only AES-GCM is what makes
-    it settle on the fast one where the CPU has AES instructions. Without them chacha20 is
-    faster, so it goes first. `[server] ciphers` can add aes128-ctr for clients older than
-    OpenSSH 6.2."""
-    if has_aes if has_aes is not None else cpu_has_aes():
-        return AES_GCM
-    return CHACHA + AES_GCM
-
-
-class TunnelChannel(SlotChannel, FlowControlledTCPChannel):
-    """A forwarded channel to the registry, holding one of its connection's channel slots."""
-
-
-class GatewayConnection(asyncssh.SSHServer):
-    """One SSH connection: authenticates it, then decides what each channel may do."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self._conn: asyncssh.SSHServerConnection | None = None
-        self._peer = ("", 0)
-        self._entry: KeyEntry | None = None
-        self._keys_offered: set[bytes] = set()
-        self._auth_begun = False
-        self._revoked = False
-        self._closing = False  # disconnected by us, on its way out
-        self.identity: Identity | None = None
-        self.group = ""  # the source address as the per-address limits count it
-        self.opened = time.monotonic()
-        self.slots = ChannelSlots(gateway.settings.limits.max_channels_per_connection,
-                                  lambda change: gateway.metrics.add("sshreg_ssh_channels",
-                                                                     change))
-        self.last_activity = time.monotonic()
-
-    @property
-    def channels(self) -> int:
-        """Channels open or being opened."""
-        return self.slots.in_use
-
-    @property
-    def counted(self) -> bool:
-        return not self._closing
-
-    @property
-    def pending(self) -> bool:
-        return self.identity is None and not self._closing
-
-    # -- connection and authentication -------------------------------------------------
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        cork(conn)
-        peer = conn.get_extra_info("peername") or ("", 0)
-        self._peer = self._gateway.client_address((str(peer[0]), int(peer[1])))
-        self.group = address_group(self._peer[0])
-        gateway = self._gateway
-        decision = admit(gateway.settings.limits, self.group,
-                         gateway.failures.blocked(self.group), gateway.connections.values())
-        if decision.refusal is not None:
-            self._refuse_connection(decision.refusal)
-        elif isinstance(decision.evict, GatewayConnection):
-            decision.evict._disconnect(
-                asyncssh.DISC_TOO_MANY_CONNECTIONS, PENDING_FULL,
-                f"not logged in yet, its place given to a connection from {self._peer[0]} "
-                "(the cap on connections waiting to log in is full)")
-        gateway.connections[conn] = self
-        gateway.metrics.set("sshreg_ssh_connections", len(gateway.connections))
-
-    def _refuse_connection(self, refusal: Refusal) -> None:
-        """Refused from `connection_made`: the disconnect goes out once asyncssh has sent
-        its version line (right after this method returns), so that the client reads the
-        version it expects first and then the reason. Sent before, the disconnect message
-        is where OpenSSH expects the version, and all it says is "banner line contains
-        invalid characters". (And the socket lingers, see `_send_disconnect`.)"""
-        self._closing = True
-        self._log_disconnect(refusal.why)
-        asyncio.get_running_loop().call_soon(self._send_disconnect, refusal.code,
-                                             refusal.reason)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._gateway.connections.pop(self._conn, None)
-        self._gateway.metrics.set("sshreg_ssh_connections", len(self._gateway.connections))
-        if self.identity is None:
-            log.info("connection from %s closed before authentication", self._peer_text)
-            if self._auth_begun and not self._keys_offered:  # password, keyboard-interactive
-                self._gateway.failures.record(self.group)
-                self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
-
-    def _disconnect(self, code: int, reason: str, why: str) -> None:
-        self._closing = True
-        self._log_disconnect(why)
-        self._send_disconnect(code, reason)
-
-    def _log_disconnect(self, why: str) -> None:
-        who = self.identity.fingerprint if self.identity else "-"
-        log.warning("disconnecting %s (key %s): %s", self._peer_text, who, why)
-        self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind="connection")
-
-    def _send_disconnect(self, code: int, reason: str) -> None:
-        """asyncssh's disconnect, closing the socket without a reset so that the client
-        gets to read the reason (see linger.py)."""
-        assert self._conn is not None
-        transport = self._conn._transport
-        if isinstance(transport, CorkedTransport):
-            transport.linger = True
-        self._conn.disconnect(code, reason)
-
-    @property
-    def _peer_text(self) -> str:
-        return f"{self._peer[0]}:{self._peer[1]}"
-
-    def begin_auth(self, username: str) -> bool:
-        self._auth_begun = True
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return False
-
-    def kbdint_auth_supported(self) -> bool:
-        return False
-
-    def host_based_auth_supported(self) -> bool:
-        return False
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        fingerprint = key.get_fingerprint("sha256")
-        self._keys_offered.add(key.public_data)
-        if self._gateway.failures.blocked(self.group):  # earned on other connections
-            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                             "too many failed logins from this address, try again later",
-                             "address blocked after repeated failed logins")
-            return False
-        if len(self._keys_offered) > self._gateway.settings.limits.max_auth_attempts:
-            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                             "too many authentication attempts", "too many keys offered")
-            return False
-        accepted = self._check_key(username, key, fingerprint)
-        if not accepted:
-            self._gateway.failures.record(self.group)
-            self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
-        return accepted
-
-    def _check_key(self, username: str, key: asyncssh.SSHKey, fingerprint: str) -> bool:
-        entries = [e for e in self._gateway.keys.entries() if e.key.public_data == key.public_data]
-        if not entries:
-            log.warning("refused unknown key %s from %s (user %r)", fingerprint, self._peer_text,
-                        username)
-            return False
-        for entry in entries:
-            if entry.expired():
-                reason = "expired"
-            elif not entry.allows_address("", self._peer[0]):
-                reason = f"not allowed from {self._peer[0]} (from= option)"
-            else:
-                self._entry = entry  # asyncssh validates again with the signature, then
-                return True          # calls auth_completed for the key validated last
-            log.warning("refused key %s (%s) from %s: %s", fingerprint, entry.comment,
-                        self._peer_text, reason)
-        return False
-
-    def auth_completed(self) -> None:
-        assert self._entry is not None
-        self.identity = self._entry.identity(self._peer[0])
-        same_key = sum(1 for c in self._gateway.connections.values()
-                       if c.identity and c.identity.fingerprint == self.identity.fingerprint)
-        if same_key > self._gateway.settings.limits.max_connections_per_key:
-            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
-                             "too many connections for this key", f"{same_key} connections of key")
-            return
-        log.info("key %s (%s) logged in from %s", self.identity.fingerprint,
-                 self.identity.comment, self._peer_text)
-
-    # -- channels --------------------------------------------------------------------
-
-    def _refuse(self, what: str, kind: str = "channel") -> None:
-        who = self.identity.fingerprint if self.identity else "-"
-        comment = self.identity.comment if self.identity else ""
-        log.warning("refused %s for key %s (%s) from %s", what, who, comment, self._peer_text)
-        self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind=kind)
-
-    def channel_opened(self) -> None:
-        self.last_activity = time.monotonic()
-
-    def channel_closed(self) -> None:
-        self.last_activity = time.monotonic()
-
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int):
-        entry, identity = self._entry, self.identity
-        assert entry is not None and identity is not None and self._conn is not None
-        target = f"{dest_host}:{dest_port}"
-        if not entry.port_forwarding:
-            self._refuse(f"forwarding to {target} (key may not forward)")
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                            "port forwarding is not permitted for this key")
-        if (dest_host.lower() not in REGISTRY_HOSTS
-                or dest_port != self._gateway.settings.registry_port
-                or not entry.may_open(dest_host, dest_port)):
-            self._refuse(f"forwarding to {target}")
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"only the registry at localhost:{self._gateway.settings.registry_port} "
-                "can be reached through this server")
-        if self.slots.full:
-            self._refuse(f"forwarding to {target} (too many channels)")
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
-                                            "too many tunnelled connections at once")
-        chan = create_channel(self._conn, TunnelChannel)
-        chan.hold(self.slots.take())
-        session = HttpChannelSession(self._gateway.protocol_factory, identity, self._peer,
-                                     self._gateway.metrics, self)
-        return chan, session
-
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        self._refuse(f"remote forwarding of {listen_host}:{listen_port}", "remote-forward")
-        return False
-
-    def unix_connection_requested(self, dest_path: str) -> bool:
-        self._refuse(f"forwarding to unix socket {dest_path}")
-        return False
-
-    def unix_server_requested(self, listen_path: str) -> bool:
-        self._refuse(f"remote forwarding of unix socket {listen_path}")
-        return False
-
-    def session_requested(self) -> tuple[SessionChannel, CommandSession]:
-        assert self.identity is not None and self._entry is not None and self._conn is not None
-        if self.slots.full:
-            self._refuse("session (too many channels)")
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
-                                            "too many channels at once")
-        chan = SessionChannel.create(self._conn, self._refuse)
-        chan.hold(self.slots.take())
-        session = CommandSession(
-            self._gateway.render_help(self.identity, self._entry.port_forwarding),
-            self.identity, self._gateway.management, self)
-        return chan, session
-
-    def still_authorized(self, grants: set[tuple[object, ...]]) -> bool:
-        """Whether the line this connection logged in with is still in authorized_keys,
-        unchanged and unexpired (`grants`: those of the current lines)."""
-        return self._entry is None or self.identity is None or self._entry.grant in grants
-
-    def revoke(self) -> None:
-        if self._revoked:
-            return
-        self._revoked = True
-        self._disconnect(asyncssh.DISC_BY_APPLICATION, "this key is no longer authorized",
-                         "key no longer authorized (removed, changed or expired in "
-                         "authorized_keys)")
 
 
 class Gateway:
@@ -319,13 +35,13 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, keys: KeyList, host_key: asyncssh.SSHKey,
                  protocol_factory: Callable[[], asyncio.Protocol],
-                 metrics: Metrics | None = None, management: Management | None = None) -> None:
+                 metrics: Metrics | None = None, commands: CommandRunner | None = None) -> None:
         self.settings = settings
         self.keys = keys
         self.host_key = host_key
         self.protocol_factory = protocol_factory
         self.metrics = metrics or Metrics()
-        self.management = management
+        self.commands = commands  # what `ssh reg.host CMD` runs; None: help only
         self.failures = FailureTracker(settings.limits.max_auth_failures_per_minute)
         self.connections: dict[asyncssh.SSHServerConnection, GatewayConnection] = {}
         self._server: asyncssh.SSHAcceptor | None = None
@@ -393,7 +109,7 @@ class Gateway:
             cutoff = time.monotonic() - timeout
             for conn, state in list(self.connections.items()):
                 if state.channels == 0 and state.last_activity < cutoff:
-                    log.info("closing idle connection from %s", state._peer_text)
+                    log.info("closing idle connection from %s", state.peer_text)
                     conn.close()
 
     def client_address(self, peer: Address) -> Address:

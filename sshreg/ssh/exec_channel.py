@@ -1,11 +1,15 @@
-"""Session channels: `ssh reg.host` prints who you are; `ssh reg.host CMD` manages."""
+"""Session channels: `ssh reg.host` prints who you are; `ssh reg.host CMD` manages.
+
+The commands themselves are not SSH's business: a `CommandRunner` runs them (the
+service gives `management.commands.Management`), so nothing here imports them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import asyncssh
 from asyncssh.packet import SSHPacket
@@ -14,10 +18,28 @@ from ..access import Identity
 from .slots import SlotChannel
 
 if TYPE_CHECKING:
-    from ..management.commands import Management
     from .bridge import ChannelOwner
 
 log = logging.getLogger("sshreg.ssh")
+
+
+class CommandResult(Protocol):
+    """What a command printed and its exit status."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def stdout(self) -> str: ...
+
+    @property
+    def stderr(self) -> str: ...
+
+
+class CommandRunner(Protocol):
+    """Runs one command line with a key's rights (`ssh reg.host CMD`)."""
+
+    async def run(self, identity: Identity, command_line: str) -> CommandResult: ...
 
 
 def help_text(identity: Identity, ssh_target: str, registry_port: int, forwarding: bool) -> str:
@@ -73,11 +95,11 @@ class CommandSession(asyncssh.SSHServerSession[str]):
     command (when the gateway has them) with this key's rights; sftp and other subsystems
     are refused."""
 
-    def __init__(self, text: str, identity: Identity, management: Management | None,
+    def __init__(self, text: str, identity: Identity, runner: CommandRunner | None,
                  owner: ChannelOwner) -> None:
         self._text = text
         self._identity = identity
-        self._management = management
+        self._runner = runner
         self._owner = owner
         self._command: str | None = None
         self._chan: asyncssh.SSHServerChannel[str] | None = None
@@ -93,7 +115,7 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         return True
 
     def exec_requested(self, command: str) -> bool:
-        if self._management is None and command.strip() != "help":
+        if self._runner is None and command.strip() != "help":
             log.warning("refused command %r for key %s (%s)", command, self._identity.fingerprint,
                         self._identity.comment)
             return False
@@ -107,15 +129,15 @@ class CommandSession(asyncssh.SSHServerSession[str]):
 
     def session_started(self) -> None:
         assert self._chan is not None
-        if self._command is None or self._management is None:
+        if self._command is None or self._runner is None:
             self._chan.write(self._text)
             self._chan.exit(0)
             return
         self._task = asyncio.get_running_loop().create_task(self._run(self._command))
 
     async def _run(self, command: str) -> None:
-        assert self._chan is not None and self._management is not None
-        result = await self._management.run(self._identity, command)
+        assert self._chan is not None and self._runner is not None
+        result = await self._runner.run(self._identity, command)
         chan = self._chan
         if self._task is None:  # the channel went away while the command ran
             return

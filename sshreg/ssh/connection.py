@@ -1,0 +1,299 @@
+"""One SSH connection: its login, and the policy for every channel it opens.
+
+Every use of SSH other than these is refused and logged:
+- public-key authentication against authorized_keys (no password, keyboard-interactive,
+  host-based or GSS);
+- `direct-tcpip` to the registry's own names (`localhost`, `127.0.0.1`, `::1`, the
+  configured port), served in-process by the registry;
+- a session channel, which prints help (and later runs management commands).
+Remote forwarding, forwarding anywhere else, agent and X11 forwarding, sftp and other
+subsystems are refused: otherwise the gateway is an open proxy into the box's network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import asyncssh
+
+from ..access import Identity
+from ..keys.entries import KeyEntry, KeyList
+from ..metrics import Metrics
+from .admission import PENDING_FULL, Refusal, admit
+from .bridge import HttpChannelSession
+from .cork import CorkedTransport, cork
+from .exec_channel import CommandRunner, CommandSession, SessionChannel
+from .flow import FlowControlledTCPChannel, create_channel
+from .limits import FailureTracker, address_group
+from .proxy_protocol import Address
+from .settings import GatewaySettings
+from .slots import ChannelSlots, SlotChannel
+
+log = logging.getLogger("sshreg.ssh")
+
+REGISTRY_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+
+
+class GatewayParts(Protocol):
+    """What a connection uses of its `Gateway` (server.py), which owns every connection."""
+
+    settings: GatewaySettings
+    keys: KeyList
+    metrics: Metrics
+    failures: FailureTracker
+    connections: dict[asyncssh.SSHServerConnection, GatewayConnection]
+    protocol_factory: Callable[[], asyncio.Protocol]
+    commands: CommandRunner | None
+
+    def client_address(self, peer: Address) -> Address: ...
+
+    def render_help(self, identity: Identity, forwarding: bool) -> str: ...
+
+
+class TunnelChannel(SlotChannel, FlowControlledTCPChannel):
+    """A forwarded channel to the registry, holding one of its connection's channel slots."""
+
+
+class GatewayConnection(asyncssh.SSHServer):
+    """One SSH connection: authenticates it, then decides what each channel may do."""
+
+    def __init__(self, gateway: GatewayParts) -> None:
+        self._gateway = gateway
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._peer = ("", 0)
+        self._entry: KeyEntry | None = None
+        self._keys_offered: set[bytes] = set()
+        self._auth_begun = False
+        self._revoked = False
+        self._closing = False  # disconnected by us, on its way out
+        self.identity: Identity | None = None
+        self.group = ""  # the source address as the per-address limits count it
+        self.opened = time.monotonic()
+        self.slots = ChannelSlots(gateway.settings.limits.max_channels_per_connection,
+                                  lambda change: gateway.metrics.add("sshreg_ssh_channels",
+                                                                     change))
+        self.last_activity = time.monotonic()
+
+    @property
+    def channels(self) -> int:
+        """Channels open or being opened."""
+        return self.slots.in_use
+
+    @property
+    def counted(self) -> bool:
+        return not self._closing
+
+    @property
+    def pending(self) -> bool:
+        return self.identity is None and not self._closing
+
+    # -- connection and authentication -------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        cork(conn)
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self._peer = self._gateway.client_address((str(peer[0]), int(peer[1])))
+        self.group = address_group(self._peer[0])
+        gateway = self._gateway
+        decision = admit(gateway.settings.limits, self.group,
+                         gateway.failures.blocked(self.group), gateway.connections.values())
+        if decision.refusal is not None:
+            self._refuse_connection(decision.refusal)
+        elif isinstance(decision.evict, GatewayConnection):
+            decision.evict._disconnect(
+                asyncssh.DISC_TOO_MANY_CONNECTIONS, PENDING_FULL,
+                f"not logged in yet, its place given to a connection from {self._peer[0]} "
+                "(the cap on connections waiting to log in is full)")
+        gateway.connections[conn] = self
+        gateway.metrics.set("sshreg_ssh_connections", len(gateway.connections))
+
+    def _refuse_connection(self, refusal: Refusal) -> None:
+        """Refused from `connection_made`: the disconnect goes out once asyncssh has sent
+        its version line (right after this method returns), so that the client reads the
+        version it expects first and then the reason. Sent before, the disconnect message
+        is where OpenSSH expects the version, and all it says is "banner line contains
+        invalid characters". (And the socket lingers, see `_send_disconnect`.)"""
+        self._closing = True
+        self._log_disconnect(refusal.why)
+        asyncio.get_running_loop().call_soon(self._send_disconnect, refusal.code,
+                                             refusal.reason)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gateway.connections.pop(self._conn, None)
+        self._gateway.metrics.set("sshreg_ssh_connections", len(self._gateway.connections))
+        if self.identity is None:
+            log.info("connection from %s closed before authentication", self.peer_text)
+            if self._auth_begun and not self._keys_offered:  # password, keyboard-interactive
+                self._gateway.failures.record(self.group)
+                self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
+
+    def _disconnect(self, code: int, reason: str, why: str) -> None:
+        self._closing = True
+        self._log_disconnect(why)
+        self._send_disconnect(code, reason)
+
+    def _log_disconnect(self, why: str) -> None:
+        who = self.identity.fingerprint if self.identity else "-"
+        log.warning("disconnecting %s (key %s): %s", self.peer_text, who, why)
+        self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind="connection")
+
+    def _send_disconnect(self, code: int, reason: str) -> None:
+        """asyncssh's disconnect, closing the socket without a reset so that the client
+        gets to read the reason (see linger.py)."""
+        assert self._conn is not None
+        transport = self._conn._transport
+        if isinstance(transport, CorkedTransport):
+            transport.linger = True
+        self._conn.disconnect(code, reason)
+
+    @property
+    def peer_text(self) -> str:
+        return f"{self._peer[0]}:{self._peer[1]}"
+
+    def begin_auth(self, username: str) -> bool:
+        self._auth_begun = True
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        fingerprint = key.get_fingerprint("sha256")
+        self._keys_offered.add(key.public_data)
+        if self._gateway.failures.blocked(self.group):  # earned on other connections
+            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                             "too many failed logins from this address, try again later",
+                             "address blocked after repeated failed logins")
+            return False
+        if len(self._keys_offered) > self._gateway.settings.limits.max_auth_attempts:
+            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                             "too many authentication attempts", "too many keys offered")
+            return False
+        accepted = self._check_key(username, key, fingerprint)
+        if not accepted:
+            self._gateway.failures.record(self.group)
+            self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
+        return accepted
+
+    def _check_key(self, username: str, key: asyncssh.SSHKey, fingerprint: str) -> bool:
+        entries = [e for e in self._gateway.keys.entries() if e.key.public_data == key.public_data]
+        if not entries:
+            log.warning("refused unknown key %s from %s (user %r)", fingerprint, self.peer_text,
+                        username)
+            return False
+        for entry in entries:
+            if entry.expired():
+                reason = "expired"
+            elif not entry.allows_address("", self._peer[0]):
+                reason = f"not allowed from {self._peer[0]} (from= option)"
+            else:
+                self._entry = entry  # asyncssh validates again with the signature, then
+                return True          # calls auth_completed for the key validated last
+            log.warning("refused key %s (%s) from %s: %s", fingerprint, entry.comment,
+                        self.peer_text, reason)
+        return False
+
+    def auth_completed(self) -> None:
+        assert self._entry is not None
+        self.identity = self._entry.identity(self._peer[0])
+        same_key = sum(1 for c in self._gateway.connections.values()
+                       if c.identity and c.identity.fingerprint == self.identity.fingerprint)
+        if same_key > self._gateway.settings.limits.max_connections_per_key:
+            self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
+                             "too many connections for this key", f"{same_key} connections of key")
+            return
+        log.info("key %s (%s) logged in from %s", self.identity.fingerprint,
+                 self.identity.comment, self.peer_text)
+
+    # -- channels --------------------------------------------------------------------
+
+    def _refuse(self, what: str, kind: str = "channel") -> None:
+        who = self.identity.fingerprint if self.identity else "-"
+        comment = self.identity.comment if self.identity else ""
+        log.warning("refused %s for key %s (%s) from %s", what, who, comment, self.peer_text)
+        self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind=kind)
+
+    def channel_opened(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def channel_closed(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int):
+        entry, identity = self._entry, self.identity
+        assert entry is not None and identity is not None and self._conn is not None
+        target = f"{dest_host}:{dest_port}"
+        if not entry.port_forwarding:
+            self._refuse(f"forwarding to {target} (key may not forward)")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            "port forwarding is not permitted for this key")
+        if (dest_host.lower() not in REGISTRY_HOSTS
+                or dest_port != self._gateway.settings.registry_port
+                or not entry.may_open(dest_host, dest_port)):
+            self._refuse(f"forwarding to {target}")
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"only the registry at localhost:{self._gateway.settings.registry_port} "
+                "can be reached through this server")
+        if self.slots.full:
+            self._refuse(f"forwarding to {target} (too many channels)")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                            "too many tunnelled connections at once")
+        chan = create_channel(self._conn, TunnelChannel)
+        chan.hold(self.slots.take())
+        session = HttpChannelSession(self._gateway.protocol_factory, identity, self._peer,
+                                     self._gateway.metrics, self)
+        return chan, session
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self._refuse(f"remote forwarding of {listen_host}:{listen_port}", "remote-forward")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        self._refuse(f"forwarding to unix socket {dest_path}")
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self._refuse(f"remote forwarding of unix socket {listen_path}")
+        return False
+
+    def session_requested(self) -> tuple[SessionChannel, CommandSession]:
+        assert self.identity is not None and self._entry is not None and self._conn is not None
+        if self.slots.full:
+            self._refuse("session (too many channels)")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                            "too many channels at once")
+        chan = SessionChannel.create(self._conn, self._refuse)
+        chan.hold(self.slots.take())
+        session = CommandSession(
+            self._gateway.render_help(self.identity, self._entry.port_forwarding),
+            self.identity, self._gateway.commands, self)
+        return chan, session
+
+    def still_authorized(self, grants: set[tuple[object, ...]]) -> bool:
+        """Whether the line this connection logged in with is still in authorized_keys,
+        unchanged and unexpired (`grants`: those of the current lines)."""
+        return self._entry is None or self.identity is None or self._entry.grant in grants
+
+    def revoke(self) -> None:
+        if self._revoked:
+            return
+        self._revoked = True
+        self._disconnect(asyncssh.DISC_BY_APPLICATION, "this key is no longer authorized",
+                         "key no longer authorized (removed, changed or expired in "
+                         "authorized_keys)")
