@@ -10,8 +10,31 @@ import bisect
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
 
+from .settings import ConfigError, parse_address, parse_str, setting
 from .storage.base import Driver, ObjectInfo, SmallObject, StorageError, Upload
+
+
+def parse_loopback(value: Any, what: str) -> str:
+    """"" (no metrics), or HOST:PORT on a loopback address: the endpoint needs no key."""
+    listen = parse_str(value, what)
+    if listen:
+        host, _ = parse_address(listen, what)
+        if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+            raise ConfigError(f"{what}: {listen!r} must be a loopback address (metrics are not "
+                              "authenticated)")
+    return listen
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The [metrics] section."""
+
+    listen: str = setting("", "loopback HOST:PORT for /metrics and /health, e.g. 127.0.0.1:9419",
+                          parse_loopback)
+
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
