@@ -1,7 +1,8 @@
 """Prometheus metrics in the text exposition format, without a client library.
 
 One `Metrics` object is created by the service and handed to the parts that count
-(registry, bridge, gateway, storage wrapper); `render()` is served on a loopback-only port.
+(registry, bridge, gateway, storage wrapper); `render()` is served on a loopback-only port,
+the one the [metrics] section (`MetricsSettings`) names.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .storage.base import Driver, ObjectInfo, SmallObject, StorageError, Upload
 
 
 def parse_loopback(value: Any, what: str) -> str:
-    """"" (no metrics), or HOST:PORT on a loopback address: the endpoint needs no key."""
+    """Empty (no metrics), or HOST:PORT on a loopback address: the endpoints need no key."""
     listen = parse_str(value, what)
     if listen:
         host, _ = parse_address(listen, what)

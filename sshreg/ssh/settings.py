@@ -1,4 +1,5 @@
-"""The [server] section: what the SSH gateway is configured with."""
+"""The [server] section: what the SSH gateway is configured with, and where its keys are
+(the service opens them and stops within shutdown_grace)."""
 
 from __future__ import annotations
 
