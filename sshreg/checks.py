@@ -44,12 +44,12 @@ class Report:
 def run_checks(config: Config) -> Report:
     report = Report()
     report.facts.append(("config", config.source))
-    report.facts.append(("listen", config.listen))
-    if config.listen_port < 1024 and os.geteuid() != 0:
-        report.warnings.append(f"port {config.listen_port} needs CAP_NET_BIND_SERVICE "
+    report.facts.append(("listen", str(config.server.listen)))
+    if config.server.port < 1024 and os.geteuid() != 0:
+        report.warnings.append(f"port {config.server.port} needs CAP_NET_BIND_SERVICE "
                                "(the systemd unit grants it)")
-    check_keys(config.keys, report, config.authorized_keys_location)
-    if config.shared_keys:
+    check_keys(config.server.keys, report, config.server.authorized_keys_location)
+    if config.server.shared_keys:
         asyncio.run(check_shared_keys(config, report))
     asyncio.run(check_storage(config, report))
     return report
@@ -77,8 +77,8 @@ async def check_shared_keys(config: Config, report: Report) -> None:
     """authorized_keys in a bucket: it can be read, and how the server would take it."""
     from .keys.bucket_file import open_bucket_file, read_shared
 
-    source = open_bucket_file(config.authorized_keys, endpoint_url=config.endpoint_url or None,
-                              region=config.region)
+    source = open_bucket_file(config.server.authorized_keys, endpoint_url=config.storage.endpoint_url or None,
+                              region=config.storage.region)
     try:
         lines = await asyncio.wait_for(read_shared(source), STORAGE_TIMEOUT)
     except Exception as exc:
@@ -164,10 +164,11 @@ async def check_storage(config: Config, report: Report) -> None:
     try:
         fact = await asyncio.wait_for(_storage_fact(config), STORAGE_TIMEOUT)
     except TimeoutError:
-        report.errors.append(f"storage {config.storage}: no answer within {STORAGE_TIMEOUT:.0f}s")
+        report.errors.append(f"storage {config.storage.url}: no answer within "
+                             f"{STORAGE_TIMEOUT:.0f}s")
         return
     except Exception as exc:
-        report.errors.append(f"storage {config.storage}: {_one_line(exc)}")
+        report.errors.append(f"storage {config.storage.url}: {_one_line(exc)}")
         return
     report.facts.append(("storage", fact))
 
@@ -176,8 +177,8 @@ async def _storage_fact(config: Config) -> str:
     """Probe the storage; return the summary line or raise with what is wrong."""
     from .storage.factory import open_driver
 
-    if not config.is_s3:
-        root = Path(config.storage)
+    if not config.storage.is_s3:
+        root = Path(config.storage.url)
         if not root.exists():
             problem = creatable(root)
             if problem:
@@ -185,7 +186,7 @@ async def _storage_fact(config: Config) -> str:
             return f"{root.resolve()}: does not exist yet, will be created"
         if not root.is_dir():
             raise OSError(f"{root} is not a folder")
-    driver = open_driver(config)
+    driver = open_driver(config.storage, config.limits)
     try:
         return await _probe(driver, config)
     finally:
@@ -201,14 +202,14 @@ async def _probe(driver, config: Config) -> str:
         with contextlib.suppress(Exception):
             await objects.aclose()
     await driver.stat(PROBE_KEY)
-    if config.is_s3:
+    if config.storage.is_s3:
         return f"{driver!r}: bucket listed ({'not empty' if first else 'empty'})"
     upload = await driver.begin_upload(PROBE_KEY)
     try:
         await upload.write(b"sshreg check-config\n")
     finally:
         await upload.abort()
-    return f"{Path(config.storage).resolve()}: writable ({'not empty' if first else 'empty'})"
+    return f"{Path(config.storage.url).resolve()}: writable ({'not empty' if first else 'empty'})"
 
 
 def _one_line(exc: BaseException) -> str:

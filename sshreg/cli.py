@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from . import logs
-from .config import Config, ConfigError, load_config
+from .config import Config, load_config
 from .memory import tune_malloc
+from .settings import ConfigError
 
 log = logging.getLogger("sshreg")
 
@@ -24,8 +25,8 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="HOST:PORT of the SSH server (default 0.0.0.0:2222)")
     parser.add_argument("--keys", help="folder with authorized_keys and the host key (default keys/)")
     parser.add_argument("--storage", help="a folder, or s3://BUCKET[/PREFIX] (default data/)")
-    parser.add_argument("--log-format", choices=["text", "json", "logfmt"])
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=list(logs.FORMATTERS))
+    parser.add_argument("--log-level", choices=logs.LEVELS)
 
 
 def _keys_flags(parser: argparse.ArgumentParser) -> None:
@@ -101,14 +102,13 @@ def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
     """`sshreg gc` on the host: the collector the `gc` SSH command runs, in its own process."""
     from .management.commands import human_size
     from .management.gc import GarbageCollector
-    from .service import gc_settings
     from .storage.factory import open_driver
     from .store.registry_store import RegistryStore
 
     async def collect():
-        driver = open_driver(config)
+        driver = open_driver(config.storage, config.limits)
         try:
-            return await GarbageCollector(RegistryStore(driver), gc_settings(config)).run(dry_run)
+            return await GarbageCollector(RegistryStore(driver), config.gc).run(dry_run)
         finally:
             await driver.close()
 
@@ -167,13 +167,13 @@ def _keys_edit(config: Config, args: argparse.Namespace, change):
     """Read authorized_keys (`change` None: its lines) or apply `change` (lines, where ->
     new text, result) to it, wherever the config puts it: a file (edited under a lock) or
     an object in a bucket (a conditional write, redone if another edit came first)."""
-    if config.shared_keys:
+    if config.server.shared_keys:
         from .keys.bucket_file import edit_shared, open_bucket_file, read_shared
 
         async def shared():
-            source = open_bucket_file(config.authorized_keys,
-                                      endpoint_url=config.endpoint_url or None,
-                                      region=config.region)
+            source = open_bucket_file(config.server.authorized_keys,
+                                      endpoint_url=config.storage.endpoint_url or None,
+                                      region=config.storage.region)
             try:
                 if change is None:
                     return await read_shared(source)
@@ -184,7 +184,7 @@ def _keys_edit(config: Config, args: argparse.Namespace, change):
         return asyncio.run(shared())
     from .keys.local_file import edit_file, keys_file, read_lines
 
-    path = keys_file(Path(config.authorized_keys_location),
+    path = keys_file(Path(config.server.authorized_keys_location),
                      must_exist=args.keys_command == "remove")
     if change is None:
         return read_lines(path)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return _check(config)
-    logs.configure(config.log_level, config.log_format)
+    logs.configure(config.log.level, config.log.format)
     if args.command == "gc":
         return _gc(config, args.dry_run, args.json)
     if args.command == "serve":

@@ -23,9 +23,11 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .controls import CONTROLS, visible
+from .settings import choice, setting
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -87,6 +89,15 @@ class TextFormatter(logging.Formatter):
 
 
 FORMATTERS = {"text": TextFormatter, "json": JsonFormatter, "logfmt": LogfmtFormatter}
+LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """The [log] section."""
+
+    level: str = setting("info", ", ".join(LEVELS), choice(*LEVELS))
+    format: str = setting("text", ", ".join(FORMATTERS), choice(*FORMATTERS))
 
 
 def configure(level: str = "info", fmt: str = "text") -> None:

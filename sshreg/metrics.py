@@ -1,7 +1,8 @@
 """Prometheus metrics in the text exposition format, without a client library.
 
 One `Metrics` object is created by the service and handed to the parts that count
-(registry, bridge, gateway, `storage.instrumented`); `render()` is served on a loopback-only port.
+(registry, bridge, gateway, `storage.instrumented`); `render()` is served on a loopback-only port,
+the one the [metrics] section (`MetricsSettings`) names.
 """
 
 from __future__ import annotations
@@ -9,6 +10,30 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .settings import ConfigError, parse_address, parse_str, setting
+
+
+def parse_loopback(value: Any, what: str) -> str:
+    """Empty (no metrics), or HOST:PORT on a loopback address: the endpoints need no key."""
+    listen = parse_str(value, what)
+    if listen:
+        host, _ = parse_address(listen, what)
+        if host not in ("127.0.0.1", "::1", "localhost") and not host.startswith("127."):
+            raise ConfigError(f"{what}: {listen!r} must be a loopback address (metrics are not "
+                              "authenticated)")
+    return listen
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The [metrics] section."""
+
+    listen: str = setting("", "loopback HOST:PORT for /metrics and /health, e.g. 127.0.0.1:9419",
+                          parse_loopback)
+
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 

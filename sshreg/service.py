@@ -8,23 +8,22 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import replace
 
 from aiohttp import web
 
-from .config import Config, ConfigError, parse_listen
+from .config import Config
 from .keys.entries import KeyList
 from .keys.local_file import AuthorizedKeys
 from .management.commands import Management
-from .management.gc import GarbageCollector, GcSettings
+from .management.gc import GarbageCollector
 from .memory import HeapTrimmer
 from .metrics import Metrics
 from .registry.app import Registry
 from .registry.origin import origin_middleware
-from .registry.settings import RegistrySettings
+from .settings import ConfigError, parse_address
 from .ssh.hostkey import HostKeyError, load_or_create_host_key
-from .ssh.limits import Limits
 from .ssh.server import Gateway
-from .ssh.settings import GatewaySettings
 from .storage.base import Driver
 from .storage.factory import open_driver
 from .storage.instrumented import InstrumentedDriver
@@ -37,56 +36,15 @@ STALE_SWEEP_INTERVAL = 3600.0
 
 def open_keys(config: Config) -> KeyList:
     """authorized_keys where the config says: a file, or an object in a bucket (polled)."""
-    if config.shared_keys:
+    if config.server.shared_keys:
         from .keys.bucket_file import SharedAuthorizedKeys, open_bucket_file
 
-        source = open_bucket_file(config.authorized_keys,
-                                  endpoint_url=config.endpoint_url or None, region=config.region)
-        return SharedAuthorizedKeys(source, config.authorized_keys_poll)
-    return AuthorizedKeys(config.authorized_keys_location)
+        source = open_bucket_file(config.server.authorized_keys,
+                                  endpoint_url=config.storage.endpoint_url or None,
+                                  region=config.storage.region)
+        return SharedAuthorizedKeys(source, config.server.authorized_keys_poll)
+    return AuthorizedKeys(config.server.authorized_keys_location)
 
-
-def registry_settings(config: Config) -> RegistrySettings:
-    return RegistrySettings(
-        max_manifest_size=config.max_manifest_size,
-        max_manifest_descriptors=config.max_manifest_descriptors,
-        max_uploads_per_key=config.max_uploads_per_key,
-        max_uploads=config.max_uploads,
-        upload_idle_timeout=config.upload_idle_timeout,
-        body_idle_timeout=config.body_idle_timeout,
-        header_timeout=config.header_timeout,
-        hosts=config.registry_hosts,
-        part_size=config.part_size if config.is_s3 else None,
-        redirect_expiry=int(config.redirect_expiry),
-    )
-
-
-def gc_settings(config: Config) -> GcSettings:
-    return GcSettings(grace=config.gc_grace, safety=config.gc_safety,
-                      keep_untagged=config.gc_keep_untagged, retention=config.retention)
-
-
-def gateway_settings(config: Config) -> GatewaySettings:
-    return GatewaySettings(
-        host=config.listen_host,
-        port=config.listen_port,
-        registry_port=config.registry_port,
-        public_name=config.public_name,
-        ciphers=config.ciphers,
-        login_timeout=config.login_timeout,
-        keepalive_interval=config.keepalive_interval,
-        proxy_protocol=config.proxy_protocol,
-        limits=Limits(
-            max_connections=config.max_connections,
-            max_connections_per_key=config.max_connections_per_key,
-            max_auth_attempts=config.max_auth_attempts,
-            max_auth_failures_per_minute=config.max_auth_failures_per_minute,
-            max_channels_per_connection=config.max_channels_per_connection,
-            max_pending_per_address=config.max_pending_per_address,
-            max_pending=config.max_pending,
-            idle_timeout=config.idle_timeout,
-        ),
-    )
 
 
 def notify_systemd(state: str) -> None:
@@ -120,18 +78,20 @@ class Service:
     def __init__(self, config: Config, driver: Driver | None = None) -> None:
         self.config = config
         try:
-            self.host_key = load_or_create_host_key(config.keys)
+            self.host_key = load_or_create_host_key(config.server.keys)
         except (HostKeyError, OSError) as exc:
             raise ConfigError(f"host key: {exc}") from None
         self.keys = open_keys(config)
         self.metrics = Metrics()
-        self.driver = driver or open_driver(config)
+        self.driver = driver or open_driver(config.storage, config.limits)
         store = RegistryStore(InstrumentedDriver(self.driver, self.metrics))
         self.heap = HeapTrimmer()
-        self.registry = Registry(store, registry_settings(config), metrics=self.metrics,
-                                 heap=self.heap)
-        self.collector = GarbageCollector(store, gc_settings(config))
-        self.gateway = Gateway(gateway_settings(config), self.keys, self.host_key,
+        registry = replace(config.registry, limits=config.limits,
+                           part_size=config.storage.part_size if config.storage.is_s3 else None,
+                           redirect_expiry=int(config.storage.redirect_expiry))
+        self.registry = Registry(store, registry, metrics=self.metrics, heap=self.heap)
+        self.collector = GarbageCollector(store, config.gc)
+        self.gateway = Gateway(replace(config.server, limits=config.limits), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
                                commands=Management(store, self.collector))
         self._sweeper: asyncio.Task[None] | None = None
@@ -140,7 +100,7 @@ class Service:
     @property
     def port(self) -> int:
         sockets = self.gateway.sockets
-        return sockets[0].getsockname()[1] if sockets else self.config.listen_port
+        return sockets[0].getsockname()[1] if sockets else self.config.server.port
 
     async def start(self) -> None:
         await self.keys.start()
@@ -150,14 +110,14 @@ class Service:
         except OSError as exc:
             await self.registry.close()
             await self.driver.close()
-            raise ConfigError(f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
+            raise ConfigError(f"cannot listen on {self.config.server.listen}: {exc.strerror or exc}"
                               ) from None
         self._sweeper = asyncio.create_task(
-            _sweep_stale_uploads(self.driver, self.config.stale_upload_age))
-        if self.config.metrics_listen:
+            _sweep_stale_uploads(self.driver, self.config.storage.stale_upload_age))
+        if self.config.metrics.listen:
             await self._start_metrics()
         log.info("sshreg ready: ssh on %s:%d, storage %s, host key %s, %d authorized key(s)",
-                 self.config.listen_host, self.port, self.driver,
+                 self.config.server.host, self.port, self.driver,
                  self.host_key.get_fingerprint("sha256"), len(self.keys.entries()))
 
     async def _start_metrics(self) -> None:
@@ -167,12 +127,12 @@ class Service:
         app.router.add_get("/health", self._serve_health)
         self._metrics_runner = web.AppRunner(app, access_log=None)
         await self._metrics_runner.setup()
-        host, port = parse_listen(self.config.metrics_listen)
+        host, port = parse_address(self.config.metrics.listen, "metrics.listen")
         site = web.TCPSite(self._metrics_runner, host, port)
         try:
             await site.start()
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {self.config.metrics_listen} for metrics: "
+            raise ConfigError(f"cannot listen on {self.config.metrics.listen} for metrics: "
                               f"{exc.strerror or exc}") from None
         bound = self._metrics_runner.addresses[0]
         log.info("metrics on http://%s:%d/metrics", bound[0], bound[1])
@@ -232,4 +192,4 @@ async def serve(config: Config) -> None:
     notify_systemd("READY=1")
     await stop.wait()
     notify_systemd("STOPPING=1")
-    await service.stop(config.shutdown_grace)
+    await service.stop(config.server.shutdown_grace)

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from sshreg.keys.local_file import AuthorizedKeys
+from sshreg.settings import Address
 from sshreg.ssh.server import Gateway
 from sshreg.ssh.settings import GatewaySettings
 from tests.support.sshreg_server import ClientKey, free_port
@@ -52,7 +53,7 @@ async def test_a_slow_http_reader_keeps_server_memory_within_one_window(tmp_path
     key = ClientKey.generate(tmp_path, "client")
     (tmp_path / "authorized_keys").write_text(key.public + "\n")
     gateway = Gateway(
-        GatewaySettings(host="127.0.0.1", port=0),
+        GatewaySettings(listen=Address("127.0.0.1", 0)),
         AuthorizedKeys(tmp_path / "authorized_keys"),
         asyncssh.generate_private_key("ssh-ed25519"),
         web.Server(slow_reader),

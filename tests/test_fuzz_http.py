@@ -52,6 +52,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sshreg.limits import Limits
 from sshreg.management.gc import GarbageCollector
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from sshreg.references import is_valid_name
@@ -237,8 +238,8 @@ class Served:
         self.store = RegistryStore(self.driver)
         # The fuzzer leaves thousands of upload sessions open under one key; the session
         # limits have tests of their own (test_upload_limits.py, test_resource_limits.py).
-        settings = RegistrySettings(body_idle_timeout=0.3, max_uploads_per_key=1 << 30,
-                                    max_uploads=1 << 30)
+        settings = RegistrySettings(body_idle_timeout=0.3,
+                                    limits=Limits(max_uploads_per_key=1 << 30, max_uploads=1 << 30))
         self.registry = Registry(self.store, settings, identify=identify_from_test_header)
         await self.registry.start()
         self.server = await asyncio.get_running_loop().create_server(

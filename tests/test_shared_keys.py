@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from sshreg.config import ConfigError, load_config
+from sshreg.config import load_config
 from sshreg.keys.bucket_file import (
     BucketFile,
     SharedAuthorizedKeys,
@@ -25,6 +25,7 @@ from sshreg.keys.bucket_file import (
     open_bucket_file,
 )
 from sshreg.keys.edits import Grant, new_line, with_key
+from sshreg.settings import ConfigError
 from sshreg.storage.base import SmallObject, StorageError
 from sshreg.storage.filesystem import FilesystemDriver
 from tests.conftest import S3_TEST_BUCKET
@@ -221,12 +222,12 @@ def test_config_accepts_a_bucket_object_or_a_path_and_refuses_a_bucket_alone(tmp
     config = tmp_path / "c.toml"
     config.write_text('[server]\nauthorized_keys = "s3://team-bucket/registry/authorized_keys"\n'
                       'authorized_keys_poll = "5s"\n')
-    loaded = load_config(config)
+    loaded = load_config(config).server
     assert loaded.shared_keys and loaded.authorized_keys_poll == 5.0
-    assert load_config(keys=str(tmp_path)).authorized_keys_location == str(
+    assert load_config(keys=str(tmp_path)).server.authorized_keys_location == str(
         tmp_path / "authorized_keys")
     config.write_text('[server]\nauthorized_keys = "/mnt/shared/authorized_keys"\n')
-    assert not load_config(config).shared_keys
+    assert not load_config(config).server.shared_keys
     for bad in ("s3://team-bucket", "s3://team-bucket/", "s3://Bad_Bucket/k"):
         config.write_text(f'[server]\nauthorized_keys = "{bad}"\n')
         with pytest.raises(ConfigError, match="s3://BUCKET/KEY"):

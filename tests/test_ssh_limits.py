@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import asyncssh
 import pytest
 
+from sshreg.limits import Limits
 from sshreg.ssh import linger
 from sshreg.ssh.admission import PENDING_FULL, admit
-from sshreg.ssh.limits import FailureTracker, Limits, address_group
+from sshreg.ssh.limits import FailureTracker, address_group
 from tests.support.sshreg_server import ClientKey, SshregServer, connect, wait_for
 
 pytestmark = pytest.mark.integration

@@ -115,7 +115,7 @@ def test_unit_contract() -> None:
     assert settings["StateDirectory"] == "sshreg"
     assert settings["EnvironmentFile"] == "-/etc/sshreg/secrets.env"
     stop = settings["TimeoutStopSec"]
-    assert stop.endswith("s") and float(stop[:-1]) > Config().shutdown_grace + 10
+    assert stop.endswith("s") and float(stop[:-1]) > Config().server.shutdown_grace + 10
     assert "AWS_SECRET" not in text.replace("AWS_SECRET_ACCESS_KEY,", "")
 
 

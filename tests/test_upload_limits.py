@@ -12,10 +12,12 @@ import os
 
 import pytest
 
-from sshreg.config import ConfigError, load_config
+from sshreg.config import load_config
+from sshreg.limits import Limits
 from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
-from sshreg.service import registry_settings
+from sshreg.service import Service
+from sshreg.settings import ConfigError
 from sshreg.storage.base import Overloaded
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3.settings import MIN_PART_SIZE
@@ -29,7 +31,8 @@ TOTAL = 8
 
 @pytest.fixture
 def settings() -> RegistrySettings:
-    return RegistrySettings(max_uploads_per_key=PER_KEY, max_uploads=TOTAL, upload_batch=1 << 16)
+    return RegistrySettings(limits=Limits(max_uploads_per_key=PER_KEY, max_uploads=TOTAL),
+                            upload_batch=1 << 16)
 
 
 def assert_counts_back_to_zero(registry: Registry) -> None:
@@ -177,17 +180,24 @@ async def test_a_large_s3_upload_at_the_budget_waits_for_its_own_parts_instead_o
         await driver.close()
 
 
-def test_the_limits_are_read_from_the_config_file(tmp_path):
+async def test_the_limits_are_read_from_the_config_file(tmp_path):
     path = tmp_path / "sshreg.toml"
     path.write_text('[limits]\nmax_uploads_per_key = 7\nmax_uploads = 70\n'
                     'upload_buffer_budget = "1GiB"\n[registry]\nmax_manifest_descriptors = 50\n')
-    settings = registry_settings(load_config(path))
-    assert (settings.max_uploads_per_key, settings.max_uploads) == (7, 70)
-    assert settings.max_manifest_descriptors == 50
-    assert load_config(path).upload_buffer_budget == 1 << 30
+    service = Service(load_config(path, keys=str(tmp_path / "keys"),
+                                  storage=str(tmp_path / "data")))
+    try:
+        settings = service.registry.settings  # as the service hands them to the registry
+        assert (settings.limits.max_uploads_per_key, settings.limits.max_uploads) == (7, 70)
+        assert settings.max_manifest_descriptors == 50
+    finally:
+        await service.driver.close()
+    assert load_config(path).limits.upload_buffer_budget == 1 << 30
 
 
-def test_an_s3_buffer_budget_smaller_than_the_parts_in_flight_is_a_config_error():
+def test_an_s3_buffer_budget_smaller_than_the_parts_in_flight_is_a_config_error(tmp_path):
+    path = tmp_path / "sshreg.toml"
+    path.write_text('[limits]\nupload_buffer_budget = "64MiB"\n')
     with pytest.raises(ConfigError, match="upload_buffer_budget"):
-        load_config(storage="s3://bucket/registry", upload_buffer_budget=64 << 20)
+        load_config(path, storage="s3://bucket/registry")
     load_config(storage="s3://bucket/registry")  # the defaults fit

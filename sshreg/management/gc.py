@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from ..oci import ManifestError, parse_manifest
 from ..references import Digest
+from ..settings import parse_bool, parse_duration, setting
 from ..store.blobs import BlobRecord
 from ..store.manifests import ManifestLink
 from ..store.registry_store import RegistryStore
@@ -68,10 +69,15 @@ class BloomFilter:
 
 @dataclass(frozen=True)
 class GcSettings:
-    grace: float = 6 * 3600.0
-    safety: float = 60.0
-    keep_untagged: bool = False
-    retention: tuple[RetentionPolicy, ...] = ()
+    """The [gc] section, with the [[retention]] policies."""
+
+    grace: float = setting("6h", "nothing written more recently than this is collected",
+                           parse_duration)
+    safety: float = setting(
+        "60s", "pause before deleting, then a second look at new pushes", parse_duration)
+    keep_untagged: bool = setting(
+        False, "true: manifests without a tag are kept (and their blobs)", parse_bool)
+    retention: tuple[RetentionPolicy, ...] = ()  # the [[retention]] tables
     bloom_bits: int = 1 << 26  # 8 MiB: about 1 % false positives at 7 million blobs
 
 

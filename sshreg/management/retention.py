@@ -5,8 +5,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..access import glob_matches
+from ..settings import (
+    REQUIRED,
+    ConfigError,
+    parse_duration,
+    parse_positive,
+    parse_regex,
+    parse_section,
+    parse_str,
+    setting,
+)
 
 
 @dataclass(frozen=True)
@@ -15,10 +26,13 @@ class RetentionPolicy:
     the others, only the `keep_last` most recently written stay, and none older than
     `max_age` seconds. A policy without `keep_last` and `max_age` removes nothing."""
 
-    repositories: str
-    keep_last: int | None = None
-    keep_tags: str | None = None
-    max_age: float | None = None
+    repositories: str = setting(REQUIRED, "glob (see access rights)", parse_str, example="team/*")
+    keep_last: int | None = setting(
+        None, "keep the 10 most recently written tags...", parse_positive, example=10)
+    keep_tags: str | None = setting(
+        None, "...plus every tag matching this regex...", parse_regex, example="v[0-9.]+")
+    max_age: float | None = setting(
+        None, "...and drop other tags older than this", parse_duration, example="90d")
 
     def applies_to(self, repository: str) -> bool:
         return glob_matches(self.repositories, repository)
@@ -45,3 +59,11 @@ def expired_tags(policies: Iterable[RetentionPolicy], repository: str,
         if policy.applies_to(repository):
             expired.update(policy.expired_tags(tags, now))
     return sorted(expired)
+
+
+def parse_policies(value: Any, what: str) -> tuple[RetentionPolicy, ...]:
+    """The [[retention]] tables of the configuration file."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{what}: use [[retention]] tables")
+    return tuple(parse_section(RetentionPolicy, table, f"{what}[{i}]")
+                 for i, table in enumerate(value))

@@ -58,7 +58,8 @@ class Registry:
         self.origin = OriginPolicy.allowing(self.settings.hosts)
         self.sessions = UploadSessions(
             self.settings.upload_idle_timeout, self.metrics,
-            max_per_key=self.settings.max_uploads_per_key, max_total=self.settings.max_uploads)
+            max_per_key=self.settings.limits.max_uploads_per_key,
+            max_total=self.settings.limits.max_uploads)
         self.in_flight = 0  # requests being handled right now
         self.heap = heap  # trimmed whenever no request is left
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import asyncssh
 
-from .limits import Limits
+from ..limits import Limits
 
 PENDING_FULL = "too many connections waiting to log in, try again later"
 

@@ -1,23 +1,12 @@
-"""Limits against abuse: how much one address, key or connection may take of the gateway."""
+"""Enforcing the limits against abuse: the address group per-address limits count under,
+and failed logins per address. The limits themselves are the [limits] section
+(`sshreg/limits.py`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import time
 from collections import deque
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_connections: int = 256  # SSH connections in total
-    max_connections_per_key: int = 64
-    max_auth_attempts: int = 6  # keys offered on one connection (as OpenSSH's MaxAuthTries)
-    max_auth_failures_per_minute: int = 20  # per source address; then it is refused a minute
-    max_channels_per_connection: int = 64  # concurrent channels: tunnels and commands
-    max_pending_per_address: int = 64  # connections of one address not logged in yet
-    max_pending: int = 64  # connections not logged in yet, all addresses together
-    idle_timeout: float = 3600.0  # a connection without channels for this long is closed
 
 
 def address_group(address: str) -> str:

@@ -1,20 +1,67 @@
-"""What the SSH gateway is configured with."""
+"""The [server] section: what the SSH gateway is configured with, and where its keys are
+(the service opens them and stops within shutdown_grace)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .limits import Limits
+from ..limits import Limits
+from ..settings import (
+    Address,
+    parse_address,
+    parse_duration,
+    parse_networks,
+    parse_path,
+    parse_port,
+    parse_str,
+    parse_str_list,
+    path_or_s3,
+    setting,
+)
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    host: str = "0.0.0.0"
-    port: int = 2222
-    registry_port: int = 80
-    public_name: str = ""  # how users reach this box, for the help text; hostname if empty
-    ciphers: tuple[str, ...] = ()  # empty: chosen from the CPU's AES support
-    login_timeout: float = 30.0
-    keepalive_interval: float = 30.0
-    limits: Limits = field(default_factory=Limits)
-    proxy_protocol: tuple[str, ...] = ()  # balancers whose PROXY v2 headers are believed
+    listen: Address = setting("0.0.0.0:2222", "address and port of the SSH server", parse_address)
+    keys: Path = setting("keys", "folder with authorized_keys and the host key", parse_path)
+    authorized_keys: str = setting(
+        "", "default KEYS/authorized_keys; or a shared path, or s3://BUCKET/KEY: one file for "
+        "several gateways", path_or_s3("s3://BUCKET/KEY", r"/[^/](.*[^/])?"))
+    authorized_keys_poll: float = setting(
+        "10s", "how often an s3:// authorized_keys is checked for changes", parse_duration,
+        low="1s", high="1h")
+    public_name: str = setting("", "host name shown in the help text (default: hostname)",
+                               parse_str)
+    registry_port: int = setting(80, "the port users forward to: ssh -L 5000:localhost:80",
+                                 parse_port)
+    ciphers: tuple[str, ...] = setting([], "SSH ciphers; default from the CPU's AES support",
+                                       parse_str_list)
+    login_timeout: float = setting("30s", "a connection must log in within this long",
+                                   parse_duration)
+    keepalive_interval: float = setting(
+        "30s", "an SSH keepalive this often; 4 unanswered close the connection", parse_duration)
+    shutdown_grace: float = setting(
+        "60s", "on SIGTERM, running requests get this long to finish", parse_duration)
+    proxy_protocol: tuple[str, ...] = setting(
+        [], "TCP load balancers (addresses or networks) whose PROXY protocol v2 header names "
+        "the client; [] = none", parse_networks)
+    limits: Limits = field(default_factory=Limits)  # the [limits] section, given by the service
+
+    @property
+    def host(self) -> str:
+        return self.listen.host
+
+    @property
+    def port(self) -> int:
+        return self.listen.port
+
+    @property
+    def authorized_keys_location(self) -> str:
+        """Where authorized_keys is: a path, or an s3://BUCKET/KEY URL."""
+        return self.authorized_keys or str(self.keys / "authorized_keys")
+
+    @property
+    def shared_keys(self) -> bool:
+        """Whether authorized_keys lives in a bucket (polled, not re-read on login)."""
+        return self.authorized_keys.startswith("s3://")

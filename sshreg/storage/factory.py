@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..limits import Limits
 from .base import Driver
 from .filesystem import FilesystemDriver
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .settings import StorageSettings
 
 
-def open_driver(config: Config) -> Driver:
-    """The storage backend `config.storage` names: a folder or an s3:// URL."""
-    if config.is_s3:
+def open_driver(storage: StorageSettings, limits: Limits) -> Driver:
+    """The storage backend `storage.url` names: a folder or an s3:// URL; its uploads share
+    `limits.upload_buffer_budget` of part buffers."""
+    if storage.is_s3:
         from .s3 import S3Driver
 
         return S3Driver.from_url(
-            config.storage,
-            endpoint_url=config.endpoint_url or None,
-            region=config.region,
-            part_size=config.part_size,
-            part_concurrency=config.part_concurrency,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-            max_attempts=config.max_attempts,
-            write_budget=config.write_budget,
-            parts_in_flight=config.parts_in_flight,
-            buffer_budget=config.upload_buffer_budget,
+            storage.url,
+            endpoint_url=storage.endpoint_url or None,
+            region=storage.region,
+            part_size=storage.part_size,
+            part_concurrency=storage.part_concurrency,
+            connect_timeout=storage.connect_timeout,
+            read_timeout=storage.read_timeout,
+            max_attempts=storage.max_attempts,
+            write_budget=storage.write_budget,
+            parts_in_flight=storage.parts_in_flight,
+            buffer_budget=limits.upload_buffer_budget,
         )
-    return FilesystemDriver(Path(config.storage))
+    return FilesystemDriver(Path(storage.url))
