@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from sshreg.oci import OCI_MANIFEST
+from tests.support.hashing import digest_of
 
-from .conftest import digest_of
 from .helpers_api import (
     as_identity,
     assert_error,

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from .conftest import digest_of
+from tests.support.hashing import digest_of
+
 from .helpers_api import UNKNOWN_DIGEST, assert_error, push_blob
 
 BLOB = bytes(range(256)) * 4  # 1024 bytes

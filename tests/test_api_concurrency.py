@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from .conftest import digest_of
+from tests.support.hashing import digest_of
+
 from .helpers_api import blob_copies, leftover_uploads, push_image, put_manifest, start_upload
 
 BLOB = os.urandom(3 << 20)

@@ -5,51 +5,14 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
-import threading
 from collections.abc import AsyncIterator
 
-import psutil
-
 from sshreg.references import Digest
+from tests.support.rss import PeakRss
 
 GIB = 1 << 30
 PIECE = 1 << 20
 MAX_RSS_GROWTH = 64 << 20
-
-
-class PeakRss:
-    """Samples this process's resident set size from a thread (so a busy event loop cannot
-    hide a peak) and keeps the largest value seen."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self.baseline = 0
-        self.peak = 0
-
-    def _sample(self) -> None:
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._sample()
-
-    def __enter__(self) -> PeakRss:
-        gc.collect()
-        self.baseline = self.peak = self._process.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.baseline
 
 
 async def generated(size: int, hasher: hashlib._Hash) -> AsyncIterator[bytes]:
@@ -75,7 +38,8 @@ async def warm_up(client) -> None:
 async def test_one_gib_chunked_upload_and_download_run_in_constant_memory(client, registry):
     await warm_up(client)
     sent = hashlib.sha256()
-    with PeakRss() as rss:
+    gc.collect()
+    with PeakRss(interval=0.005) as rss:
         resp = await client.post("/v2/big/blobs/uploads/")
         assert resp.status == 202
         location = resp.headers["Location"]

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from tests.support.hashing import digest_of
 
-from .conftest import digest_of
 from .helpers_api import (
     DOCKER_CONFIG,
     DOCKER_LAYER,

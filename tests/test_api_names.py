@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from sshreg.oci import OCI_MANIFEST
+from tests.support.hashing import digest_of
 
-from .conftest import digest_of
 from .helpers_api import files_under, push_blob, raw_request, stored_keys
 
 BLOB = b"escape attempt"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sshreg.oci import OCI_INDEX, OCI_MANIFEST
+from tests.support.hashing import digest_of
 
-from .conftest import digest_of
 from .helpers_api import (
     OCI_EMPTY,
     OCI_LAYER,

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from .conftest import digest_of
+from tests.support.hashing import digest_of
+
 from .helpers_api import (
     as_identity,
     assert_error,

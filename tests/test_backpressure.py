@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from sshreg.config import load_config
 from sshreg.service import Service
 from sshreg.storage.filesystem import FilesystemDriver
+from tests.support.rss import PeakRss
 from tests.support.sshreg_server import ClientKey, free_port
 
 pytestmark = pytest.mark.integration
@@ -96,35 +96,23 @@ async def _open_tunnel(service: Service, key: ClientKey) -> tuple[asyncio.subpro
     raise TimeoutError("tunnel did not come up")
 
 
-async def _sample_rss(stop: asyncio.Event, peak: list[int]) -> None:
-    process = psutil.Process()
-    while not stop.is_set():
-        peak[0] = max(peak[0], process.memory_info().rss)
-        await asyncio.sleep(0.05)
-
-
 async def test_slow_storage_throttles_a_1gib_upload_instead_of_growing_memory(tmp_path):
     key = ClientKey.generate(tmp_path, "pusher")
     driver = SlowDriver(tmp_path / "data", rate=120e6)
     service = await _start_service(tmp_path, driver, key)
     tunnel, port = await _open_tunnel(service, key)
-    baseline = psutil.Process().memory_info().rss
-    peak = [baseline]
-    stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample_rss(stop, peak))
     try:
-        client = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CLIENT, str(port), str(1024 * MiB), "slow/blob",
-            stdout=asyncio.subprocess.PIPE)
-        out, _ = await asyncio.wait_for(client.communicate(), timeout=240)
+        with PeakRss() as rss:
+            client = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", CLIENT, str(port), str(1024 * MiB), "slow/blob",
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(client.communicate(), timeout=240)
         assert out.decode().strip() == "HTTP/1.1 201 Created"
     finally:
-        stop.set()
-        await sampler
         tunnel.terminate()
         await tunnel.wait()
         await service.stop(grace=5)
-    growth = (peak[0] - baseline) / MiB
+    growth = rss.growth / MiB
     # The server shares this process with pytest, so only its growth is the server's.
     assert growth < 64, f"server memory grew by {growth:.0f} MiB during a throttled upload"
 

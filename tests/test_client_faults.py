@@ -35,8 +35,9 @@ import psutil
 import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
 
+from tests.support.hashing import sha256
 from tests.support.rawhttp import Connection, HTTPError, request
-from tests.support.rawpush import get_manifest, pieces, push_blob, sha256
+from tests.support.rawpush import get_manifest, pieces, push_blob
 from tests.support.sshreg_server import ClientKey, SshregServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.deployment import Deployment, deploy, generate_keys, sha256, unique
+from tests.support.deployment import Deployment, deploy, generate_keys, unique
 from tests.support.docker import Docker
+from tests.support.hashing import sha256
 from tests.support.images import (
     Image,
     layout_blobs,

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.containerd import Containerd
-from tests.support.deployment import Deployment, deploy, generate_keys, sha256, unique
+from tests.support.deployment import Deployment, deploy, generate_keys, unique
+from tests.support.hashing import sha256
 from tests.support.images import Image, make_image
 from tests.support.processes import Process, free_port, wait_until
 from tests.support.registry import RegistryHTTP

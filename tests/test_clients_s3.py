@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.containerd import Ctr
-from tests.support.deployment import Deployment, deploy, generate_keys, sha256, unique
+from tests.support.deployment import Deployment, deploy, generate_keys, unique
 from tests.support.docker import Docker
+from tests.support.hashing import sha256
 from tests.support.images import (
     OCI_CONFIG,
     OCI_MANIFEST,
@@ -45,8 +46,9 @@ from tests.support.images import (
     write_docker_archive,
     write_oci_archive,
 )
-from tests.support.processes import PeakRss, wait_until
+from tests.support.processes import wait_until
 from tests.support.registry import Answer, RegistryHTTP, StreamedPatch
+from tests.support.rss import PeakRss
 from tests.support.seaweedfs import SeaweedFS, assert_r2_object_parts
 from tests.support.sshreg_server import SshregServer
 

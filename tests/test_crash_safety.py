@@ -36,16 +36,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hashing import sha256
 from tests.support.images import Image, make_image
 from tests.support.rawhttp import Connection, HTTPError
-from tests.support.rawpush import (
-    STYLES,
-    get_manifest,
-    manifest_blobs,
-    pull_image,
-    push_image,
-    sha256,
-)
+from tests.support.rawpush import STYLES, get_manifest, manifest_blobs, pull_image, push_image
 from tests.support.seaweedfs import SeaweedFS
 from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, wait_for
 

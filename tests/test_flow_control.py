@@ -13,13 +13,13 @@ import sys
 import time
 
 import asyncssh
-import psutil
 import pytest
 from aiohttp import web
 
 from sshreg.ssh.authorized_keys import AuthorizedKeys
 from sshreg.ssh.server import Gateway
 from sshreg.ssh.settings import GatewaySettings
+from tests.support.rss import PeakRss
 from tests.support.sshreg_server import ClientKey, free_port
 
 pytestmark = pytest.mark.integration
@@ -73,20 +73,20 @@ async def test_a_slow_http_reader_keeps_server_memory_within_one_window(tmp_path
             except OSError:
                 assert time.monotonic() < deadline, "tunnel did not come up"
                 await asyncio.sleep(0.1)
-        baseline = peak = psutil.Process().memory_info().rss
-        sender = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", SENDER, str(local), str(BODY), stdout=asyncio.subprocess.PIPE)
-        reply = asyncio.create_task(sender.communicate())
-        deadline = time.monotonic() + 180
-        while not reply.done():
-            assert time.monotonic() < deadline, "upload did not finish"
-            peak = max(peak, psutil.Process().memory_info().rss)
-            await asyncio.sleep(0.05)
+        with PeakRss() as rss:
+            sender = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", SENDER, str(local), str(BODY),
+                stdout=asyncio.subprocess.PIPE)
+            reply = asyncio.create_task(sender.communicate())
+            deadline = time.monotonic() + 180
+            while not reply.done():
+                assert time.monotonic() < deadline, "upload did not finish"
+                await asyncio.sleep(0.05)
         out, _ = reply.result()
         assert out.decode().strip() == str(BODY)
     finally:
         tunnel.kill()
         await tunnel.wait()
         await gateway.close()
-    growth = (peak - baseline) / MiB
+    growth = rss.growth / MiB
     assert growth < 32, f"server buffered {growth:.0f} MiB for a slow reader"

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -60,6 +59,7 @@ from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.store import RegistryStore
 from tests.conftest import TEST_IDENTITY_HEADER, identify_from_test_header
+from tests.support.hashing import digest_of
 from tests.support.sshreg_server import ClientKey, SshregServer
 
 T = TypeVar("T")
@@ -92,23 +92,20 @@ CONFIG = json.dumps({"architecture": "amd64", "os": "linux"}).encode()
 LAYER = bytes(range(256)) * 40  # 10,240 bytes, for ranges
 
 
-def _digest(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
-
 
 def _manifest(media_type: str = OCI_MANIFEST) -> bytes:
     return json.dumps({
         "schemaVersion": 2, "mediaType": media_type,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": _digest(CONFIG), "size": len(CONFIG)},
+                   "digest": digest_of(CONFIG), "size": len(CONFIG)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": _digest(LAYER), "size": len(LAYER)}],
+                    "digest": digest_of(LAYER), "size": len(LAYER)}],
     }).encode()
 
 
 MANIFEST = _manifest()
 INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-    {"mediaType": OCI_MANIFEST, "digest": _digest(MANIFEST), "size": len(MANIFEST),
+    {"mediaType": OCI_MANIFEST, "digest": digest_of(MANIFEST), "size": len(MANIFEST),
      "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
 KNOWN = "fuzz/known"
 FORBIDDEN = "secret/app"  # the "team" identity may not read it
@@ -305,7 +302,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
     srv = Served(root).start()
     for name in (KNOWN, FORBIDDEN):
         for blob in (CONFIG, LAYER):
-            reply = srv.send("POST", build("POST", f"/v2/{name}/blobs/uploads/?digest={_digest(blob)}",
+            reply = srv.send("POST", build("POST", f"/v2/{name}/blobs/uploads/?digest={digest_of(blob)}",
                                            body=blob))
             assert reply is not None and reply.status == 201
         for ref, data, media_type in (("v1", MANIFEST, OCI_MANIFEST), ("multi", INDEX, OCI_INDEX)):
@@ -383,8 +380,8 @@ NAMES = st.one_of(
     st.lists(st.text("abz09._-", min_size=1, max_size=6), min_size=1, max_size=4).map("/".join),
 )
 DIGESTS = st.one_of(
-    st.sampled_from([_digest(CONFIG), _digest(LAYER), _digest(MANIFEST), _digest(INDEX),
-                     _digest(b"nothing"), _digest(LAYER, "sha512"), "sha256:", "sha256", ":",
+    st.sampled_from([digest_of(CONFIG), digest_of(LAYER), digest_of(MANIFEST), digest_of(INDEX),
+                     digest_of(b"nothing"), digest_of(LAYER, "sha512"), "sha256:", "sha256", ":",
                      "sha256:" + "A" * 64, "SHA256:" + "a" * 64, "md5:" + "a" * 32,
                      "sha256:" + "g" * 64, "sha256:" + "a" * 63, "sha256:" + "a" * 65,
                      "sha512:" + "a" * 64, "sha256:../../x", "sha256%3A" + "a" * 64,
@@ -557,7 +554,7 @@ def test_random_requests_never_fail_and_always_answer_the_spec_envelope(fuzz, me
 
 @examples(1000)
 @given(name=st.sampled_from([KNOWN, "fuzz/new", "team/app", FORBIDDEN]),
-       reference=st.one_of(TAGS, st.just(_digest(MANIFEST)), DIGESTS),
+       reference=st.one_of(TAGS, st.just(digest_of(MANIFEST)), DIGESTS),
        media_type=st.one_of(st.none(), MEDIA_TYPES), body=MANIFEST_BODIES,
        tag_query=st.lists(TAGS, max_size=2), identity=IDENTITIES)
 def test_malformed_manifests_are_400_and_well_formed_ones_are_stored(
@@ -571,14 +568,14 @@ def test_malformed_manifests_are_400_and_well_formed_ones_are_stored(
     assert reply is not None
     if reply.status == 201:
         digest = reply.header("Docker-Content-Digest")
-        assert digest in (_digest(body), _digest(body, "sha512"))
+        assert digest in (digest_of(body), digest_of(body, "sha512"))
         got = fuzz.send("GET", build("GET", f"/v2/{name}/manifests/{digest}"))
         assert got is not None and got.status == 200 and got.body == body
 
 
 UPLOAD_STEP = st.tuples(
     st.sampled_from(["PATCH", "PATCH", "PUT", "GET", "DELETE", "POST"]),
-    st.one_of(st.just(_digest(LAYER[:100])), st.just(_digest(LAYER[:50])), DIGESTS),
+    st.one_of(st.just(digest_of(LAYER[:100])), st.just(digest_of(LAYER[:50])), DIGESTS),
     st.one_of(st.just([]), RANGES.map(lambda r: [("Content-Range", r)])),
     st.one_of(st.just(LAYER[:100]), st.just(LAYER[:50]), st.binary(max_size=64)),
     st.sampled_from(["exact"] * 6 + [None, "0", "x"]),
@@ -612,7 +609,7 @@ def test_upload_sessions_driven_out_of_order_never_fail(fuzz, steps, identity, o
             got = fuzz.send("GET", build("GET", f"/v2/{KNOWN}/blobs/{committed}"))
             assert got is not None and got.status == 200
             algorithm = committed.split(":")[0]
-            assert _digest(got.body, algorithm) == committed
+            assert digest_of(got.body, algorithm) == committed
         new = reply.header("Location")
         if reply.status == 202 and new:
             location = new
@@ -624,13 +621,13 @@ def test_upload_sessions_driven_out_of_order_never_fail(fuzz, steps, identity, o
        identity=st.sampled_from(["full", "reader", "team"]))
 def test_ranges_on_blobs_are_206_200_or_416_never_worse(fuzz, range_header, method, name,
                                                        identity):
-    target = f"/v2/{name}/blobs/{_digest(LAYER)}"
+    target = f"/v2/{name}/blobs/{digest_of(LAYER)}"
     reply = fuzz.send(method, build(method, target, [("Range", range_header),
                                                      (TEST_IDENTITY_HEADER, identity)]))
     assert reply is not None
     if identity == "team":  # it may read neither repository
         assert reply.status == 403
-        assert _digest(LAYER).encode() not in reply.body
+        assert digest_of(LAYER).encode() not in reply.body
         return
     assert reply.status in (200, 206, 416), reply
     if method == "HEAD":
@@ -692,7 +689,7 @@ def test_bodies_shorter_than_their_content_length_store_nothing(fuzz, method, de
     after the body idle timeout; one that half-closes is cut off. Nothing is stored."""
     body = b"short body " + tail
     targets = {"PUT": f"/v2/{KNOWN}/manifests/short",
-               "POST": f"/v2/{KNOWN}/blobs/uploads/?digest={_digest(body)}",
+               "POST": f"/v2/{KNOWN}/blobs/uploads/?digest={digest_of(body)}",
                "PATCH": None}
     target = targets[method]
     if target is None:
@@ -706,7 +703,7 @@ def test_bodies_shorter_than_their_content_length_store_nothing(fuzz, method, de
         assert reply is not None and reply.status == 408, reply
     tags = fuzz.send("GET", build("GET", f"/v2/{KNOWN}/manifests/short"))
     assert tags is not None and tags.status == 404
-    blob = fuzz.send("HEAD", build("HEAD", f"/v2/{KNOWN}/blobs/{_digest(body)}"))
+    blob = fuzz.send("HEAD", build("HEAD", f"/v2/{KNOWN}/blobs/{digest_of(body)}"))
     assert blob is not None and blob.status == 404
 
 
@@ -773,11 +770,11 @@ def test_index_cycles_cannot_be_formed(fuzz):
 
     # "itself": the best an attacker can do is name the digest of a near copy of itself.
     draft = index([], "self")
-    selfish = index([_digest(draft)], "self")
+    selfish = index([digest_of(draft)], "self")
     # "each other": A lists B's digest, B lists A's; at least one of them is missing first.
     b_draft = index([], "b")
-    a = index([_digest(b_draft)], "a")
-    b = index([_digest(a)], "b")
+    a = index([digest_of(b_draft)], "a")
+    b = index([digest_of(a)], "b")
     for body in (selfish, a, b):
         reply = fuzz.send("PUT", build("PUT", f"/v2/{KNOWN}/manifests/cycle",
                                        [("Content-Type", OCI_INDEX)], body))
@@ -788,20 +785,20 @@ def test_index_cycles_cannot_be_formed(fuzz):
     child, media_type = MANIFEST, OCI_MANIFEST
     for depth in range(40):
         parent = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-            {"mediaType": media_type, "digest": _digest(child), "size": len(child)}],
+            {"mediaType": media_type, "digest": digest_of(child), "size": len(child)}],
             "annotations": {"depth": str(depth)}}).encode()
         reply = fuzz.send("PUT", build("PUT", f"/v2/{KNOWN}/manifests/deep",
                                        [("Content-Type", OCI_INDEX)], parent))
         assert reply is not None and reply.status == 201, reply
         child, media_type = parent, OCI_INDEX
     wide = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": _digest(MANIFEST), "size": len(MANIFEST)}] * 5000}
+        {"mediaType": OCI_MANIFEST, "digest": digest_of(MANIFEST), "size": len(MANIFEST)}] * 5000}
     ).encode()
     reply = fuzz.send("PUT", build("PUT", f"/v2/{KNOWN}/manifests/wide",
                                    [("Content-Type", OCI_INDEX)], wide))
     assert reply is not None and reply.status == 201, reply
     report = fuzz.run(GarbageCollector(fuzz.store).run(dry_run=True))
-    assert f"{KNOWN}@{_digest(child)}" not in report.manifests
+    assert f"{KNOWN}@{digest_of(child)}" not in report.manifests
 
 
 def test_the_fuzzing_sent_at_least_10000_requests(served):
@@ -824,7 +821,7 @@ def tunnelled(tmp_path_factory) -> Iterator[tuple[SshregServer, int, Path]]:
         with server.tunnel(key) as tunnel:
             for blob in (CONFIG, LAYER):
                 request = urllib.request.Request(
-                    f"{tunnel.url}/v2/{KNOWN}/blobs/uploads/?digest={_digest(blob)}", blob,
+                    f"{tunnel.url}/v2/{KNOWN}/blobs/uploads/?digest={digest_of(blob)}", blob,
                     method="POST")
                 with urllib.request.urlopen(request, timeout=30) as response:
                     assert response.status == 201

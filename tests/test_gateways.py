@@ -8,7 +8,6 @@ each gateway answers, the bucket's objects and multipart uploads, the gateways' 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from botocore.exceptions import ClientError
 
 from sshreg.ssh.hostkey import HOST_KEY_NAME
 from tests.support.deployment import unique
+from tests.support.hashing import sha256
 from tests.support.images import Image, layout_blobs, make_image, verify_layout
 from tests.support.processes import wait_until
 from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, Tunnel
@@ -141,9 +141,6 @@ def call(tunnel: Tunnel, method: str, path: str, data: bytes | None = None,
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, dict(exc.headers), exc.read())
 
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def push_blob(tunnel: Tunnel, repository: str, data: bytes) -> Answer:

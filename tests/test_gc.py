@@ -13,8 +13,8 @@ from sshreg.management.gc import BloomFilter, GarbageCollector, GcSettings
 from sshreg.management.retention import RetentionPolicy
 from sshreg.references import Digest
 from sshreg.storage.filesystem import FilesystemDriver
+from tests.support.hashing import digest_of
 
-from .conftest import digest_of
 from .helpers_api import (
     OCI_CONFIG,
     OCI_LAYER,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.hashing import sha256
 from tests.support.rawhttp import Connection, request
-from tests.support.rawpush import push_blob, sha256
+from tests.support.rawpush import push_blob
 from tests.support.sshreg_server import ClientKey, SshregServer, wait_for
 
 pytestmark = pytest.mark.integration

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.hashing import sha256
 from tests.support.rawhttp import Connection, Response
-from tests.support.rawpush import push_blob, sha256
+from tests.support.rawpush import push_blob
 from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, wait_for
 
 pytestmark = pytest.mark.integration

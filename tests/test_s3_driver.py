@@ -14,7 +14,6 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import psutil
 import pytest
 
 import sshreg.storage.s3 as s3
@@ -22,6 +21,7 @@ from sshreg.storage.base import StorageError
 from sshreg.storage.s3 import MIN_PART_SIZE, S3Driver, S3Settings, UploadTooLarge
 from tests.conftest import S3_TEST_BUCKET, s3_test_driver
 from tests.support.processes import free_port
+from tests.support.rss import PeakRss
 from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, list_parts
 
 MiB = 1 << 20
@@ -350,34 +350,6 @@ async def test_concurrent_uploads_share_the_drivers_budget_of_parts_in_flight(ma
         assert (await driver.stat(f"data/bb/u{i}")).size == 3 * MIN_PART_SIZE
 
 
-class PeakRss:
-    """Samples this process's RSS in a thread; `growth` is the peak above the start."""
-
-    def __init__(self, interval: float = 0.02) -> None:
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self.start_rss = self._process.memory_info().rss
-        self.peak = self.start_rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start_rss
-
-
 async def timed_upload(driver: S3Driver, key: str, size: int, source: bytes
                        ) -> tuple[float, float, str]:
     """Upload `size` bytes cut from `source`; returns (write seconds, commit seconds, sha256)."""
@@ -407,10 +379,10 @@ async def test_a_2_gib_upload_runs_in_constant_memory_and_commits_in_constant_ti
     driver.before_complete = checker
     source = os.urandom(16 * MiB)
     _, small_commit, _ = await timed_upload(driver, "data/ee/small", 64 * MiB, source)
-    with PeakRss() as rss:
+    with PeakRss(interval=0.02) as rss:
         seconds, big_commit, digest = await timed_upload(driver, "data/ee/big", 2 << 30, source)
     print(f"\n2 GiB: {2048 / seconds:.0f} MiB/s writing, commit {big_commit:.3f}s "
-          f"(64 MiB: {small_commit:.3f}s), RSS {rss.start_rss / MiB:.0f} MiB at the start, "
+          f"(64 MiB: {small_commit:.3f}s), RSS {rss.baseline / MiB:.0f} MiB at the start, "
           f"peak growth {rss.growth / MiB:.0f} MiB")
     assert rss.growth < 100 * MiB, f"RSS grew by {rss.growth / MiB:.0f} MiB"
     assert big_commit < max(1.0, 4 * small_commit), (big_commit, small_commit)

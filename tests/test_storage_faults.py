@@ -36,8 +36,9 @@ import pytest
 
 from sshreg.storage.s3 import ABORT_ANSWER_WAIT, S3Settings
 from tests.support.faultproxy import FaultProxy
+from tests.support.hashing import sha256
 from tests.support.rawhttp import Connection, HTTPError, Response
-from tests.support.rawpush import PushError, pieces, push_blob, push_manifest, sha256
+from tests.support.rawpush import PushError, pieces, push_blob, push_manifest
 from tests.support.seaweedfs import SeaweedFS
 from tests.support.sshreg_server import ClientKey, SshregServer, Tunnel, wait_for
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.browser import AttackSite, chromium
+from tests.support.hashing import sha256
 from tests.support.rawhttp import Connection, Response, request
-from tests.support.rawpush import sha256
 from tests.support.sshreg_server import (
     ClientKey,
     S3Store,

@@ -256,44 +256,6 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-class PeakRss:
-    """Samples the resident memory of a running process every `interval` seconds in a
-    background thread, while used as a context manager; `peak` is the largest value seen."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        import psutil
-
-        self.process = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
-
-    def sample(self) -> int:
-        rss = int(self.process.memory_info().rss)
-        self.peak = max(self.peak, rss)
-        self.samples += 1
-        return rss
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample()
-            except Exception:  # the process ended: nothing more to see
-                return
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRss:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 def run_feeding(args: Sequence[str], feed: Callable[[BinaryIO], object], *,
                 timeout: float = DEFAULT_RUN_TIMEOUT, env: Mapping[str, str] | None = None
                 ) -> subprocess.CompletedProcess[str]:

@@ -13,11 +13,11 @@ after each request is sent, and raises `PushError` on an unexpected answer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from tests.support.hashing import sha256
 from tests.support.images import Image
 from tests.support.rawhttp import Connection, Response
 
@@ -38,9 +38,6 @@ class PushError(Exception):
         super().__init__(f"{what}: {response.status} {response.body[:300]!r}")
         self.response = response
 
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def pieces(data: bytes, size: int = PIECE) -> Iterator[bytes]:
