@@ -24,7 +24,7 @@ import json
 import os
 import random
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -250,9 +250,11 @@ def _tar_header(name: str, size: int, directory: bool = False) -> bytes:
 
 
 def write_layer(layout: Path, size: int, seed: str, *, directory: str = "layer",
-                compressed: bool = True, gzip_level: int = 0) -> Layer:
+                compressed: bool = True, gzip_level: int = 0,
+                content: Iterable[bytes | memoryview] | None = None) -> Layer:
     """A layer holding `directory/` and `directory/data.bin` with `size` random bytes from
-    `seed`; gzipped (OCI `tar+gzip`) unless `compressed` is False (OCI `tar`). Streams to disk."""
+    `seed` (or the `size` bytes of `content`); gzipped (OCI `tar+gzip`) unless `compressed` is
+    False (OCI `tar`). Streams to disk."""
     init_layout(layout)
     tmp = layout / "blobs" / "sha256" / f".layer-{os.getpid()}-{random.getrandbits(48):x}.tmp"
     try:
@@ -262,7 +264,7 @@ def write_layer(layout: Path, size: int, seed: str, *, directory: str = "layer",
             tar = HashingWriter(compressor if compressor is not None else f)
             tar.write(_tar_header(directory + "/", 0, directory=True))
             tar.write(_tar_header(f"{directory}/data.bin", size))
-            for chunk in random_chunks(seed, size):
+            for chunk in random_chunks(seed, size) if content is None else content:
                 tar.write(chunk)
             tar.write(b"\0" * (-size % 512) + b"\0" * 1024)  # padding + end of archive
             if compressor is not None:
@@ -299,14 +301,17 @@ def image_config(diff_ids: Sequence[str], platform: Platform, *, label: str = ""
 def make_image(layout: Path, layer_sizes: Sequence[int], *, seed: str | int = 0,
                tag: str | None = "latest", platform: Platform = DEFAULT_PLATFORMS[0],
                compressed: bool = True, gzip_level: int = 0, docker_media_types: bool = False,
-               full_name: str | None = None, label: str = "") -> Image:
+               full_name: str | None = None, label: str = "",
+               contents: Sequence[Iterable[bytes | memoryview]] | None = None) -> Image:
     """Write a single-platform image with one layer per entry of `layer_sizes` (bytes of random
-    payload each) into the OCI layout `layout`, tag it `tag` in index.json (None: don't), and
-    return its digests. `docker_media_types` writes a Docker schema 2 manifest instead of OCI.
-    `label` goes into the config, to get a distinct image over the same layers."""
+    payload each, or of `contents[i]`) into the OCI layout `layout`, tag it `tag` in index.json
+    (None: don't), and return its digests. `docker_media_types` writes a Docker schema 2
+    manifest instead of OCI. `label` goes into the config, to get a distinct image over the
+    same layers."""
     init_layout(layout)
     layers = [write_layer(layout, size, f"{seed}:{platform}:{i}:{size}", directory=f"layer{i}",
-                          compressed=compressed, gzip_level=gzip_level)
+                          compressed=compressed, gzip_level=gzip_level,
+                          content=contents[i] if contents is not None else None)
               for i, size in enumerate(layer_sizes)]
     if docker_media_types:
         if not compressed:

@@ -20,15 +20,10 @@ from typing import Any
 from tests.support.hashing import sha256
 from tests.support.images import Image
 from tests.support.rawhttp import Connection, Response
+from tests.support.registry import MANIFEST_ACCEPT
 
 STYLES = ("patch_chunked", "patch_ranges", "put_monolithic", "post_digest")
 PIECE = 1 << 20
-MANIFEST_ACCEPT = ", ".join((
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-))
 
 Checkpoint = Callable[[], None] | None
 
