@@ -17,7 +17,7 @@ temporary files (`_tmp/`) and aborts incomplete multipart uploads, and `sshreg g
 grace) removes orphan `data/` objects that no record references.
 
 CI runs SSHREG_CRASH_PUSHES=5 pushes per storage; the issue's full count is 20 (README,
-"Testing"): `SSHREG_CRASH_PUSHES=20 python -m pytest -q tests/test_crash_safety.py`.
+"Testing"): `SSHREG_CRASH_PUSHES=20 python -m pytest -q tests/faults/test_crash_safety.py`.
 SSHREG_CRASH_SEED picks another sequence of images and kill points.
 """
 

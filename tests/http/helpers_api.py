@@ -18,9 +18,8 @@ from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MAN
 from sshreg.references import Digest
 from sshreg.storage.base import Driver
 from sshreg.storage.store import RegistryStore
+from tests.conftest import TEST_IDENTITY_HEADER
 from tests.support.hashing import digest_of
-
-from .conftest import TEST_IDENTITY_HEADER
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from sshreg.storage.base import PreconditionFailed, StorageError
+from tests.conftest import TEST_IDENTITY_HEADER
 
-from .conftest import TEST_IDENTITY_HEADER
 from .helpers_api import as_identity, assert_error, push_image, put_manifest, raw_request, start_upload
 
 

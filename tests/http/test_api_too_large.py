@@ -9,9 +9,8 @@ from aiohttp.test_utils import RawTestServer, TestClient
 import sshreg.storage.s3 as s3
 from sshreg.registry.app import Registry
 from sshreg.storage.store import RegistryStore
+from tests.conftest import identify_from_test_header, s3_test_driver
 from tests.support.hashing import digest_of
-
-from .conftest import identify_from_test_header, s3_test_driver
 
 
 async def test_a_blob_beyond_the_part_limit_is_413_and_nothing_is_stored(s3_server, monkeypatch):

@@ -23,7 +23,7 @@ HTTP side is done, fuzz with fresh random examples for at least 10 minutes in to
 is some 6 minutes; repeat with new seeds; the same seed replays the same examples):
 
     SEED=$RANDOM; echo "seed $SEED"; SSHREG_FUZZ_SCALE=10 SSHREG_FUZZ_RANDOM=1 \
-      python -m pytest -q tests/test_fuzz_http.py --hypothesis-seed=$SEED
+      python -m pytest -q tests/http/test_fuzz_http.py --hypothesis-seed=$SEED
 
 (one of them with AIOHTTP_NO_EXTENSIONS=1 too: aiohttp's pure-Python parser passes requests
 llhttp refuses) and keep what it finds as `@example`s or in the regression tests below, which

@@ -26,8 +26,8 @@ from sshreg.management.gc import GcBusy, GcSettings
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
 from sshreg.storage.store import RegistryStore
+from tests.conftest import identify_from_test_header
 
-from .conftest import identify_from_test_header
 from .helpers_api import push_image, put_manifest, tags_of
 from .test_gc import NOW, SettledCollector
 

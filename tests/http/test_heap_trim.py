@@ -11,9 +11,9 @@ from sshreg.memory import MALLOC_SETTINGS, HeapTrimmer, _find_malloc_trim, tune_
 from sshreg.registry.app import Registry
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.store import RegistryStore
+from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
 
-from .conftest import identify_from_test_header
 from .helpers_api import as_identity, push_blob
 
 MiB = 1 << 20

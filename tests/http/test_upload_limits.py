@@ -19,9 +19,9 @@ from sshreg.service import registry_settings
 from sshreg.storage.base import Overloaded
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.storage.s3 import MIN_PART_SIZE
+from tests.conftest import s3_test_driver
 from tests.support.hashing import digest_of
 
-from .conftest import s3_test_driver
 from .helpers_api import as_identity, assert_error, push_blob, start_upload
 
 PER_KEY = 5

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NEEDED = ("ssh", "ssh-keygen", "/usr/sbin/sshd", "docker-registry", "skopeo", "weed")
 sys.path.insert(0, str(REPO))
 

@@ -36,16 +36,15 @@ from sshreg.oci import OCI_INDEX, OCI_MANIFEST
 from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.store import RegistryStore
-from tests.support.hashing import digest_of
-
-from .conftest import IDENTITIES, TEST_IDENTITY_HEADER
-from .helpers_api import (
+from tests.conftest import IDENTITIES, TEST_IDENTITY_HEADER
+from tests.http.helpers_api import (
     descriptor,
     image_manifest,
     index_manifest,
     push_blob,
     push_image,
 )
+from tests.support.hashing import digest_of
 
 TENANTS = {
     **IDENTITIES,

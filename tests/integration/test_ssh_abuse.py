@@ -6,10 +6,11 @@ other users alone: after each test a legitimate key pushes and pulls a blob thro
 tunnel. Attackers connect from their own loopback addresses (127.0.0.11 and up), so that
 the per-address blocks they earn never touch the legitimate user on 127.0.0.1.
 
-Already covered by tests/test_gateway.py and not repeated here: unknown, expired and
-`from=` keys refused, password and keyboard-interactive refused by OpenSSH, forwarding to
-a few other destinations, `-R`, `cat /etc/passwd` and sftp refused, no-port-forwarding and
-restrict keys. Decided here: a key removed from authorized_keys, whose line changes, or
+Already covered by tests/integration/test_ssh_logins_and_tunnels.py and not repeated here:
+unknown, expired and `from=` keys refused, password and keyboard-interactive refused by
+OpenSSH, forwarding to a few other destinations, `-R`, `cat /etc/passwd` and sftp refused,
+no-port-forwarding and restrict keys.
+Decided here: a key removed from authorized_keys, whose line changes, or
 whose `expiry-time` passes loses its open connections (tunnels included) within
 `KEY_CHECK_INTERVAL` seconds, not only its next login.
 """

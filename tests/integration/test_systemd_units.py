@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 
 from sshreg.config import Config
-from tests.conftest import S3_TEST_BUCKET, digest_of
+from tests.conftest import S3_TEST_BUCKET
 from tests.support import seccomp
+from tests.support.hashing import digest_of
 from tests.support.sshreg_server import READY_LINE, ClientKey, SshregServer, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 SERVICE = UNITS / "sshreg.service"
 SYSTEM_UNITS = Path("/lib/systemd/system")

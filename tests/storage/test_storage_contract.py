@@ -124,7 +124,7 @@ async def test_list_nested_keys_in_order(listed):
 async def test_list_yields_every_key_across_directories_once(listed):
     # The order across directories is the backend's (the contract promises byte order only
     # within one directory): R2, S3 and the filesystem give byte order, SeaweedFS lists
-    # as a directory tree. `tests/test_filesystem_listing.py` checks the filesystem's order.
+    # as a directory tree. `tests/storage/test_filesystem_listing.py` checks the filesystem's order.
     listed_keys = await keys(listed, "p/")
     assert sorted(listed_keys) == ORDERED and len(set(listed_keys)) == len(listed_keys)
 

@@ -15,8 +15,7 @@ from sshreg.oci import (
     parse_manifest,
 )
 from sshreg.references import Digest
-
-from .helpers_api import (
+from tests.http.helpers_api import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     OCI_CONFIG,
