@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import run
+
 from .httpclient import HttpConnection
 from .image import OciImage
 from .metrics import Measure, Measured
 from .payload import Payload
-from .procs import run
 from .regclient import (
     PushedImage,
     get_blob,

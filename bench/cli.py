@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support.seaweedfs import SeaweedFS
+
 from . import report
 from .cases import CASES, Metrics, RunContext, Sizes
 from .image import build_oci_image
-from .seaweed import Seaweed, start_seaweed
 from .stacks import Knobs, ReferenceStack, SshregStack, Stack, Storage, open_tunnel
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -96,7 +97,7 @@ class Bench:
         self.troubled = False  # something failed in the current stack: keep its logs
         self.stacks = report.STACKS if args.stacks == "both" else (args.stacks,)
 
-    def storage_for(self, kind: str, directory: Path, seaweed: Seaweed | None, name: str,
+    def storage_for(self, kind: str, directory: Path, seaweed: SeaweedFS | None, name: str,
                     run: int) -> Storage:
         if kind == "s3":
             bucket = f"bench-{name}-{run}-{secrets.token_hex(3)}"
@@ -106,7 +107,7 @@ class Bench:
     def cases_for(self, run: int) -> list[str]:
         return [c for c in self.args.cases if c != "big_push" or run < self.args.big_runs]
 
-    def run_stack(self, kind: str, name: str, run: int, seaweed: Seaweed | None,
+    def run_stack(self, kind: str, name: str, run: int, seaweed: SeaweedFS | None,
                   state: dict[str, Any]) -> dict[str, Metrics]:
         directory = self.workdir / f"{kind}-{name}-{run}"
         directory.mkdir(parents=True)
@@ -171,12 +172,12 @@ class Bench:
         return runs
 
     @contextlib.contextmanager
-    def _seaweed(self, kind: str) -> Iterator[Seaweed | None]:
+    def _seaweed(self, kind: str) -> Iterator[SeaweedFS | None]:
         if kind != "s3":
             yield None
             return
         progress("starting SeaweedFS")
-        seaweed = start_seaweed(self.workdir / "seaweedfs")
+        seaweed = SeaweedFS(self.workdir / "seaweedfs", bucket="bench-ready").start()
         try:
             yield seaweed
         finally:

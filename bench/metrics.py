@@ -11,23 +11,14 @@ once per process, which slightly favours sshreg's single process).
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from dataclasses import dataclass
 
 import psutil
 
+from tests.support.rss import PeakRss, process_tree
+
 SAMPLE_INTERVAL = 0.1
-
-
-def _tree(roots: list[int]) -> list[psutil.Process]:
-    procs: list[psutil.Process] = []
-    for pid in roots:
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(pid)
-            procs.append(root)
-            procs.extend(root.children(recursive=True))
-    return procs
 
 
 def _cpu(proc: psutil.Process) -> float | None:
@@ -50,7 +41,7 @@ def _reaped(roots: list[int]) -> float:
 def _snapshot(roots: list[int]) -> dict[tuple[int, float], float]:
     """CPU seconds per process, keyed by (pid, create_time) so a reused pid is a new key."""
     result: dict[tuple[int, float], float] = {}
-    for proc in _tree(roots):
+    for proc in process_tree(roots):
         with contextlib.suppress(psutil.Error):
             cpu = _cpu(proc)
             if cpu is not None:
@@ -76,38 +67,6 @@ class CpuMeter:
         return used + _reaped(self.roots) - self._reaped_before
 
 
-def rss(roots: list[int]) -> int:
-    total = 0
-    for proc in _tree(roots):
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
-
-
-class RssSampler:
-    """Samples the summed RSS of process trees every 100 ms in a thread; keeps the peak."""
-
-    def __init__(self, roots: list[int]) -> None:
-        self.roots = roots
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss(self.roots))
-            self._stop.wait(SAMPLE_INTERVAL)
-
-    def __enter__(self) -> RssSampler:
-        self.peak = rss(self.roots)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 @dataclass
 class Measured:
     """One timed transfer: wall seconds, bytes, server CPU seconds, server peak RSS."""
@@ -131,7 +90,7 @@ class Measure:
 
     def __init__(self, roots: list[int]) -> None:
         self.cpu = CpuMeter(roots)
-        self.sampler = RssSampler(roots)
+        self.sampler = PeakRss(roots, SAMPLE_INTERVAL, tree=True)
         self.seconds = 0.0
         self.cpu_seconds = 0.0
         self._started = 0.0

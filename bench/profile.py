@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cases import RunContext, Sizes, raw_get, raw_patch, raw_put
-from bench.procs import wait_until
-from bench.seaweed import start_seaweed
 from bench.stacks import SshregStack, Storage, open_tunnel
+from tests.support.processes import wait_until
+from tests.support.seaweedfs import SeaweedFS
 
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 CASES: dict[str, Callable[[RunContext], dict[str, float]]] = {
@@ -168,7 +168,8 @@ def main() -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="sshreg-profile-"))
     sizes = Sizes(raw=args.size_mib << 20, image=0, big=0, small_image=0, heads=0, tunnels=0)
-    seaweed = start_seaweed(workdir / "seaweedfs") if args.storage == "s3" else None
+    seaweed = (SeaweedFS(workdir / "seaweedfs", bucket="bench-ready").start()
+               if args.storage == "s3" else None)
     storage = (Storage("s3", s3=seaweed, bucket="profile") if seaweed
                else Storage("fs", path=workdir / "storage"))
     try:

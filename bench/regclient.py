@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tests.support.hashing import sha256
+from tests.support.images import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
+from tests.support.registry import MANIFEST_ACCEPT
+
 from .httpclient import HttpConnection, HttpError, check
 from .payload import Payload
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-ACCEPT_MANIFESTS = ", ".join([
-    OCI_MANIFEST, "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json"])
 MONOLITHIC_PIECE = 1 << 20
 CHUNKED_PIECE = 32 << 10  # what Go clients (docker, skopeo) write per HTTP chunk
 
@@ -58,7 +54,7 @@ def push_chunked(conn: HttpConnection, repo: str, payload: Payload) -> None:
 
 def push_bytes(conn: HttpConnection, repo: str, data: bytes) -> str:
     """A small blob in memory, monolithic; returns its digest."""
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    digest = sha256(data)
     location = start_upload(conn, repo)
     conn.request("PUT", _with_digest(location, digest),
                  {"Content-Type": "application/octet-stream"}, data, expect=(201,))
@@ -98,15 +94,14 @@ def push_image(conn: HttpConnection, repo: str, tag: str, layer: Payload) -> Pus
     }).encode()
     response = conn.request("PUT", f"/v2/{repo}/manifests/{tag}", {"Content-Type": OCI_MANIFEST},
                             manifest, expect=(201,))
-    digest = response.header("docker-content-digest") or (
-        "sha256:" + hashlib.sha256(manifest).hexdigest())
+    digest = response.header("docker-content-digest") or sha256(manifest)
     return PushedImage(repo, tag, digest, config_digest, layer.digest,
                        len(manifest) + len(config) + layer.size)
 
 
 def pull_image(conn: HttpConnection, repo: str, tag: str) -> int:
     """GET the manifest, then every blob it names; returns the bytes received."""
-    response = conn.request("GET", f"/v2/{repo}/manifests/{tag}", {"Accept": ACCEPT_MANIFESTS})
+    response = conn.request("GET", f"/v2/{repo}/manifests/{tag}", {"Accept": MANIFEST_ACCEPT})
     manifest = json.loads(response.body)
     total = response.length
     for descriptor in [manifest["config"], *manifest["layers"]]:
@@ -115,7 +110,7 @@ def pull_image(conn: HttpConnection, repo: str, tag: str) -> int:
 
 
 def head_manifest(conn: HttpConnection, repo: str, tag: str) -> None:
-    response = conn.request("HEAD", f"/v2/{repo}/manifests/{tag}", {"Accept": ACCEPT_MANIFESTS})
+    response = conn.request("HEAD", f"/v2/{repo}/manifests/{tag}", {"Accept": MANIFEST_ACCEPT})
     if not response.header("docker-content-digest"):
         raise HttpError("manifest HEAD without Docker-Content-Digest")
 

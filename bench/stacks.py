@@ -10,23 +10,21 @@ default cipher preferences (`-F /dev/null`), so each negotiates what a user woul
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .procs import Proc, accepts, free_port, run, wait_until
-from .seaweed import Seaweed
+from tests.support.processes import Process, accepts, free_port, run, wait_until
+from tests.support.registry import DistributionRegistry, http_ok
+from tests.support.seaweedfs import SeaweedFS
+from tests.support.sshreg_server import ClientKey
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SSHD = "/usr/sbin/sshd"
-REGISTRY = "/usr/bin/docker-registry"
 START_TIMEOUT = 60.0
 TUNNEL_TIMEOUT = 30.0
 
@@ -37,7 +35,7 @@ class Storage:
 
     kind: str  # "fs" or "s3"
     path: Path | None = None
-    s3: Seaweed | None = None
+    s3: SeaweedFS | None = None
     bucket: str = ""
 
     def __post_init__(self) -> None:
@@ -91,17 +89,6 @@ class Stack(Protocol):
     def server_pids(self) -> list[int]: ...
 
 
-def make_client_key(directory: Path, name: str) -> Path:
-    path = directory / name
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@bench", "-f", path],
-        timeout=30)
-    return path
-
-
-def env_without(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}
-
-
 UVLOOP_LAUNCHER = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
                    "from sshreg.cli import main; sys.exit(main(sys.argv[1:]))")
 
@@ -119,10 +106,10 @@ class SshregStack:
         self.knobs = knobs
         self.keys = workdir / "keys"
         self.keys.mkdir(parents=True, exist_ok=True)
-        self.key = make_client_key(workdir, "client")
+        self.key = ClientKey.generate(workdir, "client").path
         (self.keys / "authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
-        self.ssh_port = free_port()
-        self.proc: Proc | None = None
+        self.ssh_port = free_port(outside_ephemeral=True)
+        self.proc: Process | None = None
 
     def _storage_args(self) -> tuple[str, dict[str, str]]:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -131,7 +118,7 @@ class SshregStack:
             return str(self.storage.path), env
         s3 = self.storage.s3
         env.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key,
-                   AWS_ENDPOINT_URL_S3=s3.endpoint)
+                   AWS_ENDPOINT_URL_S3=s3.endpoint_url)
         env.pop("AWS_PROFILE", None)
         return f"s3://{self.storage.bucket}/registry", env
 
@@ -140,9 +127,9 @@ class SshregStack:
         log = self.workdir / "sshreg.log"
         launcher = ["-c", UVLOOP_LAUNCHER] if self.knobs.sshreg_uvloop else ["-m", "sshreg"]
         config = ["--config", str(self.knobs.sshreg_config)] if self.knobs.sshreg_config else []
-        self.proc = Proc([sys.executable, *launcher, "serve", "--listen",
-                          f"127.0.0.1:{self.ssh_port}", "--keys", self.keys, "--storage", url,
-                          *config], log, env=env, cwd=self.workdir)
+        self.proc = Process.start([sys.executable, *launcher, "serve", "--listen",
+                                   f"127.0.0.1:{self.ssh_port}", "--keys", self.keys,
+                                   "--storage", url, *config], log, env=env, cwd=self.workdir)
         self.proc.wait_ready(lambda: "sshreg ready" in log.read_text(errors="replace"),
                              START_TIMEOUT, "sshreg to start")
 
@@ -184,7 +171,7 @@ def registry_config(storage: Storage, port: int) -> dict[str, object]:
     if storage.s3 is not None:
         driver: dict[str, object] = {"s3": {
             "accesskey": storage.s3.access_key, "secretkey": storage.s3.secret_key,
-            "region": "us-east-1", "regionendpoint": storage.s3.endpoint,
+            "region": "us-east-1", "regionendpoint": storage.s3.endpoint_url,
             "bucket": storage.bucket, "rootdirectory": "/registry", "forcepathstyle": True,
             "secure": False, "v4auth": True}}
     else:
@@ -198,14 +185,6 @@ def registry_config(storage: Storage, port: int) -> dict[str, object]:
     }
 
 
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 class ReferenceStack:
     """OpenSSH sshd forwarding to distribution, both on free loopback ports."""
 
@@ -216,48 +195,41 @@ class ReferenceStack:
         self.workdir = workdir
         self.storage = storage
         self.knobs = knobs
-        self.key = make_client_key(workdir, "client")
+        self.key = ClientKey.generate(workdir, "client").path
         self.host_key = workdir / "ssh_host_ed25519_key"
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", self.host_key], timeout=30)
-        self.ssh_port = free_port()
-        self.registry_port = free_port()
-        self.target = f"127.0.0.1:{self.registry_port}"
-        self.sshd: Proc | None = None
-        self.registry: Proc | None = None
+        self.ssh_port = free_port(outside_ephemeral=True)
+        registry_port = free_port(outside_ephemeral=True)
+        self.registry = DistributionRegistry(workdir, port=registry_port,
+                                             config=registry_config(storage, registry_port))
+        self.target = self.registry.address
+        self.sshd: Process | None = None
 
-    def _write_configs(self) -> tuple[Path, Path]:
+    def _write_config(self) -> Path:
         authorized = self.workdir / "authorized_keys"
         authorized.write_text(self.key.with_suffix(".pub").read_text())
         sshd_config = self.workdir / "sshd_config"
         sshd_config.write_text(SSHD_CONFIG.format(
             port=self.ssh_port, host_key=self.host_key, pid_file=self.workdir / "sshd.pid",
-            authorized_keys=authorized, registry_port=self.registry_port))
-        registry_yml = self.workdir / "registry.yml"
-        registry_yml.write_text(json.dumps(registry_config(self.storage, self.registry_port),
-                                           indent=1))
-        registry_yml.chmod(0o600)
-        return sshd_config, registry_yml
+            authorized_keys=authorized, registry_port=self.registry.port))
+        return sshd_config
 
     def start(self) -> None:
-        sshd_config, registry_yml = self._write_configs()
-        # distribution's S3 driver panics when AWS_CA_BUNDLE is set; only its env drops it.
-        self.registry = Proc([REGISTRY, "serve", registry_yml], self.workdir / "registry.log",
-                             env=env_without("AWS_CA_BUNDLE"), cwd=self.workdir)
-        self.registry.wait_ready(lambda: http_ok(f"http://{self.target}/v2/"), START_TIMEOUT,
-                                 "docker-registry to answer")
+        sshd_config = self._write_config()
+        self.registry.start(START_TIMEOUT)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        self.sshd = Proc([SSHD, "-D", "-e", "-f", sshd_config], self.workdir / "sshd.log",
-                         cwd=self.workdir)
+        self.sshd = Process.start([SSHD, "-D", "-e", "-f", sshd_config], self.workdir / "sshd.log",
+                                  cwd=self.workdir)
         self.sshd.wait_ready(lambda: accepts(self.ssh_port), START_TIMEOUT, "sshd to listen")
 
     def stop(self) -> None:
-        for proc in (self.sshd, self.registry):
-            if proc is not None:
-                proc.stop()
+        if self.sshd is not None:
+            self.sshd.stop()
+        self.registry.stop()
 
     def server_pids(self) -> list[int]:
-        assert self.sshd is not None and self.registry is not None
-        return [self.sshd.pid, self.registry.pid]
+        assert self.sshd is not None and self.registry.process is not None
+        return [self.sshd.pid, self.registry.process.pid]
 
 
 CIPHER_LINE = re.compile(r"kex: server->client cipher: (\S+) MAC: (\S+)")
@@ -267,7 +239,7 @@ class Tunnel:
     """`ssh -N -L 127.0.0.1:PORT:TARGET` to a stack, with OpenSSH's default preferences."""
 
     def __init__(self, stack: Stack, log_dir: Path, index: int = 0) -> None:
-        self.port = free_port()
+        self.port = free_port(outside_ephemeral=True)
         self.log_path = log_dir / f"ssh-{stack.name}-{index}-{self.port}.log"
         args = ["ssh", "-v", "-F", "/dev/null", "-p", str(stack.ssh_port), "-i", str(stack.key),
                 "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
@@ -275,14 +247,14 @@ class Tunnel:
                 "-o", "ConnectTimeout=15", "-o", "ExitOnForwardFailure=yes",
                 *(["-c", stack.knobs.cipher] if stack.knobs.cipher else []),
                 "-N", "-L", f"127.0.0.1:{self.port}:{stack.target}", f"{stack.user}@127.0.0.1"]
-        self.proc = Proc(args, self.log_path)
+        self.proc = Process.start(args, self.log_path)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = TUNNEL_TIMEOUT) -> None:
-        self.proc.wait_ready(lambda: accepts(self.port) and http_ok(self.url + "/v2/"), timeout,
+        self.proc.wait_ready(lambda: accepts(self.port) and http_ok(self.url + "/v2/", 5), timeout,
                              f"the tunnel on port {self.port}")
 
     def cipher(self) -> str:
@@ -316,7 +288,7 @@ def wait_tunnels(tunnels: list[Tunnel], timeout: float) -> list[Tunnel]:
             if not tunnel.proc.alive():
                 pending.remove(tunnel)
                 failed.append(tunnel)
-            elif accepts(tunnel.port) and http_ok(tunnel.url + "/v2/"):
+            elif accepts(tunnel.port) and http_ok(tunnel.url + "/v2/", 5):
                 pending.remove(tunnel)
         return not pending
 

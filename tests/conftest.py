@@ -4,7 +4,6 @@ containerd, and podman/skopeo/buildah's own configuration and storage."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -47,9 +46,6 @@ IDENTITIES = {
 def identify_from_test_header(request: web.BaseRequest) -> Identity | None:
     return IDENTITIES.get(request.headers.get(TEST_IDENTITY_HEADER, "full"))
 
-
-def digest_of(data: bytes, algorithm: str = "sha256") -> str:
-    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
 S3_TEST_BUCKET = "sshreg-tests"

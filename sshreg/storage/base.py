@@ -2,7 +2,7 @@
 
 The registry's layout (blobs, links, manifests, tags, referrers) is written once in
 `store.py` on top of this interface; a backend only stores keyed objects. The rules
-every backend keeps, checked by the shared test suite in `tests/test_storage_contract.py`:
+every backend keeps, checked by the shared test suite in `tests/storage/test_storage_contract.py`:
 
 - Keys are `/`-separated paths of `[A-Za-z0-9._:-]` segments; no key is also a
   "directory" of another key (the layout guarantees it).

@@ -35,13 +35,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tests.support.daemon import Daemon
 from tests.support.processes import Process, run, run_feeding
 
 START_TIMEOUT = 30.0
@@ -77,15 +76,15 @@ def ctr_binary() -> str | None:
     return shutil.which("ctr")
 
 
-class Containerd:
+class Containerd(Daemon):
     """A standalone containerd with its own root/state/socket (no CRI)."""
 
+    log_name = "containerd.log"
+    rundir_prefix = "ctd-"
+
     def __init__(self, workdir: Path, *, debug: bool = False) -> None:
-        self.workdir = workdir
+        super().__init__(workdir)
         self.debug = debug
-        self.rundir: Path | None = None
-        self.process: Process | None = None
-        self.startup_seconds: float | None = None
 
     @property
     def address(self) -> Path:
@@ -96,29 +95,18 @@ class Containerd:
     def root(self) -> Path:
         return self.workdir / "root"
 
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "containerd.log"
-
     def start(self, timeout: float = START_TIMEOUT) -> Containerd:
         binary = containerd_binary()
         if binary is None:
             raise RuntimeError("containerd is not installed (apt-get install containerd)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rundir = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))
+        rundir = self._make_rundir()
         config = self.workdir / "config.toml"
-        config.write_text(_CONFIG.format(root=self.root, state=self.rundir / "state",
+        config.write_text(_CONFIG.format(root=self.root, state=rundir / "state",
                                          socket=self.address,
                                          level="debug" if self.debug else "info"))
-        started = time.monotonic()
-        self.process = Process.start([binary, "--config", config], self.log_path,
-                                     cwd=self.workdir)
-        try:
-            self.process.wait_ready(self._answers, timeout, "containerd to answer")
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
+        self._launch([binary, "--config", config], self._answers, timeout,
+                     "containerd to answer")
         return self
 
     def _answers(self) -> bool:
@@ -130,23 +118,6 @@ class Containerd:
 
     def client(self, namespace: str = NAMESPACE) -> Ctr:
         return Ctr(self.address, namespace)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self.process.log_tail(lines) if self.process else "(not started)"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is not None:
-            self.process.stop(timeout)
-            self.process = None
-        if self.rundir is not None:
-            shutil.rmtree(self.rundir, ignore_errors=True)
-            self.rundir = None
-
-    def __enter__(self) -> Containerd:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ it then checks R2's part rule on every blob object the server completed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -30,9 +29,6 @@ def unique(prefix: str) -> str:
     """A name no other test uses (repositories, tags, image names)."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def generate_keys(directory: Path, names: tuple[str, ...] = tuple(KEY_OPTIONS)

@@ -38,13 +38,13 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tests.support.daemon import Daemon
 from tests.support.processes import Process, run, run_feeding
 
 START_TIMEOUT = 60.0
@@ -78,26 +78,25 @@ def _ping(sock: Path, timeout: float = 2.0) -> bool:
         data.endswith(b"OK")
 
 
-class Dockerd:
-    """One private dockerd (and the containerd it supervises)."""
+class Dockerd(Daemon):
+    """One private dockerd (and the containerd it supervises). `stop` sends SIGTERM (it stops
+    its containerd) and SIGKILLs after STOP_TIMEOUT; the data-root stays under `workdir`
+    (vfs layers: plain files)."""
+
+    log_name = "dockerd.log"
+    rundir_prefix = "dk-"
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(self, workdir: Path, *, insecure_registries: Sequence[str] = (),
                  debug: bool = False, extra_args: Sequence[str] = ()) -> None:
-        self.workdir = workdir
+        super().__init__(workdir)
         self.insecure_registries = list(insecure_registries)
         self.debug = debug
         self.extra_args = list(extra_args)
-        self.rundir: Path | None = None
-        self.process: Process | None = None
-        self.startup_seconds: float | None = None
 
     @property
     def data_root(self) -> Path:
         return self.workdir / "data-root"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "dockerd.log"
 
     @property
     def socket(self) -> Path:
@@ -125,7 +124,7 @@ class Dockerd:
             raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(exist_ok=True)
-        self.rundir = Path(tempfile.mkdtemp(prefix="dk-", dir="/tmp"))
+        self._make_rundir()
         config = self.workdir / "daemon.json"
         config.write_text(json.dumps({"insecure-registries": self.insecure_registries}))
         args = [
@@ -136,37 +135,11 @@ class Dockerd:
             f"--log-level={'debug' if self.debug else 'info'}", *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if k not in ("DOCKER_HOST", "NOTIFY_SOCKET")}
-        started = time.monotonic()
-        self.process = Process.start(args, self.log_path, env=env, cwd=self.workdir)
-        try:
-            self.process.wait_ready(lambda: _ping(self.socket), timeout, "dockerd to answer")
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - started
+        self._launch(args, lambda: _ping(self.socket), timeout, "dockerd to answer", env=env)
         return self
 
     def client(self, binary: str | None = None) -> Docker:
         return Docker(self.host, self.workdir / "client-config", binary=binary)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self.process.log_tail(lines) if self.process else "(not started)"
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM dockerd (it stops its containerd), SIGKILL after `timeout`; remove the run
-        directory. The data-root stays under `workdir` (vfs layers: plain files)."""
-        if self.process is not None:
-            self.process.stop(timeout)
-            self.process = None
-        if self.rundir is not None:
-            shutil.rmtree(self.rundir, ignore_errors=True)
-            self.rundir = None
-
-    def __enter__(self) -> Dockerd:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)

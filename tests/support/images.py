@@ -20,16 +20,16 @@ compress anyway, and level 1 runs at only ~50 MB/s here); every client reads it 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import random
 import tarfile
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from tests.support.hashing import CHUNK, GzipWriter, HashingWriter, sha256, sha256_file
 
 OCI_LAYOUT_VERSION = "1.0.0"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -45,25 +45,7 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 REF_NAME = "org.opencontainers.image.ref.name"  # the tag, as skopeo's `oci:DIR:TAG` reads it
 CONTAINERD_NAME = "io.containerd.image.name"  # full name, as `ctr images import` reads it
 
-CHUNK = 1 << 20
 EPOCH = "1970-01-01T00:00:00Z"
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + sha256_hex(data)
-
-
-def sha256_file(path: Path) -> str:
-    """`sha256:<hex>` of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def canonical_json(value: Any) -> bytes:
@@ -234,47 +216,13 @@ def add_to_index(layout: Path, descriptor: Descriptor, tag: str | None,
 
 def write_blob(layout: Path, data: bytes, media_type: str) -> Descriptor:
     """Store `data` as a blob in the layout and return its descriptor."""
-    digest = sha256_digest(data)
+    digest = sha256(data)
     path = blob_path(layout, digest)
     if not path.exists():
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return Descriptor(media_type, digest, len(data))
-
-
-class _HashingWriter:
-    """Counts and hashes what passes through, then hands it on."""
-
-    def __init__(self, sink: BinaryIO | _Compressor) -> None:
-        self.sink = sink
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self.hash.update(data)
-        self.size += len(data)
-        self.sink.write(data)
-
-    @property
-    def digest(self) -> str:
-        return "sha256:" + self.hash.hexdigest()
-
-
-class _Compressor:
-    """A gzip stream (zlib with a gzip header: mtime 0, so output is deterministic)."""
-
-    def __init__(self, sink: _HashingWriter, level: int) -> None:
-        self.sink = sink
-        self.zlib = zlib.compressobj(level, zlib.DEFLATED, 31)
-
-    def write(self, data: bytes) -> None:
-        out = self.zlib.compress(data)
-        if out:
-            self.sink.write(out)
-
-    def close(self) -> None:
-        self.sink.write(self.zlib.flush())
 
 
 def random_chunks(seed: str, size: int) -> Iterator[bytes]:
@@ -302,19 +250,21 @@ def _tar_header(name: str, size: int, directory: bool = False) -> bytes:
 
 
 def write_layer(layout: Path, size: int, seed: str, *, directory: str = "layer",
-                compressed: bool = True, gzip_level: int = 0) -> Layer:
+                compressed: bool = True, gzip_level: int = 0,
+                content: Iterable[bytes | memoryview] | None = None) -> Layer:
     """A layer holding `directory/` and `directory/data.bin` with `size` random bytes from
-    `seed`; gzipped (OCI `tar+gzip`) unless `compressed` is False (OCI `tar`). Streams to disk."""
+    `seed` (or the `size` bytes of `content`); gzipped (OCI `tar+gzip`) unless `compressed` is
+    False (OCI `tar`). Streams to disk."""
     init_layout(layout)
     tmp = layout / "blobs" / "sha256" / f".layer-{os.getpid()}-{random.getrandbits(48):x}.tmp"
     try:
         with open(tmp, "wb") as f:
-            blob = _HashingWriter(f)
-            compressor = _Compressor(blob, gzip_level) if compressed else None
-            tar = _HashingWriter(compressor if compressor is not None else f)
+            blob = HashingWriter(f)
+            compressor = GzipWriter(blob, gzip_level) if compressed else None
+            tar = HashingWriter(compressor if compressor is not None else f)
             tar.write(_tar_header(directory + "/", 0, directory=True))
             tar.write(_tar_header(f"{directory}/data.bin", size))
-            for chunk in random_chunks(seed, size):
+            for chunk in random_chunks(seed, size) if content is None else content:
                 tar.write(chunk)
             tar.write(b"\0" * (-size % 512) + b"\0" * 1024)  # padding + end of archive
             if compressor is not None:
@@ -351,14 +301,17 @@ def image_config(diff_ids: Sequence[str], platform: Platform, *, label: str = ""
 def make_image(layout: Path, layer_sizes: Sequence[int], *, seed: str | int = 0,
                tag: str | None = "latest", platform: Platform = DEFAULT_PLATFORMS[0],
                compressed: bool = True, gzip_level: int = 0, docker_media_types: bool = False,
-               full_name: str | None = None, label: str = "") -> Image:
+               full_name: str | None = None, label: str = "",
+               contents: Sequence[Iterable[bytes | memoryview]] | None = None) -> Image:
     """Write a single-platform image with one layer per entry of `layer_sizes` (bytes of random
-    payload each) into the OCI layout `layout`, tag it `tag` in index.json (None: don't), and
-    return its digests. `docker_media_types` writes a Docker schema 2 manifest instead of OCI.
-    `label` goes into the config, to get a distinct image over the same layers."""
+    payload each, or of `contents[i]`) into the OCI layout `layout`, tag it `tag` in index.json
+    (None: don't), and return its digests. `docker_media_types` writes a Docker schema 2
+    manifest instead of OCI. `label` goes into the config, to get a distinct image over the
+    same layers."""
     init_layout(layout)
     layers = [write_layer(layout, size, f"{seed}:{platform}:{i}:{size}", directory=f"layer{i}",
-                          compressed=compressed, gzip_level=gzip_level)
+                          compressed=compressed, gzip_level=gzip_level,
+                          content=contents[i] if contents is not None else None)
               for i, size in enumerate(layer_sizes)]
     if docker_media_types:
         if not compressed:

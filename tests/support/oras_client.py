@@ -31,7 +31,6 @@ the session and, unless `retries=True`, bypasses that decorator.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,8 @@ import oras.defaults
 import oras.oci
 import oras.provider
 import requests
+
+from tests.support.hashing import sha256, sha256_file
 
 DEFAULT_TIMEOUT = (10.0, 300.0)  # connect, read (seconds)
 OCI_MANIFEST = oras.defaults.default_manifest_media_type
@@ -130,7 +131,7 @@ class Oras:
         if verify:
             manifest = self.manifest(repository, reference)
             for layer, path in zip(manifest.get("layers", []), paths, strict=True):
-                actual = "sha256:" + _sha256_file(path)
+                actual = sha256_file(path)
                 if actual != layer["digest"] and layer["mediaType"] != \
                         oras.defaults.default_blob_dir_media_type:
                     raise ValueError(f"{path}: digest {actual}, manifest says {layer['digest']}")
@@ -146,7 +147,7 @@ class Oras:
         response = self.client.session.request("GET", url, headers={"Accept": accept})
         response.raise_for_status()
         digest = response.headers.get("Docker-Content-Digest") or \
-            "sha256:" + hashlib.sha256(response.content).hexdigest()
+            sha256(response.content)
         return response.content, response.headers.get("Content-Type", ""), digest
 
     def subject_of(self, repository: str, reference: str,
@@ -154,7 +155,7 @@ class Oras:
         """A Subject with the digest and size of the manifest as the registry stores it."""
         body, content_type, _ = self.manifest_bytes(repository, reference, media_type)
         return oras.oci.Subject(content_type.split(";")[0] or media_type,
-                                "sha256:" + hashlib.sha256(body).hexdigest(), len(body))
+                                sha256(body), len(body))
 
     def referrers(self, repository: str, digest: str,
                   artifact_type: str | None = None) -> requests.Response:
@@ -165,14 +166,6 @@ class Oras:
 
     def tags(self, repository: str) -> list[str]:
         return list(self.client.get_tags(f"{self.registry}/{repository}"))
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest_json(body: bytes) -> dict[str, Any]:

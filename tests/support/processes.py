@@ -61,11 +61,54 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that the kernel just reported free."""
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for the local end of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(*, outside_ephemeral: bool = False) -> int:
+    """A TCP port on 127.0.0.1 that the kernel just reported free.
+
+    `outside_ephemeral`: picked outside the kernel's ephemeral range, and never handed out
+    twice by this process. A port picked from that range can be taken as the source port of
+    some outgoing connection (50 ssh clients make plenty) before the process meant to listen
+    on it binds it."""
+    if outside_ephemeral:
+        low, high = ephemeral_range()
+        candidates = [(1025, low - 1), (high + 1, 65535)]
+        lo, hi = max(candidates, key=lambda c: c[1] - c[0])
+        if hi - lo >= 1000:
+            return _free_port_in(max(lo, 10_000), hi)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _free_port_in(low: int, high: int) -> int:
+    rng = random.SystemRandom()
+
+    def pick() -> int | None:
+        port = rng.randrange(low, high)
+        if port in _handed_out or not port_is_free(port):
+            return None
+        _handed_out.add(port)  # never twice, even if its user has not bound it yet
+        return port
+
+    return wait_until(pick, 10, "a free port", interval=0)
+
+
+def accepts(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port`."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_port_pair(offset: int = GRPC_OFFSET, low: int = 20_000, high: int = 45_000,
@@ -254,44 +297,6 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-class PeakRss:
-    """Samples the resident memory of a running process every `interval` seconds in a
-    background thread, while used as a context manager; `peak` is the largest value seen."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        import psutil
-
-        self.process = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
-
-    def sample(self) -> int:
-        rss = int(self.process.memory_info().rss)
-        self.peak = max(self.peak, rss)
-        self.samples += 1
-        return rss
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample()
-            except Exception:  # the process ended: nothing more to see
-                return
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRss:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def run_feeding(args: Sequence[str], feed: Callable[[BinaryIO], object], *,

@@ -13,22 +13,17 @@ after each request is sent, and raises `PushError` on an unexpected answer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from tests.support.hashing import sha256
 from tests.support.images import Image
 from tests.support.rawhttp import Connection, Response
+from tests.support.registry import MANIFEST_ACCEPT
 
 STYLES = ("patch_chunked", "patch_ranges", "put_monolithic", "post_digest")
 PIECE = 1 << 20
-MANIFEST_ACCEPT = ", ".join((
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-))
 
 Checkpoint = Callable[[], None] | None
 
@@ -38,9 +33,6 @@ class PushError(Exception):
         super().__init__(f"{what}: {response.status} {response.body[:300]!r}")
         self.response = response
 
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def pieces(data: bytes, size: int = PIECE) -> Iterator[bytes]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import urllib.error
 import urllib.parse
@@ -23,8 +24,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.daemon import Daemon
 from tests.support.images import Image, MultiArchImage
-from tests.support.processes import Process, free_port, wait_until
+from tests.support.processes import free_port, wait_until
 
 START_TIMEOUT = 30.0
 HTTP_TIMEOUT = 60.0
@@ -70,14 +72,18 @@ http:
 """
 
 
-class DistributionRegistry:
-    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, no auth."""
+class DistributionRegistry(Daemon):
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, plain HTTP, no auth.
 
-    def __init__(self, workdir: Path, *, port: int | None = None, debug: bool = True) -> None:
-        self.workdir = workdir
+    `config`: distribution's whole configuration instead of the filesystem one above (the
+    bench's S3 driver), written as JSON, which is valid YAML."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, debug: bool = True,
+                 config: dict[str, object] | None = None) -> None:
+        super().__init__(workdir)
         self.port = port or free_port()
         self.debug = debug
-        self.process: Process | None = None
+        self.config = config
 
     @property
     def address(self) -> str:
@@ -88,40 +94,23 @@ class DistributionRegistry:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "registry.log"
-
     def start(self, timeout: float = START_TIMEOUT) -> DistributionRegistry:
         binary = distribution_binary()
         if binary is None:
             raise RuntimeError("docker-registry is not installed (apt-get install docker-registry)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.yml"
-        config.write_text(CONFIG.format(level="debug" if self.debug else "info",
-                                        root=self.workdir / "data", port=self.port))
-        self.process = Process.start([binary, "serve", config], self.log_path, cwd=self.workdir)
-        try:
-            self.process.wait_ready(lambda: http_ok(self.url + "/v2/"), timeout,
-                                    "docker-registry to answer /v2/")
-        except BaseException:
-            self.stop()
-            raise
+        if self.config is None:
+            config.write_text(CONFIG.format(level="debug" if self.debug else "info",
+                                            root=self.workdir / "data", port=self.port))
+        else:
+            config.write_text(json.dumps(self.config, indent=1))
+            config.chmod(0o600)  # it may hold S3 credentials
+        # distribution's S3 driver panics when AWS_CA_BUNDLE is set; only its env drops it.
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        self._launch([binary, "serve", config], lambda: http_ok(self.url + "/v2/"), timeout,
+                     "docker-registry to answer /v2/", env=env)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self.process.log_tail(lines) if self.process else "(not started)"
-
-    def __enter__(self) -> DistributionRegistry:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)

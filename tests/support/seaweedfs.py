@@ -41,6 +41,7 @@ UploadPartCopy, presigned GET, Range GET and unequal part sizes, and returns a v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -57,7 +58,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.support.processes import GRPC_OFFSET, Process, free_port_pair
+from tests.support.processes import GRPC_OFFSET, Process, ephemeral_range, free_port_pair
 from tests.support.r2proxy import R2ProxyProcess
 
 START_TIMEOUT = 60.0
@@ -74,19 +75,12 @@ def _ports() -> dict[str, int]:
     """A port pair per service, both below the kernel's ephemeral range: a restart (a fault
     test stops SeaweedFS and starts it again on the same ports) cannot then find a port taken
     as the local end of some outgoing connection meanwhile."""
-    high = _ephemeral_low() - GRPC_OFFSET
+    high = ephemeral_range()[0] - GRPC_OFFSET
     low, high = (high - 10_000, high) if high > 11_024 else (20_000, 55_000)
     taken: list[int] = []
     for _ in SERVICES:
         taken.append(free_port_pair(GRPC_OFFSET, low=low, high=high, exclude=taken))
     return dict(zip(SERVICES, taken, strict=True))
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32_768  # Linux's default
 
 
 @dataclass
@@ -232,6 +226,23 @@ class SeaweedFS:
         except ClientError as exc:
             if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete a bucket and everything in it (bounded: gives up after 2,000 pages)."""
+        client = self.client()
+        with contextlib.suppress(BotoCoreError, ClientError):
+            for _ in range(2000):
+                page = client.list_objects_v2(Bucket=name, MaxKeys=1000)
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", ())]
+                if not keys:
+                    break
+                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+            uploads = client.list_multipart_uploads(Bucket=name).get("Uploads", ())
+            for upload in uploads:
+                client.abort_multipart_upload(Bucket=name, Key=upload["Key"],
+                                              UploadId=upload["UploadId"])
+        with contextlib.suppress(BotoCoreError, ClientError):
+            client.delete_bucket(Bucket=name)
 
     def log_tail(self, lines: int = 40) -> str:
         return self.process.log_tail(lines) if self.process else "(not started)"

@@ -1,0 +1,254 @@
+"""Garbage collection and retention on both storages, driven through the registry's API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+
+from sshreg.management.gc import BloomFilter, GarbageCollector, GcSettings
+from sshreg.management.retention import RetentionPolicy
+from sshreg.references import Digest
+from sshreg.storage.filesystem import FilesystemDriver
+from tests.support.hashing import digest_of
+
+from .helpers_api import (
+    OCI_CONFIG,
+    OCI_LAYER,
+    Image,
+    descriptor,
+    image_manifest,
+    push_blob,
+    push_image,
+    push_index,
+    put_manifest,
+)
+
+NOW = dict(grace=0.0, safety=0.0)  # collect everything unreachable, right away
+
+
+async def push_layers(client, name: str, tag: str | None, layers: list[bytes],
+                      seed: str = "") -> Image:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
+    for blob in (config, *layers):
+        await push_blob(client, name, blob)
+    manifest = image_manifest(descriptor(OCI_CONFIG, config),
+                              [descriptor(OCI_LAYER, layer) for layer in layers])
+    digest = digest_of(manifest)
+    resp = await put_manifest(client, name, tag or digest, manifest)
+    assert resp.status == 201, await resp.text()
+    return Image(manifest, digest, "application/vnd.oci.image.manifest.v1+json",
+                 {digest_of(b): b for b in (config, *layers)})
+
+
+async def blob_exists(registry, digest: str) -> bool:
+    return await registry.store.blobs.get(Digest.parse(digest)) is not None
+
+
+class SettledCollector(GarbageCollector):
+    """S3 keeps modification times in whole seconds, and gc counts what was written in the
+    second it starts as new: wait for that second to pass, as hours of grace would."""
+
+    async def run(self, dry_run: bool = False):
+        if not isinstance(self.store.driver, FilesystemDriver):
+            await asyncio.sleep(1.1)
+        return await super().run(dry_run)
+
+
+def collector(registry, **settings) -> GarbageCollector:
+    return SettledCollector(registry.store, GcSettings(**{**NOW, **settings}))
+
+
+async def test_gc_removes_what_only_a_deleted_tag_reached_and_keeps_shared_blobs(client, registry):
+    shared = os.urandom(5000)
+    only_a, only_b = os.urandom(3000), os.urandom(4000)
+    a = await push_layers(client, "app/a", "1", [shared, only_a], seed="a")
+    b = await push_layers(client, "app/b", "1", [shared, only_b], seed="b")
+    assert (await client.delete("/v2/app/a/manifests/1")).status == 202
+
+    report = await collector(registry).run()
+
+    assert await blob_exists(registry, digest_of(shared))
+    assert not await blob_exists(registry, digest_of(only_a))
+    assert not await blob_exists(registry, a.digest)
+    assert f"app/a@{a.digest}" in report.manifests
+    assert report.blob_bytes >= len(only_a)
+    for digest, data in b.blobs.items():
+        resp = await client.get(f"/v2/app/b/blobs/{digest}")
+        assert resp.status == 200 and await resp.read() == data
+    resp = await client.get("/v2/app/b/manifests/1")
+    assert await resp.read() == b.manifest
+    # app/a no longer serves the shared layer either: its link went with the manifest.
+    assert (await client.get(f"/v2/app/a/blobs/{digest_of(shared)}")).status == 404
+
+
+async def test_dry_run_reports_what_would_go_and_deletes_nothing(client, registry, driver):
+    doomed = os.urandom(2000)
+    image = await push_layers(client, "dry/run", "x", [doomed])
+    assert (await client.delete("/v2/dry/run/manifests/x")).status == 202
+    before = {o.key async for o in driver.list("") if o.key != "gc/clock"}
+
+    report = await collector(registry).run(dry_run=True)
+
+    assert report.dry_run and f"dry/run@{image.digest}" in report.manifests
+    assert report.blobs >= 2 and report.bytes_reclaimed >= len(doomed)
+    assert {o.key async for o in driver.list("") if o.key != "gc/clock"} == before
+
+
+async def test_blobs_of_a_push_in_progress_survive_gc_within_the_grace_period(client, registry):
+    layer = os.urandom(6000)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    await push_blob(client, "race/app", layer)
+    await push_blob(client, "race/app", config)  # blobs uploaded, manifest not yet put
+
+    await collector(registry, grace=3600.0).run()
+
+    manifest = image_manifest(descriptor(OCI_CONFIG, config), [descriptor(OCI_LAYER, layer)])
+    resp = await put_manifest(client, "race/app", "1", manifest)
+    assert resp.status == 201, await resp.text()
+    resp = await client.get(f"/v2/race/app/blobs/{digest_of(layer)}")
+    assert await resp.read() == layer
+
+
+async def test_a_manifest_written_during_the_safety_pause_spares_the_old_blob_it_uses(
+        client, registry):
+    """A client found the old blob still there (HEAD) and puts a manifest using it while gc,
+    having decided the blob is garbage, pauses before deleting."""
+    old = os.urandom(3000)
+    first = await push_layers(client, "reuse/app", "old", [old], seed="1")
+    assert (await client.delete(f"/v2/reuse/app/manifests/{first.digest}")).status == 202
+    pausing = asyncio.Event()
+
+    class Observed(SettledCollector):
+        async def _pause(self) -> None:
+            pausing.set()
+            await asyncio.sleep(0.5)
+
+    gc = Observed(registry.store, GcSettings(**NOW))
+    run = asyncio.create_task(gc.run())
+    await asyncio.wait_for(pausing.wait(), 30)
+    resp = await put_manifest(client, "reuse/app", "new", first.manifest)
+    assert resp.status == 201, await resp.text()
+    report = await run
+    assert report.spared >= 3  # the manifest, its config and its layer
+    for digest, data in first.blobs.items():
+        resp = await client.get(f"/v2/reuse/app/blobs/{digest}")
+        assert resp.status == 200 and await resp.read() == data
+    resp = await client.get("/v2/reuse/app/manifests/new")
+    assert await resp.read() == first.manifest
+
+
+async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):
+    amd = await push_image(client, "multi/app", seed="amd64")
+    arm = await push_image(client, "multi/app", seed="arm64")
+    index = await push_index(client, "multi/app", [amd, arm], "latest")
+
+    report = await collector(registry).run()
+
+    assert report.manifests == [] and report.blobs == 0
+    for image in (amd, arm):
+        resp = await client.get(f"/v2/multi/app/manifests/{image.digest}")
+        assert resp.status == 200 and await resp.read() == image.manifest
+        for digest, data in image.blobs.items():
+            assert await (await client.get(f"/v2/multi/app/blobs/{digest}")).read() == data
+    assert (await client.get(f"/v2/multi/app/manifests/{index.digest}")).status == 200
+
+
+async def test_referrers_of_a_kept_image_survive_and_those_of_a_deleted_image_go(
+        client, registry):
+    kept = await push_image(client, "sig/app", "kept", seed="kept")
+    gone = await push_image(client, "sig/app", "gone", seed="gone")
+    signature = await push_image(client, "sig/app", seed="sig-kept", subject=kept.descriptor,
+                                 artifact_type="application/vnd.example.signature")
+    sbom = await push_image(client, "sig/app", seed="sbom-gone", subject=gone.descriptor,
+                            artifact_type="application/vnd.example.sbom")
+    assert (await client.delete("/v2/sig/app/manifests/gone")).status == 202
+
+    await collector(registry).run()
+
+    resp = await client.get(f"/v2/sig/app/referrers/{kept.digest}")
+    assert [m["digest"] for m in (await resp.json())["manifests"]] == [signature.digest]
+    assert (await client.get(f"/v2/sig/app/manifests/{signature.digest}")).status == 200
+    assert (await client.get(f"/v2/sig/app/manifests/{sbom.digest}")).status == 404
+    resp = await client.get(f"/v2/sig/app/referrers/{gone.digest}")
+    assert (await resp.json())["manifests"] == []
+    for digest in sbom.blobs:
+        assert not await blob_exists(registry, digest)
+
+
+async def test_keep_untagged_keeps_manifests_pushed_by_digest(client, registry):
+    image = await push_image(client, "bydigest/app", seed="untagged")
+    report = await collector(registry, keep_untagged=True).run()
+    assert report.manifests == []
+    assert (await client.get(f"/v2/bydigest/app/manifests/{image.digest}")).status == 200
+    report = await collector(registry).run()
+    assert report.manifests == [f"bydigest/app@{image.digest}"]
+
+
+async def test_retention_keeps_the_newest_tags_and_protected_ones(client, registry):
+    for i in range(5):
+        await push_image(client, "ret/app", f"build-{i}", seed=f"b{i}")
+        await asyncio.sleep(0.02)  # distinct write times
+    await push_image(client, "ret/app", "v1.0", seed="release")
+    await push_image(client, "keep/app", "build-0", seed="other")
+    policy = RetentionPolicy("ret/*", keep_last=2, keep_tags=r"v[0-9.]+")
+
+    report = await collector(registry, retention=(policy,)).run()
+
+    resp = await client.get("/v2/ret/app/tags/list")
+    # v1.0 is protected by its pattern; of the other tags the two newest stay.
+    assert sorted((await resp.json())["tags"]) == ["build-3", "build-4", "v1.0"]
+    assert sorted(report.tags) == ["ret/app:build-0", "ret/app:build-1", "ret/app:build-2"]
+    resp = await client.get("/v2/keep/app/tags/list")
+    assert (await resp.json())["tags"] == ["build-0"]
+
+
+def test_retention_drops_tags_older_than_max_age():
+    policy = RetentionPolicy("**", max_age=86400)
+    now = time.time()
+    tags = [("fresh", now - 60), ("stale", now - 3 * 86400)]
+    assert policy.expired_tags(tags, now) == ["stale"]
+    assert RetentionPolicy("**").expired_tags(tags, now) == []
+
+
+async def test_gc_removes_stored_bytes_no_record_points_at(registry, driver):
+    upload = await registry.store.blobs.begin_upload()
+    await upload.write(b"left behind by a crash between the bytes and their record")
+    await upload.commit()
+    assert await driver.stat(upload.key) is not None
+
+    report = await collector(registry).run()
+
+    assert report.orphans == 1
+    assert await driver.stat(upload.key) is None
+
+
+async def test_pinned_digests_are_never_collected(client, registry):
+    layer = os.urandom(1000)
+    digest = await push_blob(client, "pin/app", layer)
+    with registry.store.pins.hold([Digest.parse(digest)]):
+        await collector(registry).run()
+    assert await blob_exists(registry, digest)
+    await collector(registry).run()
+    assert not await blob_exists(registry, digest)
+
+
+def test_bloom_filter_never_forgets_and_rarely_invents():
+    bloom = BloomFilter(bits=1 << 16)
+    members = [f"sha256:{i:064x}" for i in range(2000)]
+    for m in members:
+        bloom.add(m)
+    assert all(m in bloom for m in members)
+    strangers = sum(f"sha256:{i:064x}" in bloom for i in range(10_000, 20_000))
+    assert strangers < 200  # about 1 % false positives at this load
+
+
+@pytest.mark.parametrize("grace", [3600.0])
+async def test_nothing_young_is_collected(client, registry, grace):
+    image = await push_image(client, "young/app", seed="young")
+    report = await collector(registry, grace=grace).run()
+    assert report.manifests == [] and report.blobs == 0
+    assert (await client.get(f"/v2/young/app/manifests/{image.digest}")).status == 200

@@ -1,0 +1,290 @@
+"""Garbage collection on one gateway while another gateway pushes, on both storages.
+
+Two `Registry` objects on one storage driver are two gateways: each has its own store
+object and its own pins, so nothing but storage tells the collector what the other one is
+doing (as with two `sshreg serve` processes on one bucket). The storage seen by the
+collector is wrapped so that a test can run the other gateway's push at the worst moment
+of a collection: between a check and a delete, between the deletions and the last look.
+
+What must hold whatever the interleaving: a manifest PUT answered 201 leaves its image
+complete (manifest, tag, every blob readable through the repository); a PUT that lost the
+race is reported as failed, and the client's retry then succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import RawTestServer, TestClient
+
+from sshreg.management import lease
+from sshreg.management.gc import GcBusy, GcSettings
+from sshreg.references import Digest
+from sshreg.registry.app import Registry
+from sshreg.store import paths
+from sshreg.store.registry_store import RegistryStore
+from tests.conftest import identify_from_test_header
+
+from .helpers_api import push_image, put_manifest, tags_of
+from .test_gc import NOW, SettledCollector
+
+Hook = Callable[[str], Awaitable[None]]
+
+
+class HookedDriver:
+    """A driver that runs `before_delete(key)`, `after_delete(key)` and `after_stat(key)`
+    around the wrapped driver's calls (the collector's view of storage)."""
+
+    def __init__(self, driver, *, before_delete: Hook | None = None,
+                 after_delete: Hook | None = None, after_stat: Hook | None = None) -> None:
+        self._driver = driver
+        self.before_delete = before_delete
+        self.after_delete = after_delete
+        self.after_stat = after_stat
+
+    def __getattr__(self, name: str):
+        return getattr(self._driver, name)
+
+    async def delete(self, key: str) -> None:
+        if self.before_delete:
+            await self.before_delete(key)
+        await self._driver.delete(key)
+        if self.after_delete:
+            await self.after_delete(key)
+
+    async def stat(self, key: str):
+        info = await self._driver.stat(key)
+        if self.after_stat:
+            await self.after_stat(key)
+        return info
+
+
+class PausingStore(RegistryStore):
+    """The other gateway's store: a manifest PUT can be held after its checks passed and
+    its manifest bytes were found stored, before the manifest is linked and tagged."""
+
+    def __init__(self, driver) -> None:
+        super().__init__(driver)
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
+        put_bytes = self.blobs.put_bytes  # the one BlobStore every part of this store uses
+
+        async def paused_put_bytes(digest, data):
+            record = await put_bytes(digest, data)
+            if self.hold is not None:
+                self.held.set()
+                await self.hold.wait()
+            return record
+
+        self.blobs.put_bytes = paused_put_bytes  # type: ignore[method-assign]
+
+
+async def other_gateway(driver) -> tuple[Registry, TestClient]:
+    registry = Registry(PausingStore(driver), identify=identify_from_test_header)
+    await registry.start()
+    client = TestClient(RawTestServer(registry.handle))
+    await client.start_server()
+    return registry, client
+
+
+def collector_on(registry: Registry, driver: HookedDriver) -> SettledCollector:
+    """The collector of the gateway `registry` belongs to, seeing storage through `driver`."""
+    return SettledCollector(RegistryStore(driver, pins=registry.store.pins), GcSettings(**NOW))
+
+
+async def assert_complete(client: TestClient, name: str, tag: str, image) -> None:
+    resp = await client.get(f"/v2/{name}/manifests/{tag}")
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == image.manifest
+    for digest, data in image.blobs.items():
+        resp = await client.get(f"/v2/{name}/blobs/{digest}")
+        assert resp.status == 200, (digest, await resp.text())
+        assert await resp.read() == data
+
+
+async def garbage_image(client: TestClient, name: str, *, untag_only: bool = False):
+    """An image that became garbage, still stored: its manifest was deleted (or, with
+    `untag_only`, only its tag, which leaves an untagged manifest for gc to remove)."""
+    image = await push_image(client, name, "old", seed=os.urandom(8).hex())
+    reference = "old" if untag_only else image.digest
+    assert (await client.delete(f"/v2/{name}/manifests/{reference}")).status == 202
+    return image
+
+
+async def test_a_push_checked_before_gc_unlinked_its_blobs_and_written_after_is_kept_or_failed(
+        driver, registry, client):
+    """Gateway 2 checks the manifest's blobs (still linked), gc on gateway 1 unlinks them and
+    removes their records, then gateway 2 links and tags the manifest. Either the PUT fails
+    and nothing is half there, or the image is complete; a retry always succeeds."""
+    name = "race/unlinked"
+    image = await garbage_image(client, name)
+    records = {paths.blob_record(Digest.parse(d)) for d in (*image.blobs, image.digest)}
+    other, other_client = await other_gateway(driver)
+    put: asyncio.Task | None = None
+    deleted: set[str] = set()
+
+    async def before_delete(key: str) -> None:
+        nonlocal put
+        if put is None and "/_layers/" in key:  # the first unlink: gateway 2 checks now
+            other.store.hold = asyncio.Event()
+            put = asyncio.create_task(put_manifest(other_client, name, "new", image.manifest))
+            await asyncio.wait_for(other.store.held.wait(), 30)
+
+    async def after_delete(key: str) -> None:
+        deleted.add(key)
+        if key in records and records <= deleted:  # every record gone: gateway 2 goes on
+            assert put is not None and other.store.hold is not None
+            other.store.hold.set()
+            await asyncio.wait_for(asyncio.shield(put), 30)
+
+    try:
+        gc = collector_on(registry, HookedDriver(driver, before_delete=before_delete,
+                                                 after_delete=after_delete))
+        await gc.run()
+        assert put is not None and put.done()
+        resp = put.result()
+        if resp.status == 201:
+            await assert_complete(other_client, name, "new", image)
+        else:  # gateway 2 saw the records gone; gc's last look saw its manifest
+            assert resp.status == 400, await resp.text()
+            assert "new" not in await tags_of(other_client, name)
+            for digest in image.blobs:  # so gc put the blobs back
+                assert (await other_client.head(f"/v2/{name}/blobs/{digest}")).status == 200
+        other.store.hold = None
+        for digest, data in image.blobs.items():  # the client's retry: HEAD, upload if gone
+            if (await other_client.head(f"/v2/{name}/blobs/{digest}")).status != 200:
+                resp = await other_client.post(f"/v2/{name}/blobs/uploads/",
+                                               params={"digest": digest}, data=data)
+                assert resp.status == 201
+        resp = await put_manifest(other_client, name, "new", image.manifest)
+        assert resp.status == 201, await resp.text()
+        await assert_complete(other_client, name, "new", image)
+        await assert_complete(client, name, "new", image)
+    finally:
+        await other_client.close()
+        await other.close()
+
+
+async def test_a_tag_put_on_a_doomed_manifest_between_gcs_check_and_its_delete_survives(
+        driver, registry, client):
+    """gc on gateway 1 finds an untagged manifest old and unreachable and is about to delete
+    it; in between, gateway 2 pushes the same manifest again under a tag. The tag stays and
+    the image stays whole (gc must neither delete the new tag nor leave it dangling)."""
+    name = "race/retagged"
+    image = await garbage_image(client, name, untag_only=True)
+    revision = f"repositories/{name}/_manifests/revisions/{image.digest.replace(':', '/')}"
+    other, other_client = await other_gateway(driver)
+    put: list = []
+
+    async def after_stat(key: str) -> None:
+        if key == revision and not put:  # gc's last check before deleting the manifest
+            put.append(await put_manifest(other_client, name, "new", image.manifest))
+
+    try:
+        gc = collector_on(registry, HookedDriver(driver, after_stat=after_stat))
+        await gc.run()
+        assert put and put[0].status == 201, await put[0].text()
+        assert await tags_of(client, name) == ["new"]
+        await assert_complete(client, name, "new", image)
+        await assert_complete(other_client, name, "new", image)
+    finally:
+        await other_client.close()
+        await other.close()
+
+
+async def test_a_repository_made_on_one_gateway_is_known_to_the_other_after_gc(
+        driver, registry, client):
+    """The only local cache, the set of repositories a store knows exist, holds facts that
+    cannot become false: gc never removes a repository's catalog entry, even when it
+    empties the repository, so the other gateway's answers stay right."""
+    other, other_client = await other_gateway(driver)
+    try:
+        assert (await other_client.get("/v2/made/here/tags/list")).status == 404
+        await push_image(other_client, "made/here", "1", seed="cache")  # gateway 2 caches it
+        resp = await client.get("/v2/_catalog")
+        assert "made/here" in (await resp.json())["repositories"]
+        assert await tags_of(client, "made/here") == ["1"]
+        assert (await client.delete("/v2/made/here/manifests/1")).status == 202
+        await collector_on(registry, HookedDriver(driver)).run()  # empties the repository
+        for gateway in (client, other_client):
+            assert await tags_of(gateway, "made/here") == []
+            resp = await gateway.get("/v2/_catalog")
+            assert "made/here" in (await resp.json())["repositories"]
+        await push_image(other_client, "made/here", "2", seed="again")
+        assert await tags_of(client, "made/here") == ["2"]
+        markers = [o.key async for o in driver.list("catalog/")]
+        assert "catalog/made/here/_repository" in markers
+    finally:
+        await other_client.close()
+        await other.close()
+
+
+async def test_tags_list_of_a_repository_unknown_everywhere_is_name_unknown(driver, client):
+    """The negative answer is never cached: a repository pushed elsewhere appears at once."""
+    other, other_client = await other_gateway(driver)
+    try:
+        resp = await client.get("/v2/later/app/tags/list")
+        assert resp.status == 404
+        assert json.loads(await resp.read())["errors"][0]["code"] == "NAME_UNKNOWN"
+        await push_image(other_client, "later/app", "1", seed="later")
+        assert await tags_of(client, "later/app") == ["1"]
+    finally:
+        await other_client.close()
+        await other.close()
+
+
+# -- one collection at a time --------------------------------------------------------------
+
+
+async def test_a_second_collection_on_another_gateway_is_refused_while_one_runs(
+        driver, registry, client):
+    await garbage_image(client, "lease/app")
+    pausing, finish = asyncio.Event(), asyncio.Event()
+
+    class Paused(SettledCollector):
+        async def _pause(self) -> None:
+            pausing.set()
+            await finish.wait()
+
+    first = Paused(registry.store, GcSettings(**NOW))
+    other = SettledCollector(RegistryStore(driver), GcSettings(**NOW))
+    running = asyncio.create_task(first.run())
+    await asyncio.wait_for(pausing.wait(), 30)
+    with pytest.raises(GcBusy, match=r"already running \(.* pid \d+\)"):
+        await other.run()
+    assert (await other.run(dry_run=True)).dry_run  # looking needs no lease
+    finish.set()
+    report = await asyncio.wait_for(running, 30)
+    assert report.blobs == 3
+    assert await driver.stat(lease.KEY) is None
+    await other.run()  # free again
+
+
+async def test_the_lease_is_given_back_when_a_collection_fails(driver, registry, client):
+    await garbage_image(client, "lease/fails")
+
+    class Failing(SettledCollector):
+        async def _pause(self) -> None:
+            raise RuntimeError("storage went away")
+
+    with pytest.raises(RuntimeError):
+        await Failing(registry.store, GcSettings(**NOW)).run()
+    assert await driver.stat(lease.KEY) is None
+
+
+async def test_a_lease_left_by_a_dead_collection_is_taken_over_once_stale(
+        driver, registry, client, monkeypatch):
+    image = await garbage_image(client, "lease/dead")
+    await driver.put(lease.KEY, b'{"owner": "box3 pid 42", "started": 0}')
+    with pytest.raises(GcBusy, match="box3 pid 42"):
+        await collector_on(registry, HookedDriver(driver)).run()
+    monkeypatch.setattr(lease, "STALE", 0.5)
+    await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    report = await collector_on(registry, HookedDriver(driver)).run()
+    assert f"lease/dead@{image.digest}" not in report.manifests  # deleted by digest already
+    assert report.blobs == 3
+    assert await driver.stat(lease.KEY) is None
