@@ -1,1 +1,4 @@
-"""Storage: one driver contract (`base.py`), two backends, one registry layout (`store.py`)."""
+"""Storage drivers: one contract (`base.py`) and two backends (`filesystem/`, `s3/`).
+
+The registry's layout on top of them is `sshreg/store/`.
+"""

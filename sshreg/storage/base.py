@@ -1,7 +1,7 @@
 """The storage contract: a narrow object store that every backend implements.
 
 The registry's layout (blobs, links, manifests, tags, referrers) is written once in
-`store.py` on top of this interface; a backend only stores keyed objects. The rules
+`sshreg/store/` on top of this interface; a backend only stores keyed objects. The rules
 every backend keeps, checked by the shared test suite in `tests/storage/test_storage_contract.py`:
 
 - Keys are `/`-separated paths of `[A-Za-z0-9._:-]` segments; no key is also a
