@@ -28,14 +28,13 @@ from .bridge import HttpChannelSession
 from .cork import CorkedTransport, cork
 from .exec_channel import CommandRunner, CommandSession, SessionChannel
 from .flow import FlowControlledTCPChannel, create_channel
+from .forwarding import forward_refusal
 from .limits import FailureTracker, address_group
 from .proxy_protocol import Address
 from .settings import GatewaySettings
 from .slots import ChannelSlots, SlotChannel
 
 log = logging.getLogger("sshreg.ssh")
-
-REGISTRY_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 
 
 class GatewayParts(Protocol):
@@ -237,21 +236,14 @@ class GatewayConnection(asyncssh.SSHServer):
                              orig_port: int):
         entry, identity = self._entry, self.identity
         assert entry is not None and identity is not None and self._conn is not None
-        target = f"{dest_host}:{dest_port}"
-        if not entry.port_forwarding:
-            self._refuse(f"forwarding to {target} (key may not forward)")
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                            "port forwarding is not permitted for this key")
-        if (dest_host.lower() not in REGISTRY_HOSTS
-                or dest_port != self._gateway.settings.registry_port
-                or not entry.may_open(dest_host, dest_port)):
-            self._refuse(f"forwarding to {target}")
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"only the registry at localhost:{self._gateway.settings.registry_port} "
-                "can be reached through this server")
+        refusal = forward_refusal(entry, dest_host, dest_port,
+                                  self._gateway.settings.registry_port)
+        if refusal is not None:
+            what, told = refusal
+            self._refuse(what)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, told)
         if self.slots.full:
-            self._refuse(f"forwarding to {target} (too many channels)")
+            self._refuse(f"forwarding to {dest_host}:{dest_port} (too many channels)")
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
                                             "too many tunnelled connections at once")
         chan = create_channel(self._conn, TunnelChannel)
