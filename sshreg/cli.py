@@ -115,7 +115,7 @@ def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
     try:
         report = asyncio.run(collect())
     except Exception as exc:
-        log.error("garbage collection failed: %s", exc)
+        log.error("garbage collection failed: %(error)s", {"error": str(exc)})
         return EXIT_FAILED
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asyncio.run(serve(config))
         except ConfigError as exc:
-            log.error("%s", exc)
+            log.error("%(error)s", {"error": str(exc)})
             return EXIT_CONFIG
     return 0
 

@@ -115,7 +115,7 @@ class HeapTrimmer:
         if future.cancelled():
             return
         if (exc := future.exception()) is not None:
-            log.warning("malloc_trim failed: %s", exc)
+            log.warning("malloc_trim failed: %(error)s", {"error": str(exc)})
             return
         self.trims += 1
 

@@ -66,7 +66,8 @@ async def _sweep_stale_uploads(driver: Driver, age: float) -> None:
         try:
             removed = await driver.abort_stale_uploads(age)
             if removed:
-                log.info("aborted %d abandoned upload(s) older than %.0fs", removed, age)
+                log.info("aborted %(uploads)d abandoned upload(s) older than %(seconds).0fs",
+                         {"uploads": removed, "seconds": age})
         except Exception:
             log.exception("sweeping abandoned uploads failed")
         await asyncio.sleep(interval)
@@ -116,9 +117,11 @@ class Service:
             _sweep_stale_uploads(self.driver, self.config.storage.stale_upload_age))
         if self.config.metrics.listen:
             await self._start_metrics()
-        log.info("sshreg ready: ssh on %s:%d, storage %s, host key %s, %d authorized key(s)",
-                 self.config.server.host, self.port, self.driver,
-                 self.host_key.get_fingerprint("sha256"), len(self.keys.entries()))
+        log.info("sshreg ready: ssh on %(host)s:%(port)d, storage %(storage)s, host key "
+                 "%(host_key)s, %(keys)d authorized key(s)",
+                 {"host": self.config.server.host, "port": self.port, "storage": str(self.driver),
+                  "host_key": self.host_key.get_fingerprint("sha256"),
+                  "keys": len(self.keys.entries())})
 
     async def _start_metrics(self) -> None:
         """/metrics (Prometheus) and /health on a loopback port; they need no key."""
@@ -135,7 +138,7 @@ class Service:
             raise ConfigError(f"cannot listen on {self.config.metrics.listen} for metrics: "
                               f"{exc.strerror or exc}") from None
         bound = self._metrics_runner.addresses[0]
-        log.info("metrics on http://%s:%d/metrics", bound[0], bound[1])
+        log.info("metrics on http://%(host)s:%(port)d/metrics", {"host": bound[0], "port": bound[1]})
 
     @property
     def metrics_port(self) -> int | None:
@@ -151,7 +154,7 @@ class Service:
             async with asyncio.timeout(5):
                 await self.registry.store.health_check()
         except Exception as exc:  # any failure means unhealthy; say which
-            log.warning("health check failed: %s", exc)
+            log.warning("health check failed: %(error)s", {"error": str(exc)})
             return web.json_response({"status": "unhealthy", "storage": str(exc) or
                                       type(exc).__name__}, status=503)
         return web.json_response({"status": "ok", "storage": repr(self.driver),
@@ -160,12 +163,12 @@ class Service:
 
     async def stop(self, grace: float = 60.0) -> None:
         """Stop accepting, let running requests finish for `grace` seconds, then close all."""
-        log.info("stopping: no new connections; waiting up to %.0fs for %d request(s)",
-                 grace, self.registry.in_flight)
+        log.info("stopping: no new connections; waiting up to %(seconds).0fs for %(requests)d "
+                 "request(s)", {"seconds": grace, "requests": self.registry.in_flight})
         self.gateway.stop_accepting()
         if not await self.registry.drain(grace):
-            log.warning("%d request(s) still running at shutdown; aborting them",
-                        self.registry.in_flight)
+            log.warning("%(requests)d request(s) still running at shutdown; aborting them",
+                        {"requests": self.registry.in_flight})
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

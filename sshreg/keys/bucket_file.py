@@ -118,12 +118,13 @@ class SharedAuthorizedKeys:
         blob = await self.source.read() if etag else None
         if blob is None:
             self._entries, self._seen, self._loaded_at = [], "", time.time()
-            log.warning("%s does not exist: no key can log in", self.source)
+            log.warning("%(source)s does not exist: no key can log in", {"source": str(self.source)})
             return True
         text = blob.data.decode("utf-8", errors="replace")
         self._entries = parse_authorized_keys(text, str(self.source))
         self._seen, self._loaded_at = blob.etag, time.time()
-        log.info("loaded %d key(s) from %s", len(self._entries), self.source)
+        log.info("loaded %(keys)d key(s) from %(source)s",
+                 {"keys": len(self._entries), "source": str(self.source)})
         return True
 
     async def _poll_once(self) -> bool:
@@ -135,12 +136,14 @@ class SharedAuthorizedKeys:
                 self._failing = True
                 since = (time.strftime("%H:%M:%S", time.localtime(self._loaded_at))
                          if self._loaded_at else "never")
-                log.error("cannot fetch %s: %s; logins use the copy loaded at %s (%d key(s))",
-                          self.source, exc or type(exc).__name__, since, len(self._entries))
+                log.error("cannot fetch %(source)s: %(error)s; logins use the copy loaded at "
+                          "%(loaded_at)s (%(keys)d key(s))",
+                          {"source": str(self.source), "error": str(exc or type(exc).__name__),
+                           "loaded_at": since, "keys": len(self._entries)})
             return False
         if self._failing:
             self._failing = False
-            log.info("%s can be fetched again", self.source)
+            log.info("%(source)s can be fetched again", {"source": str(self.source)})
         return changed
 
     async def start(self) -> None:
@@ -180,5 +183,6 @@ async def edit_shared(source: BucketFile, change: Callable[[list[Line]], tuple[s
             await source.write(text.encode(*ENCODING), current.etag if current else None)
             return result
         except PreconditionFailed:
-            log.info("%s changed while it was edited; editing again", source)
+            log.info("%(source)s changed while it was edited; editing again",
+                     {"source": str(source)})
     raise KeyAdminError(f"{source} kept changing while it was edited; try again")

@@ -126,8 +126,10 @@ def parse_authorized_keys(text: str, source: str = "authorized_keys") -> list[Ke
         try:
             entries.append(parse_line(line, number))
         except KeyLineError as exc:
-            log.warning("%s line %d ignored: %s%s", source, number, exc,
-                        f" (key {exc.fingerprint})" if exc.fingerprint else "")
+            log.warning("%(source)s line %(line)d ignored: %(error)s (key %(fingerprint)s)"
+                        if exc.fingerprint else "%(source)s line %(line)d ignored: %(error)s",
+                        {"source": source, "line": number, "error": str(exc),
+                         "fingerprint": exc.fingerprint})
     return entries
 
 

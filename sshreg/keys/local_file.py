@@ -69,17 +69,18 @@ class AuthorizedKeys:
         self._signature, self._unreadable = signature, False
         if signature is None:
             self._entries = []
-            log.warning("%s does not exist: no key can log in", self.path)
+            log.warning("%(source)s does not exist: no key can log in", {"source": str(self.path)})
             return True
         self._entries = parse_authorized_keys(text, str(self.path))
-        log.info("loaded %d key(s) from %s", len(self._entries), self.path)
+        log.info("loaded %(keys)d key(s) from %(source)s",
+                 {"keys": len(self._entries), "source": str(self.path)})
         return True
 
     def _cannot_read(self, exc: OSError) -> bool:
         """As sshd does with a file it cannot read: nobody logs in (logged once)."""
         if not self._unreadable:
-            log.error("cannot read %s: %s; no key can log in until it can be read",
-                      self.path, exc.strerror or exc)
+            log.error("cannot read %(source)s: %(error)s; no key can log in until it can be read",
+                      {"source": str(self.path), "error": str(exc.strerror or exc)})
         self._unreadable, self._signature, self._entries = True, None, []
         return True
 

@@ -120,18 +120,20 @@ class Management:
             return Result(0, stdout=USAGE)
         handler = self._commands.get(argv[0])
         if handler is None:
-            log.warning("refused command %r for key %s (%s)", command_line, identity.fingerprint,
-                        identity.comment)
+            log.warning("refused command %(command)r for key %(fingerprint)s (%(comment)s)",
+                        {"command": command_line, "fingerprint": identity.fingerprint,
+                         "comment": identity.comment})
             return Result(2, stderr=f"unknown command {argv[0]!r}\n{USAGE}")
         try:
             output = await handler(identity, argv[1:], as_json)
         except CommandError as exc:
             if exc.status == 1:
-                log.warning("refused %r for key %s (%s): %s", command_line, identity.fingerprint,
-                            identity.comment, exc)
+                log.warning("refused %(command)r for key %(fingerprint)s (%(comment)s): %(error)s",
+                            {"command": command_line, "fingerprint": identity.fingerprint,
+                             "comment": identity.comment, "error": str(exc)})
             return Result(exc.status, stderr=f"{argv[0]}: {exc}\n")
         except Exception:
-            log.exception("command %r failed", command_line)
+            log.exception("command %(command)r failed", {"command": command_line})
             return Result(1, stderr=f"{argv[0]}: internal error, see the server log\n")
         if as_json:
             return Result(0, stdout=json.dumps(output, indent=2, sort_keys=True) + "\n")

@@ -173,8 +173,9 @@ class GarbageCollector:
         else:
             self._report_candidates(candidates, report)
         report.seconds = time.monotonic() - began
-        log.info("garbage collection%s: %s", " (dry run)" if dry_run else "",
-                 json.dumps(report.to_dict()))
+        log.info("garbage collection (dry run): %(report)s" if dry_run
+                 else "garbage collection: %(report)s",
+                 {"dry_run": dry_run, "report": json.dumps(report.to_dict())})
         return report
 
     async def _pause(self) -> None:

@@ -67,8 +67,8 @@ class Lease:
         holder = _owner(current.data) if current else "a collection that just ended"
         if info is None or info.modified > now - STALE:
             raise GcBusy(f"garbage collection is already running ({holder}); try again later")
-        log.warning("taking over the gc lease of %s, not renewed for %.0fs", holder,
-                    now - info.modified)
+        log.warning("taking over the gc lease of %(holder)s, not renewed for %(seconds).0fs",
+                    {"holder": holder, "seconds": now - info.modified})
         try:
             return cls(driver, await driver.put(KEY, body, if_match=info.etag), body)
         except PreconditionFailed:
@@ -87,10 +87,11 @@ class Lease:
             try:
                 self.etag = await self.driver.put(KEY, self.body, if_match=self.etag)
             except PreconditionFailed:
-                log.error("the gc lease was taken over (not renewed for %.0fs?)", STALE)
+                log.error("the gc lease was taken over (not renewed for %(seconds).0fs?)",
+                          {"seconds": STALE})
                 return
             except Exception as exc:  # keep trying: the run itself will meet the trouble
-                log.warning("renewing the gc lease failed: %s", exc)
+                log.warning("renewing the gc lease failed: %(error)s", {"error": str(exc)})
 
     async def release(self) -> None:
         current = await self.driver.get(KEY)

@@ -125,7 +125,8 @@ class Registry:
         except PreconditionFailed as exc:
             response = self._refusal(request, identity, RegistryError(
                 Code.TOOMANYREQUESTS, "concurrent update, retry", headers={"Retry-After": "1"}))
-            log.warning("conflict on %s %s: %s", request.method, request.path, exc)
+            log.warning("conflict on %(method)s %(path)s: %(error)s",
+                        {"method": request.method, "path": request.path, "error": str(exc)})
         except TooLarge as exc:
             response = self._refusal(request, identity, RegistryError(
                 Code.BLOB_UPLOAD_INVALID, str(exc), status=413, message="blob too large"))
@@ -133,13 +134,15 @@ class Registry:
             response = self._refusal(request, identity, RegistryError(
                 Code.TOOMANYREQUESTS, str(exc), headers={"Retry-After": LIMIT_RETRY_AFTER}))
         except StorageError as exc:
-            log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+            log.error("storage failure on %(method)s %(path)s: %(error)s",
+                      {"method": request.method, "path": request.path, "error": str(exc)})
             response = self._error_response(RegistryError(
                 Code.UNAVAILABLE, "storage unavailable", headers={"Retry-After": "5"}))
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.path)
+            log.exception("internal error on %(method)s %(path)s",
+                          {"method": request.method, "path": request.path})
             response = web.Response(status=500, content_type="application/json",
                                     body=INTERNAL_ERROR)
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
@@ -186,13 +189,18 @@ class Registry:
                  exc: RegistryError) -> web.Response:
         who = identity.fingerprint if identity else "-"
         if exc.status in (401, 403):
-            log.warning("refused %s %s for key %s: %s", request.method, request.path, who, exc)
+            log.warning("refused %(method)s %(path)s for key %(fingerprint)s: %(error)s",
+                        {"method": request.method, "path": request.path, "fingerprint": who,
+                         "error": str(exc)})
             self._audit(request, identity, exc.status, None, None, error=exc.code.name)
         elif exc.status == 429:  # a limit reached: worth a warning, once, with the key
-            log.warning("limited %s %s for key %s: %s", request.method, request.path, who, exc)
+            log.warning("limited %(method)s %(path)s for key %(fingerprint)s: %(error)s",
+                        {"method": request.method, "path": request.path, "fingerprint": who,
+                         "error": str(exc)})
         else:
-            log.info("%s %s -> %d %s (key %s)", request.method, request.path, exc.status,
-                     exc.code.name, who)
+            log.info("%(method)s %(path)s -> %(status)d %(code)s (key %(fingerprint)s)",
+                     {"method": request.method, "path": request.path, "status": exc.status,
+                      "code": exc.code.name, "fingerprint": who})
         return self._error_response(exc)
 
     @staticmethod

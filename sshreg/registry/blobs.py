@@ -60,7 +60,8 @@ async def get_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse
             await response.write(chunk)
     except (StorageError, FileNotFoundError) as exc:
         # Headers are gone: the only honest signal left is a short body and a closed connection.
-        log.error("reading blob %s failed mid-stream: %s", digest, exc)
+        log.error("reading blob %(digest)s failed mid-stream: %(error)s",
+                  {"digest": str(digest), "error": str(exc)})
         response.force_close()
         return response
     finally:

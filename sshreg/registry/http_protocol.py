@@ -74,8 +74,9 @@ class RegistryProtocol(web.RequestHandler):
             self._arm_stall()
             return
         identity = transport.get_extra_info(IDENTITY_INFO)
-        log.warning("client (key %s) read nothing of a response for %gs: connection closed",
-                    identity.fingerprint if identity else "-", self.write_timeout)
+        log.warning("client (key %(fingerprint)s) read nothing of a response for %(seconds)gs: "
+                    "connection closed", {"fingerprint": identity.fingerprint if identity else "-",
+                                          "seconds": self.write_timeout})
         transport.abort()
         # An SSH channel is only gone once the peer confirms the close, which a client that
         # reads nothing may never do: let go of the handler now, not then.
@@ -92,8 +93,10 @@ class RegistryProtocol(web.RequestHandler):
                 raise ConnectionError("response already sent, cannot send an error")
             detail = (message or "").strip().splitlines()[0:1] or [""]
             identity = identity_from_transport(request)
-            log.info("malformed HTTP request from %s (key %s): %s", request.remote,
-                     identity.fingerprint if identity else "-", detail[0])
+            log.info("malformed HTTP request from %(peer)s (key %(fingerprint)s): %(error)s",
+                     {"peer": request.remote,
+                      "fingerprint": identity.fingerprint if identity else "-",
+                      "error": detail[0]})
             body = RegistryError(Code.UNSUPPORTED, detail[0].rstrip(":"), status=status,
                                  message="malformed HTTP request").body()
         response = web.Response(status=status, body=body, content_type="application/json",
@@ -109,8 +112,9 @@ class RegistryProtocol(web.RequestHandler):
         if isinstance(exc, web.RequestPayloadError):
             identity = self.transport.get_extra_info(IDENTITY_INFO) if self.transport else None
             cause = exc.__cause__ or exc
-            log.info("unreadable request body after the answer (key %s): %s",
-                     identity.fingerprint if identity else "-", type(cause).__name__)
+            log.info("unreadable request body after the answer (key %(fingerprint)s): %(error)s",
+                     {"fingerprint": identity.fingerprint if identity else "-",
+                      "error": type(cause).__name__})
             return
         super().log_exception(*args, **kw)
 

@@ -111,13 +111,16 @@ async def put_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamResp
         if missing:
             for tag, before in previous.items():
                 await ctx.store.tags.undo(ctx.name, tag, digest, before)
-            log.warning("manifest %s for %s: %s removed while it was written (garbage "
-                        "collection on another gateway?); push refused", digest, ctx.name,
-                        ", ".join(missing))
+            log.warning("manifest %(digest)s for %(repository)s: %(missing)s removed while it was "
+                        "written (garbage collection on another gateway?); push refused",
+                        {"digest": str(digest), "repository": ctx.name,
+                         "missing": ", ".join(missing)})
             raise RegistryError(Code.MANIFEST_BLOB_UNKNOWN, {"removed_meanwhile": missing})
     ctx.reference = ", ".join([str(digest), *tags])
-    log.info("manifest %s pushed to %s%s by %s", digest, ctx.name,
-             f" as {', '.join(tags)}" if tags else "", ctx.identity.fingerprint)
+    log.info("manifest %(digest)s pushed to %(repository)s as %(tags)s by %(fingerprint)s"
+             if tags else "manifest %(digest)s pushed to %(repository)s by %(fingerprint)s",
+             {"digest": str(digest), "repository": ctx.name, "tags": ", ".join(tags),
+              "fingerprint": ctx.identity.fingerprint})
 
     response = web.Response(status=201, headers={
         "Location": manifest_location(ctx.name, digest),
@@ -246,5 +249,7 @@ async def delete_manifest(request: web.BaseRequest, ctx: Context) -> web.StreamR
             raise RegistryError(Code.MANIFEST_UNKNOWN, {"digest": reference})
     elif not is_valid_tag(reference) or not await ctx.store.tags.delete(ctx.name, reference):
         raise RegistryError(Code.MANIFEST_UNKNOWN, {"tag": reference})
-    log.info("manifest %s deleted from %s by %s", reference, ctx.name, ctx.identity.fingerprint)
+    log.info("manifest %(reference)s deleted from %(repository)s by %(fingerprint)s",
+             {"reference": reference, "repository": ctx.name,
+              "fingerprint": ctx.identity.fingerprint})
     return web.Response(status=202)

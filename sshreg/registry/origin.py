@@ -101,8 +101,8 @@ def origin_middleware(policy: OriginPolicy) -> Middleware:
         try:
             policy.check(request.headers)
         except RegistryError as exc:
-            log.warning("refused %s %s on the metrics listener: %s", request.method,
-                        request.path, exc)
+            log.warning("refused %(method)s %(path)s on the metrics listener: %(error)s",
+                        {"method": request.method, "path": request.path, "error": str(exc)})
             return web.Response(status=exc.status, body=exc.body(),
                                 content_type="application/json")
         return await handler(request)

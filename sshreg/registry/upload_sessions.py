@@ -90,7 +90,7 @@ class UploadSession:
         try:
             await self.upload.abort()
         except Exception:
-            log.exception("aborting upload %s failed", self.id)
+            log.exception("aborting upload %(upload)s failed", {"upload": self.id})
 
 
 class UploadSessions:
@@ -174,8 +174,9 @@ class UploadSessions:
         cutoff = time.monotonic() - self.idle_timeout
         stale = [s for s in self._sessions.values() if s.touched < cutoff and not s.lock.locked()]
         for session in stale:
-            log.info("aborting upload %s to %s: idle for %.0fs", session.id, session.name,
-                     self.idle_timeout)
+            log.info("aborting upload %(upload)s to %(repository)s: idle for %(seconds).0fs",
+                     {"upload": session.id, "repository": session.name,
+                      "seconds": self.idle_timeout})
             await self.discard(session)
         return len(stale)
 

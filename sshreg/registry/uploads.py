@@ -128,8 +128,9 @@ async def _commit(ctx: Context, session: UploadSession, digest: Digest) -> web.R
             raise
         session.closed = True
         await ctx.store.repositories.link_blob(ctx.name, digest)
-    log.info("blob %s (%d bytes) pushed to %s by %s", digest, session.size, ctx.name,
-             ctx.identity.fingerprint)
+    log.info("blob %(digest)s (%(bytes)d bytes) pushed to %(repository)s by %(fingerprint)s",
+             {"digest": str(digest), "bytes": session.size, "repository": ctx.name,
+              "fingerprint": ctx.identity.fingerprint})
     return _blob_created(ctx, digest)
 
 
@@ -147,8 +148,9 @@ async def _mount(ctx: Context, digest_text: str, source: str | None) -> web.Resp
     if source is not None:
         readable = [source] if is_valid_name(source) and ctx.may(Action.PULL, source) else []
         if not readable:
-            log.warning("mount of %s from %s refused for key %s", digest, source,
-                        ctx.identity.fingerprint)
+            log.warning("mount of %(digest)s from %(from_repository)s refused for key "
+                        "%(fingerprint)s", {"digest": str(digest), "from_repository": source,
+                                            "fingerprint": ctx.identity.fingerprint})
     else:
         everything = [ctx.name, *(await ctx.store.repositories.names())]
         readable = [r for r in everything if ctx.may(Action.PULL, r)]

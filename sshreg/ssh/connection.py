@@ -126,7 +126,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self._gateway.connections.pop(self._conn, None)
         self._gateway.metrics.set("sshreg_ssh_connections", len(self._gateway.connections))
         if self.identity is None:
-            log.info("connection from %s closed before authentication", self.peer_text)
+            log.info("connection from %(peer)s closed before authentication",
+                     {"peer": self.peer_text})
             if self._auth_begun and not self._keys_offered:  # password, keyboard-interactive
                 self._gateway.failures.record(self.group)
                 self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
@@ -138,7 +139,8 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def _log_disconnect(self, why: str) -> None:
         who = self.identity.fingerprint if self.identity else "-"
-        log.warning("disconnecting %s (key %s): %s", self.peer_text, who, why)
+        log.warning("disconnecting %(peer)s (key %(fingerprint)s): %(reason)s",
+                    {"peer": self.peer_text, "fingerprint": who, "reason": why})
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind="connection")
 
     def _send_disconnect(self, code: int, reason: str) -> None:
@@ -191,8 +193,8 @@ class GatewayConnection(asyncssh.SSHServer):
     def _check_key(self, username: str, key: asyncssh.SSHKey, fingerprint: str) -> bool:
         entries = [e for e in self._gateway.keys.entries() if e.key.public_data == key.public_data]
         if not entries:
-            log.warning("refused unknown key %s from %s (user %r)", fingerprint, self.peer_text,
-                        username)
+            log.warning("refused unknown key %(fingerprint)s from %(peer)s (user %(user)r)",
+                        {"fingerprint": fingerprint, "peer": self.peer_text, "user": username})
             return False
         for entry in entries:
             if entry.expired():
@@ -202,8 +204,9 @@ class GatewayConnection(asyncssh.SSHServer):
             else:
                 self._entry = entry  # asyncssh validates again with the signature, then
                 return True          # calls auth_completed for the key validated last
-            log.warning("refused key %s (%s) from %s: %s", fingerprint, entry.comment,
-                        self.peer_text, reason)
+            log.warning("refused key %(fingerprint)s (%(comment)s) from %(peer)s: %(reason)s",
+                        {"fingerprint": fingerprint, "comment": entry.comment,
+                         "peer": self.peer_text, "reason": reason})
         return False
 
     def auth_completed(self) -> None:
@@ -215,15 +218,18 @@ class GatewayConnection(asyncssh.SSHServer):
             self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
                              "too many connections for this key", f"{same_key} connections of key")
             return
-        log.info("key %s (%s) logged in from %s", self.identity.fingerprint,
-                 self.identity.comment, self.peer_text)
+        log.info("key %(fingerprint)s (%(comment)s) logged in from %(peer)s",
+                 {"fingerprint": self.identity.fingerprint, "comment": self.identity.comment,
+                  "peer": self.peer_text})
 
     # -- channels --------------------------------------------------------------------
 
     def _refuse(self, what: str, kind: str = "channel") -> None:
         who = self.identity.fingerprint if self.identity else "-"
         comment = self.identity.comment if self.identity else ""
-        log.warning("refused %s for key %s (%s) from %s", what, who, comment, self.peer_text)
+        log.warning("refused %(request)s for key %(fingerprint)s (%(comment)s) from %(peer)s",
+                    {"request": what, "fingerprint": who, "comment": comment,
+                     "peer": self.peer_text})
         self._gateway.metrics.inc("sshreg_ssh_refusals_total", kind=kind)
 
     def channel_opened(self) -> None:

@@ -110,21 +110,23 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         self._owner.channel_opened()
 
     def shell_requested(self) -> bool:
-        log.info("shell for key %s (%s): the help text, no shell", self._identity.fingerprint,
-                 self._identity.comment)
+        log.info("shell for key %(fingerprint)s (%(comment)s): the help text, no shell",
+                 {"fingerprint": self._identity.fingerprint, "comment": self._identity.comment})
         return True
 
     def exec_requested(self, command: str) -> bool:
         if self._runner is None and command.strip() != "help":
-            log.warning("refused command %r for key %s (%s)", command, self._identity.fingerprint,
-                        self._identity.comment)
+            log.warning("refused command %(command)r for key %(fingerprint)s (%(comment)s)",
+                        {"command": command, "fingerprint": self._identity.fingerprint,
+                         "comment": self._identity.comment})
             return False
         self._command = command
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        log.warning("refused subsystem %r for key %s (%s)", subsystem, self._identity.fingerprint,
-                    self._identity.comment)
+        log.warning("refused subsystem %(subsystem)r for key %(fingerprint)s (%(comment)s)",
+                    {"subsystem": subsystem, "fingerprint": self._identity.fingerprint,
+                     "comment": self._identity.comment})
         return False
 
     def session_started(self) -> None:

@@ -35,5 +35,5 @@ def load_or_create_host_key(keys_dir: Path) -> asyncssh.SSHKey:
     with os.fdopen(fd, "wb") as f:
         f.write(key.export_private_key())
     (keys_dir / f"{HOST_KEY_NAME}.pub").write_bytes(key.export_public_key())
-    log.info("generated a new host key in %s", path)
+    log.info("generated a new host key in %(file)s", {"file": str(path)})
     return key

@@ -113,7 +113,7 @@ class ProxyListener:
             try:
                 sock, peer = await loop.sock_accept(listener)
             except OSError as err:  # EMFILE and the like: the next accept may work
-                log.warning("accepting a connection failed: %s", err)
+                log.warning("accepting a connection failed: %(error)s", {"error": str(err)})
                 await asyncio.sleep(0.1)
                 continue
             task = asyncio.ensure_future(self._handle(sock, str(peer[0]), int(peer[1])))
@@ -126,8 +126,9 @@ class ProxyListener:
             try:
                 source = await asyncio.wait_for(read_source(sock), self._header_timeout)
             except (ProxyHeaderError, OSError, TimeoutError) as err:
-                log.warning("closing connection from balancer %s:%d: %s", address, port,
-                            err or "no PROXY header in time")
+                log.warning("closing connection from balancer %(peer)s: %(error)s",
+                            {"peer": f"{address}:{port}",
+                             "error": str(err or "no PROXY header in time")})
                 sock.close()
                 return
         await self._serve(sock, source)

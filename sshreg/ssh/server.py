@@ -109,7 +109,7 @@ class Gateway:
             cutoff = time.monotonic() - timeout
             for conn, state in list(self.connections.items()):
                 if state.channels == 0 and state.last_activity < cutoff:
-                    log.info("closing idle connection from %s", state.peer_text)
+                    log.info("closing idle connection from %(peer)s", {"peer": state.peer_text})
                     conn.close()
 
     def client_address(self, peer: Address) -> Address:

@@ -21,7 +21,7 @@ async def digests_under(driver: Driver, prefix: str) -> AsyncIterator[tuple[Dige
         try:
             yield paths.digest_from_path(obj.key[len(prefix):]), obj
         except ValueError:
-            log.warning("ignoring unexpected object %s", obj.key)
+            log.warning("ignoring unexpected object %(key)s", {"key": obj.key})
 
 
 class Inventory:
@@ -34,7 +34,7 @@ class Inventory:
             try:
                 yield paths.blob_record_digest(obj.key), obj
             except ValueError:
-                log.warning("ignoring unexpected object %s", obj.key)
+                log.warning("ignoring unexpected object %(key)s", {"key": obj.key})
 
     def blob_data(self) -> AsyncIterator[ObjectInfo]:
         """Every object holding blob bytes, referenced by a record or not."""

@@ -136,7 +136,8 @@ class ManifestStore:
         if data is None:
             record = await self.blobs.get(digest)
             if record is None:
-                log.warning("manifest %s@%s is linked but its blob is missing", name, digest)
+                log.warning("manifest %(repository)s@%(digest)s is linked but its blob is missing",
+                            {"repository": name, "digest": str(digest)})
                 return None
             data = await self.blobs.read_all(record)
             if Digest.of(data, digest.algorithm) != digest:

@@ -183,10 +183,13 @@ async def retry_write(call: Callable[[], Awaitable[T]], *, what: str, budget: fl
             else:
                 raise
             if time.monotonic() + wait > deadline:
-                log.warning("%s: still refused after %d throttled and %d failed tries; "
-                            "giving up (%s)", what, throttled, transient, exc)
+                log.warning("%(operation)s: still refused after %(throttled)d throttled and "
+                            "%(failed)d failed tries; giving up (%(error)s)",
+                            {"operation": what, "throttled": throttled, "failed": transient,
+                             "error": str(exc)})
                 raise
-            log.debug("%s: %s; retrying in %.1fs", what, exc, wait)
+            log.debug("%(operation)s: %(error)s; retrying in %(seconds).1fs",
+                      {"operation": what, "error": str(exc), "seconds": wait})
             await asyncio.sleep(wait)
 
 

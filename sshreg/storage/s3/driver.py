@@ -189,7 +189,7 @@ class S3Driver(S3Client):
                 params.pop("UploadIdMarker", None)
             else:
                 log.warning("listing multipart uploads does not advance; stopped after "
-                            "aborting %d", aborted)
+                            "aborting %(uploads)d", {"uploads": aborted})
                 return aborted
         raise S3StorageError("s3 list_multipart_uploads: too many pages")
 
@@ -198,7 +198,8 @@ class S3Driver(S3Client):
             await self.call("abort_multipart_upload", Key=key, UploadId=upload_id)
         except FileNotFoundError:
             return False
-        log.info("aborted stale multipart upload %s of %s", upload_id, key)
+        log.info("aborted stale multipart upload %(upload)s of %(key)s",
+                 {"upload": upload_id, "key": key})
         return True
 
     def background(self, coro: Awaitable[None]) -> asyncio.Task[None]:
@@ -211,7 +212,8 @@ class S3Driver(S3Client):
     def _background_done(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("cleanup in the background failed: %s", task.exception())
+            log.warning("cleanup in the background failed: %(error)s",
+                        {"error": str(task.exception())})
 
     async def close(self) -> None:
         """Finish running calls (bounded by boto's timeouts) without blocking the loop;

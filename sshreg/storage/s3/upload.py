@@ -220,7 +220,7 @@ class S3Upload(BaseUpload):
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
-            log.warning("upload to %s failed: %s", self._key, exc)
+            log.warning("upload to %(key)s failed: %(error)s", {"key": self._key, "error": str(exc)})
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -319,7 +319,8 @@ class S3Upload(BaseUpload):
         if done:
             self._aborting.result()
         else:
-            log.warning("aborting the upload to %s goes on in the background", self._key)
+            log.warning("aborting the upload to %(key)s goes on in the background",
+                        {"key": self._key})
 
     async def _abort(self) -> None:
         # A part still in flight could land after the abort and leave the upload behind.
