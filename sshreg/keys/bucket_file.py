@@ -138,7 +138,7 @@ class SharedAuthorizedKeys:
                          if self._loaded_at else "never")
                 log.error("cannot fetch %(source)s: %(error)s; logins use the copy loaded at "
                           "%(loaded_at)s (%(keys)d key(s))",
-                          {"source": str(self.source), "error": str(exc or type(exc).__name__),
+                          {"source": str(self.source), "error": str(exc) or type(exc).__name__,
                            "loaded_at": since, "keys": len(self._entries)})
             return False
         if self._failing:

@@ -128,7 +128,7 @@ class ProxyListener:
             except (ProxyHeaderError, OSError, TimeoutError) as err:
                 log.warning("closing connection from balancer %(peer)s: %(error)s",
                             {"peer": f"{address}:{port}",
-                             "error": str(err or "no PROXY header in time")})
+                             "error": str(err) or "no PROXY header in time"})
                 sock.close()
                 return
         await self._serve(sock, source)
