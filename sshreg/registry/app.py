@@ -54,7 +54,6 @@ class Registry:
         self.settings = settings or RegistrySettings()
         self.identify = identify
         self.metrics = metrics or Metrics()
-        self.sessions = UploadSessions(self.settings.upload_idle_timeout, self.metrics)
         self.origin = OriginPolicy.allowing(self.settings.hosts)
         self.sessions = UploadSessions(
             self.settings.upload_idle_timeout, self.metrics,

@@ -13,7 +13,6 @@ the SSH send window is full, the channel pauses writing, and aiohttp's `drain` w
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,8 +21,6 @@ import asyncssh
 from ..access import Identity
 from ..metrics import Metrics
 from ..registry.context import IDENTITY_INFO
-
-log = logging.getLogger("sshreg.bridge")
 
 
 class ChannelOwner(Protocol):
