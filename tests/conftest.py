@@ -48,6 +48,26 @@ def identify_from_test_header(request: web.BaseRequest) -> Identity | None:
 
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--storage", action="append", choices=("filesystem", "s3"),
+                     help="run the tests that take every storage backend (the `driver` "
+                          "fixture) on this one only; repeatable (default: every backend)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    chosen = config.getoption("storage")
+    if not chosen:
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("driver") if callspec else None
+        (drop if backend is not None and backend not in chosen else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 S3_TEST_BUCKET = "sshreg-tests"
 
 
