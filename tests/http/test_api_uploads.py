@@ -415,7 +415,8 @@ async def test_closing_put_without_digest_is_400_and_the_session_survives(client
     assert_created(resp, "app", DIGEST)
 
 
-@pytest.mark.parametrize("digest", ["sha256:abc", "md5:" + hashlib.md5(BLOB).hexdigest(), "nonsense"])
+@pytest.mark.parametrize("digest", ["sha256:abc", "md5:" + hashlib.md5(BLOB).hexdigest(), "nonsense"],
+                         ids=["short", "md5", "nonsense"])  # BLOB is random: stable test ids
 async def test_malformed_or_unsupported_upload_digest_is_400_digest_invalid(client, digest):
     resp = await client.post("/v2/app/blobs/uploads/", params={"digest": digest}, data=BLOB)
     await assert_error(resp, 400, "DIGEST_INVALID")
