@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,3 +244,34 @@ async def leftover_uploads(driver: Driver) -> int:
     """Storage uploads still in progress (temporary files, multipart uploads), counted by
     aborting every one of them: call it when the test expects none."""
     return await driver.abort_stale_uploads(older_than=-3600)
+
+
+Hook = Callable[[str], Awaitable[None]]
+
+
+class HookedDriver:
+    """A driver that runs `before_delete(key)`, `after_delete(key)` and `after_stat(key)`
+    around the wrapped driver's calls (the collector's view of storage)."""
+
+    def __init__(self, driver, *, before_delete: Hook | None = None,
+                 after_delete: Hook | None = None, after_stat: Hook | None = None) -> None:
+        self._driver = driver
+        self.before_delete = before_delete
+        self.after_delete = after_delete
+        self.after_stat = after_stat
+
+    def __getattr__(self, name: str):
+        return getattr(self._driver, name)
+
+    async def delete(self, key: str) -> None:
+        if self.before_delete:
+            await self.before_delete(key)
+        await self._driver.delete(key)
+        if self.after_delete:
+            await self.after_delete(key)
+
+    async def stat(self, key: str):
+        info = await self._driver.stat(key)
+        if self.after_stat:
+            await self.after_stat(key)
+        return info

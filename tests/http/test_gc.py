@@ -13,11 +13,13 @@ from sshreg.management.gc import BloomFilter, GarbageCollector, GcSettings
 from sshreg.management.retention import RetentionPolicy
 from sshreg.references import Digest
 from sshreg.storage.filesystem import FilesystemDriver
+from sshreg.store.registry_store import RegistryStore
 from tests.support.hashing import digest_of
 
 from .helpers_api import (
     OCI_CONFIG,
     OCI_LAYER,
+    HookedDriver,
     Image,
     descriptor,
     image_manifest,
@@ -113,32 +115,77 @@ async def test_blobs_of_a_push_in_progress_survive_gc_within_the_grace_period(cl
     assert await resp.read() == layer
 
 
+async def unreadable(client, name: str, reference: str, image: Image) -> list[str]:
+    """What of `image` (pulled by `reference`) a client cannot read right now."""
+    resp = await client.get(f"/v2/{name}/manifests/{reference}")
+    gone = [] if resp.status == 200 and await resp.read() == image.manifest else [reference]
+    for digest, data in image.blobs.items():
+        resp = await client.get(f"/v2/{name}/blobs/{digest}")
+        if resp.status != 200 or await resp.read() != data:
+            gone.append(digest)
+    return gone
+
+
+def watched_collector(registry, driver, collector_class=None, **hooks) -> GarbageCollector:
+    """A collector of this gateway (its pins) seeing storage through `HookedDriver(**hooks)`."""
+    store = RegistryStore(HookedDriver(driver, **hooks), pins=registry.store.pins)
+    return (collector_class or SettledCollector)(store, GcSettings(**NOW))
+
+
 async def test_a_manifest_written_during_the_safety_pause_spares_the_old_blob_it_uses(
-        client, registry):
+        client, registry, driver):
     """A client found the old blob still there (HEAD) and puts a manifest using it while gc,
-    having decided the blob is garbage, pauses before deleting."""
+    having decided the blob is garbage, pauses before deleting. The second look after the
+    pause spares it: it is readable at every moment of the sweep, not deleted and put back."""
     old = os.urandom(3000)
     first = await push_layers(client, "reuse/app", "old", [old], seed="1")
     assert (await client.delete(f"/v2/reuse/app/manifests/{first.digest}")).status == 202
+    garbage = await push_layers(client, "reuse/app", "other", [os.urandom(2000)], seed="2")
+    assert (await client.delete(f"/v2/reuse/app/manifests/{garbage.digest}")).status == 202
     pausing = asyncio.Event()
+    deletions: list[str] = []
+    missing: set[str] = set()
 
     class Observed(SettledCollector):
         async def _pause(self) -> None:
             pausing.set()
             await asyncio.sleep(0.5)
 
-    gc = Observed(registry.store, GcSettings(**NOW))
+    async def after_delete(key: str) -> None:
+        deletions.append(key)
+        missing.update(await unreadable(client, "reuse/app", "new", first))
+
+    gc = watched_collector(registry, driver, Observed, after_delete=after_delete)
     run = asyncio.create_task(gc.run())
     await asyncio.wait_for(pausing.wait(), 30)
     resp = await put_manifest(client, "reuse/app", "new", first.manifest)
     assert resp.status == 201, await resp.text()
     report = await run
-    assert report.spared >= 3  # the manifest, its config and its layer
-    for digest, data in first.blobs.items():
-        resp = await client.get(f"/v2/reuse/app/blobs/{digest}")
-        assert resp.status == 200 and await resp.read() == data
-    resp = await client.get("/v2/reuse/app/manifests/new")
-    assert await resp.read() == first.manifest
+    assert missing == set()
+    assert report.spared == 5  # the manifest and its config and layer: records and links
+    assert report.blobs == 3 and len(deletions) > 3  # the other image went meanwhile
+    assert await unreadable(client, "reuse/app", "new", first) == []
+    assert await unreadable(client, "reuse/app", garbage.digest, garbage) != []
+
+
+async def test_a_manifest_written_after_the_second_look_gets_back_what_the_sweep_removed(
+        client, registry, driver):
+    """The push lands after gc's second look, just before its first deletion: gc deletes
+    what the push uses, and its last look puts all of it back before any bytes go."""
+    first = await push_layers(client, "late/app", "old", [os.urandom(3000)], seed="1")
+    assert (await client.delete(f"/v2/late/app/manifests/{first.digest}")).status == 202
+    pushed: list[int] = []
+
+    async def before_delete(key: str) -> None:
+        if not pushed:
+            resp = await put_manifest(client, "late/app", "new", first.manifest)
+            pushed.append(resp.status)
+
+    report = await watched_collector(registry, driver, before_delete=before_delete).run()
+    assert pushed == [201]
+    assert report.blobs == 0 and report.links == 0
+    assert report.spared == 5  # put back: the three records and the two links
+    assert await unreadable(client, "late/app", "new", first) == []
 
 
 async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
@@ -29,38 +28,8 @@ from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
 
-from .helpers_api import push_image, put_manifest, tags_of
+from .helpers_api import HookedDriver, push_image, put_manifest, tags_of
 from .test_gc import NOW, SettledCollector
-
-Hook = Callable[[str], Awaitable[None]]
-
-
-class HookedDriver:
-    """A driver that runs `before_delete(key)`, `after_delete(key)` and `after_stat(key)`
-    around the wrapped driver's calls (the collector's view of storage)."""
-
-    def __init__(self, driver, *, before_delete: Hook | None = None,
-                 after_delete: Hook | None = None, after_stat: Hook | None = None) -> None:
-        self._driver = driver
-        self.before_delete = before_delete
-        self.after_delete = after_delete
-        self.after_stat = after_stat
-
-    def __getattr__(self, name: str):
-        return getattr(self._driver, name)
-
-    async def delete(self, key: str) -> None:
-        if self.before_delete:
-            await self.before_delete(key)
-        await self._driver.delete(key)
-        if self.after_delete:
-            await self.after_delete(key)
-
-    async def stat(self, key: str):
-        info = await self._driver.stat(key)
-        if self.after_stat:
-            await self.after_stat(key)
-        return info
 
 
 class PausingStore(RegistryStore):
