@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from sshreg.references import Digest
 from tests.support.hashing import digest_of
 
 from .helpers_api import UNKNOWN_DIGEST, assert_error, push_blob
@@ -152,3 +153,15 @@ async def test_blob_deleted_then_pushed_again_is_served_again(client, blob):
     assert await push_blob(client, "app", BLOB) == blob
     resp = await client.get(f"/v2/app/blobs/{blob}")
     assert await resp.read() == BLOB
+
+
+async def test_a_blob_whose_bytes_were_lost_is_stored_again_by_its_next_push(
+        client, registry, driver, blob):
+    """A record left pointing at bytes storage no longer has must not turn the next push of
+    the blob into a no-op (a 201, then a 404 or 500 for every pull): the push stores it."""
+    record = await registry.store.blobs.get(Digest.parse(blob))
+    assert record is not None
+    await driver.delete(record.key)  # the record is kept
+    assert await push_blob(client, "app", BLOB) == blob  # 201
+    resp = await client.get(f"/v2/app/blobs/{blob}")
+    assert resp.status == 200 and await resp.read() == BLOB

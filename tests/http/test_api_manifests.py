@@ -6,8 +6,13 @@ import hashlib
 import json
 
 import pytest
+from aiohttp.test_utils import RawTestServer, TestClient
 
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
+from sshreg.references import Digest
+from sshreg.registry.app import Registry
+from sshreg.store.registry_store import RegistryStore
+from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
 
 from .helpers_api import (
@@ -164,6 +169,26 @@ async def test_pushing_the_same_manifest_again_is_idempotent(client):
     assert resp.status == 201
     assert resp.headers["Docker-Content-Digest"] == image.digest
     await assert_serves(client, "app", "v1", image.manifest, OCI_MANIFEST)
+
+
+async def test_a_manifest_whose_bytes_were_lost_is_stored_again_by_its_next_push(
+        client, registry, driver):
+    """A record left pointing at bytes storage no longer has must not make the next PUT of
+    the manifest a no-op: the PUT stores the bytes again, and a gateway that never cached
+    the manifest serves it."""
+    image = await push_image(client, "app", "v1")
+    record = await registry.store.blobs.get(Digest.parse(image.digest))
+    assert record is not None
+    await driver.delete(record.key)  # the record is kept
+    resp = await put_manifest(client, "app", "v1", image.manifest)
+    assert resp.status == 201, await resp.text()
+    other = Registry(RegistryStore(driver), identify=identify_from_test_header)
+    await other.start()
+    try:
+        async with TestClient(RawTestServer(other.handle)) as other_client:
+            await assert_serves(other_client, "app", "v1", image.manifest, OCI_MANIFEST)
+    finally:
+        await other.close()
 
 
 async def test_retagging_moves_the_tag_to_the_new_manifest(client):
