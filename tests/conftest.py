@@ -40,6 +40,7 @@ IDENTITIES = {
     "reader": Identity("SHA256:read-only-test-key", "reader@test", Rights(pull=("**",))),
     "team": Identity("SHA256:team-test-key", "team@test",
                      Rights(pull=("team/*",), push=("team/*",), delete=("team/*",))),
+    "pusher": Identity("SHA256:push-only-test-key", "pusher@test", Rights(push=("team/*",))),
 }
 
 

@@ -20,6 +20,7 @@ from .helpers_api import (
 
 READER = as_identity("reader")
 TEAM = as_identity("team")
+PUSHER = as_identity("pusher")
 
 
 async def test_read_only_key_may_pull_manifests_blobs_tags_and_referrers(client):
@@ -73,6 +74,27 @@ async def test_team_key_pushes_pulls_and_deletes_in_its_repositories(client):
     resp = await client.get(f"/v2/team/app/blobs/{digest}", headers=TEAM)
     assert await resp.read() == data
     assert (await client.delete(f"/v2/team/app/blobs/{digest}", headers=TEAM)).status == 202
+
+
+async def test_push_only_key_pulls_where_it_may_push_and_nowhere_else(client):
+    """A key with only `sshreg-push` pulls what it pushes (a client checks a blob or reads
+    a base image before pushing), but reads nothing outside its globs and deletes nothing."""
+    image = await push_image(client, "team/app", "latest")
+    await push_image(client, "other/app", "latest", seed="other")
+    blob = next(iter(image.blobs))
+    for path, body in (("/v2/team/app/manifests/latest", image.manifest),
+                       (f"/v2/team/app/blobs/{blob}", image.blobs[blob])):
+        resp = await client.get(path, headers=PUSHER)
+        assert resp.status == 200 and await resp.read() == body, path
+    resp = await client.get("/v2/team/app/tags/list", headers=PUSHER)
+    assert (await resp.json())["tags"] == ["latest"]
+    assert await push_blob(client, "team/app", b"pushed", identity="pusher")
+    resp = await client.get("/v2/_catalog", headers=PUSHER)
+    assert await resp.json() == {"repositories": ["team/app"]}
+    for path in ("/v2/other/app/manifests/latest", "/v2/other/app/tags/list"):
+        await assert_error(await client.get(path, headers=PUSHER), 403, "DENIED")
+    resp = await client.delete("/v2/team/app/manifests/latest", headers=PUSHER)
+    await assert_error(resp, 403, "DENIED")
 
 
 @pytest.mark.parametrize("path", ["/v2/other/app/tags/list", "/v2/other/app/manifests/latest",
