@@ -472,6 +472,37 @@ async def test_idle_session_is_aborted_by_the_sweep_and_its_storage_released(cli
     assert await leftover_uploads(driver) == 0
 
 
+async def test_the_idle_sweep_aborts_only_sessions_idle_longer_than_the_timeout(
+        client, registry, driver):
+    """One upload keeps sending chunks, a shorter pause than the timeout between them;
+    another stopped after its first. Sweeps run all along: only the stopped one is aborted
+    (its session unknown, its storage upload released), the other completes."""
+    timeout, pause, chunks = 1.0, 0.2, 12  # the busy upload runs 2.4 s, over twice the timeout
+    registry.sessions.idle_timeout = timeout
+    idle = await start_upload(client, "app")
+    assert (await client.patch(idle, data=b"first and last chunk")).status == 202
+    busy = await start_upload(client, "app")
+    began = asyncio.get_running_loop().time()
+    swept = 0
+    size = len(BLOB) // chunks + 1
+    for offset in range(0, len(BLOB), size):
+        chunk = BLOB[offset:offset + size]
+        resp = await client.patch(busy, data=chunk, headers={
+            "Content-Range": f"{offset}-{offset + len(chunk) - 1}"})
+        assert resp.status == 202, await resp.text()
+        busy = resp.headers["Location"]
+        await asyncio.sleep(pause)
+        swept += await registry.sessions.sweep()
+    assert asyncio.get_running_loop().time() - began > 2 * timeout
+    assert swept == 1
+    await assert_error(await client.get(idle), 404, "BLOB_UPLOAD_UNKNOWN")
+    await assert_error(await client.patch(idle, data=b"more"), 404, "BLOB_UPLOAD_UNKNOWN")
+    resp = await client.put(busy, params={"digest": DIGEST})
+    assert_created(resp, "app", DIGEST)
+    assert await blob_bytes(client, "app", DIGEST) == BLOB
+    assert await leftover_uploads(driver) == 0  # the idle one's was aborted by the sweep
+
+
 async def test_closing_the_registry_aborts_open_sessions(client, registry, driver):
     for _ in range(3):
         location = await start_upload(client, "app")
