@@ -8,7 +8,9 @@ of a collection: between a check and a delete, between the deletions and the las
 
 What must hold whatever the interleaving: a manifest PUT answered 201 leaves its image
 complete (manifest, tag, every blob readable through the repository); a PUT that lost the
-race is reported as failed, and the client's retry then succeeds.
+race is reported as failed, and the client's retry then succeeds. Each interleaving here has
+one right outcome, and the tests require it: a push whose writes land before gc deletes
+what it uses succeeds, one whose re-check comes after fails.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
 
-from .helpers_api import HookedDriver, push_image, put_manifest, tags_of
+from .helpers_api import HookedDriver, assert_error, push_image, put_manifest, tags_of
 from .test_gc import NOW, SettledCollector
 
 
@@ -84,11 +86,12 @@ async def garbage_image(client: TestClient, name: str, *, untag_only: bool = Fal
     return image
 
 
-async def test_a_push_checked_before_gc_unlinked_its_blobs_and_written_after_is_kept_or_failed(
+async def test_a_push_checked_before_gc_unlinked_its_blobs_and_written_after_fails_then_succeeds(
         driver, registry, client):
     """Gateway 2 checks the manifest's blobs (still linked), gc on gateway 1 unlinks them and
-    removes their records, then gateway 2 links and tags the manifest. Either the PUT fails
-    and nothing is half there, or the image is complete; a retry always succeeds."""
+    removes their records, then gateway 2 links and tags the manifest. Its re-check sees the
+    records gone: the PUT fails with MANIFEST_BLOB_UNKNOWN and leaves no tag; gc's last look
+    sees the manifest it wrote and puts back what it uses; the client's retry succeeds."""
     name = "race/unlinked"
     image = await garbage_image(client, name)
     records = {paths.blob_record(Digest.parse(d)) for d in (*image.blobs, image.digest)}
@@ -113,24 +116,47 @@ async def test_a_push_checked_before_gc_unlinked_its_blobs_and_written_after_is_
     try:
         gc = collector_on(registry, HookedDriver(driver, before_delete=before_delete,
                                                  after_delete=after_delete))
-        await gc.run()
+        report = await gc.run()
         assert put is not None and put.done()
         resp = put.result()
-        if resp.status == 201:
-            await assert_complete(other_client, name, "new", image)
-        else:  # gateway 2 saw the records gone; gc's last look saw its manifest
-            assert resp.status == 400, await resp.text()
-            assert "new" not in await tags_of(other_client, name)
-            for digest in image.blobs:  # so gc put the blobs back
-                assert (await other_client.head(f"/v2/{name}/blobs/{digest}")).status == 200
+        await assert_error(resp, 400, "MANIFEST_BLOB_UNKNOWN")
+        gone = (await resp.json())["errors"][0]["detail"]["removed_meanwhile"]
+        assert sorted(gone) == sorted([image.digest, *image.blobs])
+        assert "new" not in await tags_of(other_client, name)
+        assert report.blobs == 0 and report.links == 0  # all put back, nothing lost its bytes
+        # Nothing broken is served: by digest, the manifest gateway 2 linked is whole.
+        await assert_complete(other_client, name, image.digest, image)
         other.store.hold = None
-        for digest, data in image.blobs.items():  # the client's retry: HEAD, upload if gone
-            if (await other_client.head(f"/v2/{name}/blobs/{digest}")).status != 200:
-                resp = await other_client.post(f"/v2/{name}/blobs/uploads/",
-                                               params={"digest": digest}, data=data)
-                assert resp.status == 201
+        for digest in image.blobs:  # the client's retry: HEAD finds every blob, then PUT
+            assert (await other_client.head(f"/v2/{name}/blobs/{digest}")).status == 200
         resp = await put_manifest(other_client, name, "new", image.manifest)
         assert resp.status == 201, await resp.text()
+        await assert_complete(other_client, name, "new", image)
+        await assert_complete(client, name, "new", image)
+    finally:
+        await other_client.close()
+        await other.close()
+
+
+async def test_a_push_written_before_gcs_first_deletion_on_another_gateway_is_kept(
+        driver, registry, client):
+    """The same push finished, re-check included, while gc (past its second look) was about
+    to unlink the first blob it uses: the PUT succeeds, gc deletes what it uses anyway, and
+    its last look puts all of it back. A push during a collection does succeed."""
+    name = "race/kept"
+    image = await garbage_image(client, name)
+    other, other_client = await other_gateway(driver)
+    put: list = []
+
+    async def before_delete(key: str) -> None:
+        if not put and "/_layers/" in key:  # gc's first unlink
+            put.append(await put_manifest(other_client, name, "new", image.manifest))
+
+    try:
+        report = await collector_on(registry, HookedDriver(driver, before_delete=before_delete)
+                                    ).run()
+        assert put and put[0].status == 201, await put[0].text()
+        assert report.blobs == 0 and report.links == 0 and report.spared == 5
         await assert_complete(other_client, name, "new", image)
         await assert_complete(client, name, "new", image)
     finally:
