@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 
 from aiohttp.test_utils import RawTestServer, TestClient
 
@@ -93,6 +95,73 @@ async def test_registry_trims_only_when_its_last_request_has_ended(tmp_path):
         assert await wait_for(lambda: heap.trims == 1)
     await registry.close()
     await heap.close()
+
+
+# A registry in a process of its own, malloc tuned as `sshreg serve` tunes it. 64 MiB of
+# heap is freed between small blocks still in use (as the 1 MiB chunks of a burst of pulls
+# are freed among longer-lived objects): glibc keeps such holes resident. Then one request,
+# and a pause longer than the trim delay. Prints the resident MiB before the holes were
+# made, once they are freed, and after the pause (from /proc/self/statm).
+FREED_HEAP = """
+import asyncio, json, os, sys, tempfile
+from sshreg.memory import HeapTrimmer, tune_malloc
+tune_malloc()
+from aiohttp.test_utils import RawTestServer, TestClient
+from sshreg.access import Identity, Rights
+from sshreg.registry.app import Registry
+from sshreg.storage.filesystem import FilesystemDriver
+from sshreg.store.registry_store import RegistryStore
+
+MiB, DELAY = 1 << 20, 0.2
+
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+
+async def main(trimming):
+    heap = HeapTrimmer(delay=DELAY, trim=None if trimming else (lambda pad: 1))
+    identity = Identity("SHA256:heap-test", rights=Rights.full())
+    registry = Registry(RegistryStore(FilesystemDriver(tempfile.mkdtemp())), heap=heap,
+                        identify=lambda request: identity)
+    async with TestClient(RawTestServer(registry.handle)) as client:
+        assert (await client.get("/v2/")).status == 200
+        await asyncio.sleep(3 * DELAY)
+        before = rss()
+        freed, in_use = [], []
+        for _ in range(256):
+            freed.append(os.urandom(256 << 10))
+            in_use.append(os.urandom(2048))
+        del freed
+        holes = rss()
+        assert (await client.get("/v2/")).status == 200
+        await asyncio.sleep(3 * DELAY)
+        print(json.dumps({"before": before, "holes": holes, "after": rss()}))
+    await registry.close()
+    await heap.close()
+
+asyncio.run(main(sys.argv[1] == "trim"))
+"""
+
+
+async def heap_after_a_request(trimming: bool) -> dict[str, float]:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FREED_HEAP, "trim" if trimming else "no-trim",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+async def test_the_registry_gives_freed_heap_back_to_the_kernel_once_idle():
+    """After its last request the registry trims: of 64 MiB freed but resident, at least
+    56 MiB leave the process (all but 0.6 to 0.9 MiB measured here). With a trim that does
+    nothing, the process keeps them, so it is the trim that gives them back."""
+    trimmed, kept = await asyncio.gather(heap_after_a_request(True),
+                                         heap_after_a_request(False))
+    for run in (trimmed, kept):
+        assert run["holes"] - run["before"] >= 60, run  # glibc kept the freed 64 MiB
+    assert trimmed["holes"] - trimmed["after"] >= 56, trimmed
+    assert kept["holes"] - kept["after"] < 2, kept
 
 
 def test_malloc_is_tuned_except_where_the_operator_chose_a_setting(monkeypatch):
