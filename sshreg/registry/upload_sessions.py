@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from ..metrics import Metrics
@@ -78,6 +79,17 @@ class UploadSession:
 
     def hexdigest(self) -> str:
         return self.hasher.hexdigest()
+
+    @contextlib.asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
+        """Serve one request on this session: one at a time, kept from the idle sweep
+        while it runs, and idle from the moment it ends (not from when it began: a long
+        PATCH is activity)."""
+        async with self.lock:
+            try:
+                yield
+            finally:
+                self.touched = time.monotonic()
 
     async def abort(self) -> None:
         if self.closed:

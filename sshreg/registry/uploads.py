@@ -174,7 +174,7 @@ async def start_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResp
     elif "digest" in query:
         digest = digest_param(query["digest"])
         session = await _new_session(ctx, digest.algorithm)
-        async with session.lock:  # the idle sweep keeps off a long body still arriving
+        async with session.busy():  # the idle sweep keeps off a long body still arriving
             try:
                 await _receive(request, ctx, session)
             except BaseException:
@@ -209,7 +209,7 @@ def _chunk_range(request: web.BaseRequest, session: UploadSession) -> int | None
 
 async def append_chunk(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     session = _session(ctx)
-    async with session.lock:
+    async with session.busy():
         try:
             expected = _chunk_range(request, session)
         except RegistryError as exc:
@@ -221,7 +221,7 @@ async def append_chunk(request: web.BaseRequest, ctx: Context) -> web.StreamResp
 
 async def finish_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     session = _session(ctx)
-    async with session.lock:
+    async with session.busy():
         digest = digest_param(request.query.get("digest"))
         if session.size == 0 and digest.algorithm != session.algorithm:
             session.switch_algorithm(digest.algorithm)
@@ -232,7 +232,7 @@ async def finish_upload(request: web.BaseRequest, ctx: Context) -> web.StreamRes
 
 async def cancel_upload(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     session = _session(ctx)
-    async with session.lock:  # let a running PATCH or PUT of this session finish first
+    async with session.busy():  # let a running PATCH or PUT of this session finish first
         if not session.closed:
             await ctx.sessions.discard(session)
     return web.Response(status=204)

@@ -503,6 +503,26 @@ async def test_the_idle_sweep_aborts_only_sessions_idle_longer_than_the_timeout(
     assert await leftover_uploads(driver) == 0  # the idle one's was aborted by the sweep
 
 
+async def test_a_session_is_idle_from_the_end_of_its_last_request_not_its_start(
+        client, registry):
+    """A PATCH whose body takes longer than the idle timeout is activity: a sweep right
+    after it ends keeps the session, and the upload completes."""
+    registry.sessions.idle_timeout = 0.5
+    location = await start_upload(client, "app")
+    third = len(BLOB) // 3 + 1
+
+    async def slow_body():  # the request begins with the first chunk, lasts 0.8 s
+        for offset in range(0, len(BLOB), third):
+            await asyncio.sleep(0.4)
+            yield BLOB[offset:offset + third]
+
+    resp = await client.patch(location, data=slow_body())
+    assert resp.status == 202, await resp.text()
+    assert await registry.sessions.sweep() == 0
+    resp = await client.put(resp.headers["Location"], params={"digest": DIGEST})
+    assert_created(resp, "app", DIGEST)
+
+
 async def test_closing_the_registry_aborts_open_sessions(client, registry, driver):
     for _ in range(3):
         location = await start_upload(client, "app")
