@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sshreg.access import Action, Rights, glob_matches
+from sshreg.access import Action, Identity, Rights, glob_matches
 
 
 @pytest.mark.parametrize(("pattern", "name"), [
@@ -58,3 +58,31 @@ def test_no_rights_grant_nothing_and_full_rights_everything() -> None:
     assert Rights().read_only and Rights(pull=("**",)).read_only
     assert not Rights(push=("a",)).read_only and not Rights(delete=("a",)).read_only
     assert not Rights(admin=True).read_only and not Rights.full().read_only
+
+
+def test_full_rights_are_every_right_everywhere_and_admin() -> None:
+    assert Rights.full() == Rights(pull=("**",), push=("**",), delete=("**",), admin=True)
+    assert Rights.full().admin
+    for action in Action:  # each right on its own: pull is not only implied by push
+        assert Rights.full().may(action, "a/b")
+
+
+@pytest.mark.parametrize(("rights", "text"), [
+    (Rights.full(), "full access (pull, push, delete everywhere; admin)"),
+    (Rights(pull=("**",), push=("**",), delete=("**",), admin=True),
+     "full access (pull, push, delete everywhere; admin)"),
+    (Rights(pull=("**",), push=("**",), delete=("**",)), "pull **; push **; delete **"),
+    (Rights(pull=("team/*", "base/*"), push=("team/*",)), "pull team/*, base/*; push team/*"),
+    (Rights(delete=("team/scratch",), admin=True), "delete team/scratch; admin"),
+    (Rights(admin=True), "admin"),
+    (Rights(), "no registry access"),
+])
+def test_rights_read_as_one_line_a_human_can_check(rights: Rights, text: str) -> None:
+    """What `sshreg keys list` and the help text show a key may do."""
+    assert rights.describe() == text
+
+
+def test_the_audit_log_names_the_key_its_comment_and_where_it_came_from() -> None:
+    identity = Identity("SHA256:abc", "alice@laptop", Rights(), "192.0.2.1:50000")
+    assert identity.log_fields() == {"key": "SHA256:abc", "comment": "alice@laptop",
+                                     "peer": "192.0.2.1:50000"}
