@@ -60,6 +60,8 @@ def fingerprints(entries: list[KeyEntry]) -> list[str]:
     ('permitopen="localhost:0"', "invalid permitopen"),
     ('permitopen="localhost:65536"', "invalid permitopen"),
     ('permitopen=":80"', "invalid permitopen"),
+    ('permitopen="[::1:80"', "invalid permitopen '[::1:80' (host:port)"),
+    ('permitopen="[::1]x:80"', "invalid permitopen"),
     ("permitopen", "permitopen needs a value"),
     ("verify-required", "verify-required is not supported"),
     ('sshreg-admin="x"', "sshreg-admin takes no value"),
