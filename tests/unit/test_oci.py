@@ -74,6 +74,15 @@ def test_media_type_is_guessed_when_neither_body_nor_header_names_it():
     assert parse_manifest(json.dumps(index).encode(), None).media_type == OCI_INDEX
 
 
+@pytest.mark.parametrize("doc", [{"schemaVersion": 2, "layers": [LAYER]},
+                                 {"schemaVersion": 2, "config": CONFIG}])
+def test_a_manifest_whose_type_nothing_names_is_refused_as_of_unknown_type(doc):
+    """Neither header nor body names a type, and only config and layers together make an
+    image manifest: the client is told the type is unknown, not which field is missing."""
+    with pytest.raises(ManifestError, match="unsupported manifest media type None"):
+        parse_manifest(json.dumps(doc).encode(), None)
+
+
 def test_content_type_contradicting_the_body_media_type_is_rejected():
     with pytest.raises(ManifestError):
         parse_manifest(image_manifest(CONFIG, [LAYER]), DOCKER_MANIFEST)
