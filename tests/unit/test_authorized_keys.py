@@ -23,7 +23,7 @@ from sshreg.keys.entries import KeyEntry, parse_authorized_keys, parse_line
 from sshreg.keys.lines import fingerprint_of, parse_lines
 from sshreg.keys.listing import listing_json, listing_text
 from sshreg.keys.local_file import AuthorizedKeys
-from sshreg.keys.options import KeyLineError, KeyOptions
+from sshreg.keys.options import KeyLineError, KeyOptions, split_options
 
 KEYS = [asyncssh.generate_private_key(alg, comment=f"k{i}@test") for i, alg in enumerate(
     ("ssh-ed25519", "ssh-ed25519", "ecdsa-sha2-nistp256"))]
@@ -74,11 +74,33 @@ def fingerprints(entries: list[KeyEntry]) -> list[str]:
     ('sshreg-pull="team/*,"', "sshreg-pull='team/*,' has an empty glob"),
     ('sshreg-delete="a/*,,b/*"', "has an empty glob"),
     ('sshreg-pull="a/*",sshreg-pull="b/*"', "sshreg-pull is given more than once"),
+    ('from="10.0.0.0/8', "unbalanced quote in options"),
+    ("no-pty,,restrict", "empty option"),
+    ('command="ls",cert-authority', "unsupported option(s) cert-authority, command"),
+    ("x-b,no-pty,x-a", "unknown option(s) 'x-a', 'x-b'"),
 ])
 def test_an_option_that_cannot_be_honoured_exactly_refuses_the_line(options: str,
                                                                      reason: str) -> None:
     with pytest.raises(KeyLineError, match=re.escape(reason)):
         parse_line(f"{options} {PUBLIC[0]}", 1)
+
+
+@pytest.mark.parametrize("line", ["no-pty", "ssh-ed25519 AAAAnot-base64", "no-pty just words",
+                                  PUBLIC[0].split()[1]])
+def test_a_line_without_a_public_key_is_refused(line: str) -> None:
+    with pytest.raises(KeyLineError, match="not a public key"):
+        parse_line(line, 1)
+
+
+@pytest.mark.parametrize(("text", "options", "rest"), [
+    ('from="10.0.0.0/8, 192.0.2.1",no-pty ssh-ed25519 AAAA c',
+     [("from", "10.0.0.0/8, 192.0.2.1"), ("no-pty", None)], "ssh-ed25519 AAAA c"),
+    ('sshreg-pull="a\\"b,c",NO-PTY,No-X11-Forwarding\tssh-ed25519 AAAA',
+     [("sshreg-pull", 'a"b,c'), ("no-pty", None), ("no-x11-forwarding", None)], "ssh-ed25519 AAAA"),
+])
+def test_options_are_split_as_openssh_quotes_them_and_named_in_any_case(
+        text: str, options: list[tuple[str, str | None]], rest: str) -> None:
+    assert split_options(text) == (options, rest)
 
 
 @pytest.mark.parametrize(("options", "forwarding"), [
@@ -177,6 +199,11 @@ def test_a_line_with_from_refuses_a_peer_whose_address_is_unknown(peer: str) -> 
     entry = parse_line(f'from="*" {PUBLIC[0]}', 1)
     assert entry.allows_address("", "192.0.2.7")
     assert not entry.allows_address("", peer)
+
+
+def test_a_key_without_a_comment_has_an_empty_one() -> None:
+    entry = parse_line(" ".join(PUBLIC[0].split()[:2]), 1)
+    assert entry.comment == "" and entry.identity("192.0.2.1").comment == ""
 
 
 def test_a_login_carries_the_key_its_comment_its_rights_and_where_it_came_from() -> None:
