@@ -36,12 +36,19 @@ def test_suffix_longer_than_the_blob_covers_the_whole_blob():
     assert parse_range("bytes=-100", 10) == (0, 9)
 
 
-@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=99-", "bytes=-0"])
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=99-", "bytes=-0",
+                                    f"bytes={2**63 - 1}-"])
 def test_range_outside_the_blob_is_416_with_the_size_in_content_range(header):
     with pytest.raises(RegistryError) as raised:
         parse_range(header, 10)
     assert raised.value.status == 416
     assert raised.value.headers["Content-Range"] == "bytes */10"
+    assert raised.value.detail == header  # the client sees which range was refused
+
+
+def test_range_offsets_up_to_2_63_are_read():
+    assert parse_range(f"bytes=0-{2**63 - 1}", 10) == (0, 9)  # 19 digits
+    assert parse_range(f"bytes=-{2**63 - 1}", 10) == (0, 9)
 
 
 def test_any_range_of_an_empty_blob_is_416():
