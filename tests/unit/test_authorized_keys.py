@@ -62,6 +62,7 @@ def fingerprints(entries: list[KeyEntry]) -> list[str]:
     ('permitopen=":80"', "invalid permitopen"),
     ('permitopen="[::1:80"', "invalid permitopen '[::1:80' (host:port)"),
     ('permitopen="[::1]x:80"', "invalid permitopen"),
+    ('permitopen="localhost]:80"', "invalid permitopen"),
     ("permitopen", "permitopen needs a value"),
     ("verify-required", "verify-required is not supported"),
     ('sshreg-admin="x"', "sshreg-admin takes no value"),
