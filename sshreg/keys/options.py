@@ -202,10 +202,11 @@ def parse_expiry(value: str) -> float:
 
 
 def parse_permitopen(value: str) -> tuple[str, int | None]:
-    """`host:port`, `[v6]:port` or `host:*`; the port 1-65535 in ASCII digits."""
+    """`host:port`, `[v6]:port` or `host:*`; the port 1-65535 in ASCII digits. A bracket
+    anywhere but around the whole host (`[::1:80`) refuses the line, as sshd does."""
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host.strip():
+    if not sep or not host.strip() or "[" in host or "]" in host:
         raise KeyLineError(f"invalid permitopen {value!r} (host:port)")
     if port == "*":
         return host, None

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -14,13 +16,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sshreg.access import Action, Identity, Rights
 from sshreg.keys import entries as key_entries
 from sshreg.keys.edits import without_key
 from sshreg.keys.entries import KeyEntry, parse_authorized_keys, parse_line
 from sshreg.keys.lines import fingerprint_of, parse_lines
 from sshreg.keys.listing import listing_json, listing_text
 from sshreg.keys.local_file import AuthorizedKeys
-from sshreg.keys.options import KeyLineError, KeyOptions
+from sshreg.keys.options import KeyLineError, KeyOptions, split_options
 
 KEYS = [asyncssh.generate_private_key(alg, comment=f"k{i}@test") for i, alg in enumerate(
     ("ssh-ed25519", "ssh-ed25519", "ecdsa-sha2-nistp256"))]
@@ -43,6 +46,7 @@ def fingerprints(entries: list[KeyEntry]) -> list[str]:
     ('expiry-time="00010101"', "invalid expiry-time '00010101'"),
     ('expiry-time="\uff12\uff10\uff12\uff16\uff10\uff11\uff10\uff11"', "invalid expiry-time"),  # fullwidth
     ('expiry-time="2026"', "invalid expiry-time '2026'"),
+    ('expiry-time="209912 1"', "invalid expiry-time '209912 1' (YYYYMMDD[HHMM[SS]][Z])"),
     ("expiry-time", "expiry-time needs a value"),
     ('expiry-time=""', "expiry-time has an empty value"),
     ("from,restrict", "from needs a value"),
@@ -56,6 +60,9 @@ def fingerprints(entries: list[KeyEntry]) -> list[str]:
     ('permitopen="localhost:0"', "invalid permitopen"),
     ('permitopen="localhost:65536"', "invalid permitopen"),
     ('permitopen=":80"', "invalid permitopen"),
+    ('permitopen="[::1:80"', "invalid permitopen '[::1:80' (host:port)"),
+    ('permitopen="[::1]x:80"', "invalid permitopen"),
+    ('permitopen="localhost]:80"', "invalid permitopen"),
     ("permitopen", "permitopen needs a value"),
     ("verify-required", "verify-required is not supported"),
     ('sshreg-admin="x"', "sshreg-admin takes no value"),
@@ -68,11 +75,33 @@ def fingerprints(entries: list[KeyEntry]) -> list[str]:
     ('sshreg-pull="team/*,"', "sshreg-pull='team/*,' has an empty glob"),
     ('sshreg-delete="a/*,,b/*"', "has an empty glob"),
     ('sshreg-pull="a/*",sshreg-pull="b/*"', "sshreg-pull is given more than once"),
+    ('from="10.0.0.0/8', "unbalanced quote in options"),
+    ("no-pty,,restrict", "empty option"),
+    ('command="ls",cert-authority', "unsupported option(s) cert-authority, command"),
+    ("x-b,no-pty,x-a", "unknown option(s) 'x-a', 'x-b'"),
 ])
 def test_an_option_that_cannot_be_honoured_exactly_refuses_the_line(options: str,
                                                                      reason: str) -> None:
     with pytest.raises(KeyLineError, match=re.escape(reason)):
         parse_line(f"{options} {PUBLIC[0]}", 1)
+
+
+@pytest.mark.parametrize("line", ["no-pty", "ssh-ed25519 AAAAnot-base64", "no-pty just words",
+                                  PUBLIC[0].split()[1]])
+def test_a_line_without_a_public_key_is_refused(line: str) -> None:
+    with pytest.raises(KeyLineError, match="not a public key"):
+        parse_line(line, 1)
+
+
+@pytest.mark.parametrize(("text", "options", "rest"), [
+    ('from="10.0.0.0/8, 192.0.2.1",no-pty ssh-ed25519 AAAA c',
+     [("from", "10.0.0.0/8, 192.0.2.1"), ("no-pty", None)], "ssh-ed25519 AAAA c"),
+    ('sshreg-pull="a\\"b,c",NO-PTY,No-X11-Forwarding\tssh-ed25519 AAAA',
+     [("sshreg-pull", 'a"b,c'), ("no-pty", None), ("no-x11-forwarding", None)], "ssh-ed25519 AAAA"),
+])
+def test_options_are_split_as_openssh_quotes_them_and_named_in_any_case(
+        text: str, options: list[tuple[str, str | None]], rest: str) -> None:
+    assert split_options(text) == (options, rest)
 
 
 @pytest.mark.parametrize(("options", "forwarding"), [
@@ -99,6 +128,89 @@ def test_well_formed_options_still_apply() -> None:
     assert entry.expires == 4102358400.0 and not entry.expired()
     assert entry.rights.pull == ("team/*", "base/*") and entry.rights.admin
     assert entry.rights.push == () and entry.line == 7
+
+
+def test_each_rights_option_grants_its_own_globs_and_nothing_else() -> None:
+    entry = parse_line('sshreg-pull="base/*",sshreg-push="team/*, ci/**",'
+                       f'sshreg-delete="team/scratch" {PUBLIC[0]}', 1)
+    assert entry.rights == Rights(pull=("base/*",), push=("team/*", "ci/**"),
+                                  delete=("team/scratch",))
+    assert parse_line(f'sshreg-delete="team/*" {PUBLIC[0]}', 1).rights == Rights(
+        delete=("team/*",))
+
+
+def test_a_push_only_line_may_pull_what_it_may_push_and_nothing_else() -> None:
+    rights = parse_line(f'sshreg-push="team/*" {PUBLIC[0]}', 1).rights
+    assert rights == Rights(push=("team/*",))
+    assert rights.may(Action.PULL, "team/app") and rights.may(Action.PUSH, "team/app")
+    assert not rights.may(Action.PULL, "base/app") and not rights.may(Action.DELETE, "team/app")
+
+
+@pytest.fixture
+def local_time_two_hours_ahead_of_utc() -> Iterator[None]:
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "<+02>-02"
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_two_hours_ahead_of_utc")
+def test_an_expiry_time_is_local_time_unless_it_ends_with_z() -> None:
+    def expires(value: str) -> float | None:
+        return parse_line(f'expiry-time="{value}" {PUBLIC[0]}', 1).expires
+
+    midnight_utc = 4102358400.0  # 2099-12-31T00:00:00Z
+    assert expires("20991231Z") == expires("20991231z") == midnight_utc
+    assert expires("20991231") == midnight_utc - 2 * 3600
+    assert expires("209912310130Z") == midnight_utc + 90 * 60
+
+
+def test_a_key_expires_at_the_second_its_expiry_time_names() -> None:
+    entry = parse_line(f'expiry-time="20991231Z" {PUBLIC[0]}', 1)
+    assert not entry.expired(4102358399.0)
+    assert entry.expired(4102358400.0) and entry.expired(4102358401.0)
+    assert not parse_line(PUBLIC[0], 1).expired()
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_permitopen_takes_every_port_from_1_to_65535(port: int) -> None:
+    entry = parse_line(f'permitopen="localhost:{port}" {PUBLIC[0]}', 1)
+    assert entry.permit_open == {("localhost", port)}
+
+
+def test_a_line_without_from_may_log_in_from_any_address() -> None:
+    entry = parse_line(PUBLIC[0], 1)
+    assert all(entry.allows_address("", addr) for addr in ("10.0.0.1", "::1", "", "unknown"))
+
+
+def test_from_address_wildcards_match_the_peer_address() -> None:
+    entry = parse_line(f'from="192.0.2.*,!192.0.2.9" {PUBLIC[0]}', 1)
+    assert entry.allows_address("", "192.0.2.7")
+    assert not entry.allows_address("", "192.0.2.9")
+    assert not entry.allows_address("", "198.51.100.7")
+
+
+@pytest.mark.parametrize("peer", ["", "unknown", "192.0.2.300"])
+def test_a_line_with_from_refuses_a_peer_whose_address_is_unknown(peer: str) -> None:
+    entry = parse_line(f'from="*" {PUBLIC[0]}', 1)
+    assert entry.allows_address("", "192.0.2.7")
+    assert not entry.allows_address("", peer)
+
+
+def test_a_key_without_a_comment_has_an_empty_one() -> None:
+    entry = parse_line(" ".join(PUBLIC[0].split()[:2]), 1)
+    assert entry.comment == "" and entry.identity("192.0.2.1").comment == ""
+
+
+def test_a_login_carries_the_key_its_comment_its_rights_and_where_it_came_from() -> None:
+    entry = parse_line(f'sshreg-pull="team/*" {PUBLIC[0]}', 1)
+    assert entry.identity("192.0.2.1") == Identity(
+        KEYS[0].get_fingerprint("sha256"), "k0@test", Rights(pull=("team/*",)), "192.0.2.1")
 
 
 # -- reloads --------------------------------------------------------------------------------

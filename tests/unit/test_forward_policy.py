@@ -60,3 +60,11 @@ def test_permitopen_refuses_the_registry_by_a_name_or_port_it_does_not_list(
     assert refusal(options, host) == (
         f"forwarding to {host}:80",
         "only the registry at localhost:80 can be reached through this server")
+
+
+def test_permitopen_may_name_the_registry_by_a_bracketed_ipv6_address() -> None:
+    assert refusal('permitopen="[::1]:80"', "::1") is None
+    assert refusal('permitopen="[::1]:*"', "::1") is None
+    assert refusal('permitopen="[::1]:80"', "localhost") == (
+        "forwarding to localhost:80",
+        "only the registry at localhost:80 can be reached through this server")

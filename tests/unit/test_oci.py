@@ -67,6 +67,16 @@ def test_content_type_parameters_are_ignored():
         == OCI_MANIFEST
 
 
+def test_media_type_comes_from_content_type_when_the_body_names_none():
+    doc = {"schemaVersion": 2, "config": descriptor(DOCKER_CONFIG, b"{}"), "layers": [LAYER]}
+    assert parse_manifest(json.dumps(doc).encode(), DOCKER_MANIFEST).media_type == DOCKER_MANIFEST
+
+
+def test_media_type_comes_from_the_body_when_content_type_is_absent():
+    data = image_manifest(descriptor(DOCKER_CONFIG, b"{}"), [LAYER], media_type=DOCKER_MANIFEST)
+    assert parse_manifest(data, None).media_type == DOCKER_MANIFEST
+
+
 def test_media_type_is_guessed_when_neither_body_nor_header_names_it():
     image = {"schemaVersion": 2, "config": CONFIG, "layers": [LAYER]}
     index = {"schemaVersion": 2, "manifests": []}
@@ -74,9 +84,13 @@ def test_media_type_is_guessed_when_neither_body_nor_header_names_it():
     assert parse_manifest(json.dumps(index).encode(), None).media_type == OCI_INDEX
 
 
-def test_content_type_contradicting_the_body_media_type_is_rejected():
-    with pytest.raises(ManifestError):
-        parse_manifest(image_manifest(CONFIG, [LAYER]), DOCKER_MANIFEST)
+@pytest.mark.parametrize("doc", [{"schemaVersion": 2, "layers": [LAYER]},
+                                 {"schemaVersion": 2, "config": CONFIG}])
+def test_a_manifest_whose_type_nothing_names_is_refused_as_of_unknown_type(doc):
+    """Neither header nor body names a type, and only config and layers together make an
+    image manifest: the client is told the type is unknown, not which field is missing."""
+    with pytest.raises(ManifestError, match="unsupported manifest media type None"):
+        parse_manifest(json.dumps(doc).encode(), None)
 
 
 def test_subject_is_parsed_and_artifact_type_defaults_to_config_media_type():
@@ -115,29 +129,58 @@ def test_sha512_descriptors_are_accepted():
     assert manifest.blobs[1].digest.algorithm == "sha512"
 
 
-@pytest.mark.parametrize(("data", "why"), [
-    (b"not json", "not JSON"),
-    (b"\xff\xfe", "not UTF-8"),
-    (b"[]", "not an object"),
-    (json.dumps({"schemaVersion": 1, "mediaType": OCI_MANIFEST, "config": CONFIG,
-                 "layers": []}).encode(), "schema 1"),
-    (json.dumps({"schemaVersion": 2, "mediaType": "application/x.other"}).encode(), "unknown type"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(), "no config"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG}).encode(),
-     "no layers"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG,
-                 "layers": [{**LAYER, "digest": "sha256:nothex"}]}).encode(), "bad digest"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG,
-                 "layers": [{**LAYER, "size": -1}]}).encode(), "negative size"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG,
-                 "layers": [{**LAYER, "size": True}]}).encode(), "boolean size"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG,
-                 "layers": [], "annotations": {"a": 1}}).encode(), "non-string annotation"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": {}}).encode(),
-     "manifests not a list"),
-    (json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG,
-                 "layers": [], "subject": "sha256:abc"}).encode(), "subject not a descriptor"),
+def _doc(**fields) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": CONFIG,
+                       "layers": [], **fields}).encode()
+
+
+NO_DIGEST = {"mediaType": OCI_MANIFEST, "size": 1}
+
+
+@pytest.mark.parametrize(("data", "told"), [
+    (b"not json", "not JSON: Expecting value: line 1 column 1 (char 0)"),
+    (b"\xff\xfe", "not JSON: "),  # not UTF-8
+    (b"[]", "not a JSON object"),
+    (_doc(mediaType=5), "mediaType is not a string"),
+    (_doc(schemaVersion=1), "schemaVersion must be 2"),
+    (_doc(mediaType="application/x.other"),
+     "unsupported manifest media type 'application/x.other'"),
+    (_doc(config=None), "config is not a descriptor object"),
+    (_doc(layers=None), "layers must be a list"),
+    (_doc(layers=[{**LAYER, "digest": "sha256:nothex"}]), "layers[0] has an invalid digest: "),
+    (_doc(layers=[LAYER, {**LAYER, "digest": 5}]), "layers[1] has an invalid digest: not a digest: ''"),
+    (_doc(layers=[{**LAYER, "size": -1}]), "layers[0] has an invalid size"),
+    (_doc(layers=[{**LAYER, "size": True}]), "layers[0] has an invalid size"),
+    (_doc(layers=[{**LAYER, "mediaType": ""}]), "layers[0] has no mediaType"),
+    (_doc(layers=[{**LAYER, "mediaType": 5}]), "layers[0] has no mediaType"),
+    (_doc(annotations={"a": 1}), "annotations must map strings to strings"),
+    (_doc(artifactType=5), "artifactType is not a string"),
+    (_doc(subject="sha256:abc"), "subject is not a descriptor object"),
+    (_doc(mediaType=OCI_INDEX, manifests={}), "manifests must be a list"),
+    (_doc(mediaType=OCI_INDEX, manifests=[SUBJECT, NO_DIGEST]),
+     "manifests[1] has an invalid digest: not a digest: ''"),
 ])
-def test_invalid_manifest_is_rejected(data, why):
-    with pytest.raises(ManifestError):
+def test_an_invalid_manifest_is_rejected_and_the_client_told_why(data, told):
+    """What is wrong reaches the client as the detail of MANIFEST_INVALID (a reason ending
+    in ": " is followed by the parser's own words)."""
+    with pytest.raises(ManifestError) as raised:
         parse_manifest(data, None)
+    assert str(raised.value).startswith(told) if told.endswith(": ") else str(raised.value) == told
+
+
+def test_a_content_type_contradicting_the_body_names_both():
+    with pytest.raises(ManifestError) as raised:
+        parse_manifest(image_manifest(CONFIG, [LAYER]), DOCKER_MANIFEST)
+    assert str(raised.value) == f"Content-Type {DOCKER_MANIFEST} does not match mediaType {OCI_MANIFEST}"
+
+
+def test_a_descriptor_may_describe_an_empty_blob():
+    empty = descriptor(OCI_LAYER, b"")
+    assert parse_manifest(image_manifest(CONFIG, [empty]), OCI_MANIFEST).blobs[1].size == 0
+
+
+def test_an_index_keeps_its_subject_and_annotations():
+    data = index_manifest([], subject=SUBJECT, annotations={"org.example": "yes"})
+    manifest = parse_manifest(data, OCI_INDEX)
+    assert manifest.subject is not None and manifest.subject.digest == Digest.parse(SUBJECT["digest"])
+    assert manifest.annotations == {"org.example": "yes"}

@@ -36,12 +36,19 @@ def test_suffix_longer_than_the_blob_covers_the_whole_blob():
     assert parse_range("bytes=-100", 10) == (0, 9)
 
 
-@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=99-", "bytes=-0"])
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=10-20", "bytes=99-", "bytes=-0",
+                                    f"bytes={2**63 - 1}-"])
 def test_range_outside_the_blob_is_416_with_the_size_in_content_range(header):
     with pytest.raises(RegistryError) as raised:
         parse_range(header, 10)
     assert raised.value.status == 416
     assert raised.value.headers["Content-Range"] == "bytes */10"
+    assert raised.value.detail == header  # the client sees which range was refused
+
+
+def test_range_offsets_up_to_2_63_are_read():
+    assert parse_range(f"bytes=0-{2**63 - 1}", 10) == (0, 9)  # 19 digits
+    assert parse_range(f"bytes=-{2**63 - 1}", 10) == (0, 9)
 
 
 def test_any_range_of_an_empty_blob_is_416():
@@ -92,12 +99,18 @@ def test_content_range_is_parsed_inclusive(header, expected):
     assert parse_content_range(header) == expected
 
 
-@pytest.mark.parametrize("header", ["", "0-", "-5", "a-b", "0-5-6", "bytes", "1" * 20 + "-" + "1" * 20])
-def test_malformed_content_range_is_blob_upload_invalid(header):
+def test_content_range_offsets_up_to_2_63_are_read():
+    assert parse_content_range(f"{2**62}-{2**63 - 1}") == (2**62, 2**63 - 1)  # 19 digits each
+
+
+@pytest.mark.parametrize("header", ["", "0-", "-5", "a-b", "0-5-6", "bytes",
+                                    "1" * 20 + "-" + "1" * 20, "0-" + "1" * 20, "1" * 20 + "-0"])
+def test_malformed_content_range_is_blob_upload_invalid_and_quoted_back(header):
     with pytest.raises(RegistryError) as raised:
         parse_content_range(header)
     assert raised.value.code is Code.BLOB_UPLOAD_INVALID
     assert raised.value.status == 400
+    assert repr(header) in raised.value.detail  # the client sees which header was refused
 
 
 @pytest.mark.parametrize("header", [f"{d}-9" for d in OTHER_DIGITS] + [
@@ -108,7 +121,9 @@ def test_content_range_written_with_digits_other_than_ascii_is_blob_upload_inval
     assert raised.value.code is Code.BLOB_UPLOAD_INVALID
 
 
-def test_backwards_content_range_is_416():
+def test_backwards_content_range_is_416_and_quoted_back():
     with pytest.raises(RegistryError) as raised:
         parse_content_range("10-5")
     assert raised.value.status == 416
+    assert raised.value.code is Code.BLOB_UPLOAD_INVALID
+    assert "'10-5'" in raised.value.detail
