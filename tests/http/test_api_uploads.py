@@ -385,6 +385,19 @@ async def test_wrong_sha512_digest_at_the_closing_put_is_400_and_nothing_is_stor
     assert await leftover_uploads(driver) == 0
 
 
+async def test_wrong_sha512_digest_of_a_monolithic_put_is_400_naming_the_digest_of_the_bytes(
+        client, driver):
+    """The bytes are hashed with sha512 as they arrive, and the error says what they hash to."""
+    wrong = "sha512:" + hashlib.sha512(b"other").hexdigest()
+    location = await start_upload(client, "app")
+    resp = await client.put(location, params={"digest": wrong}, data=BLOB)
+    await assert_error(resp, 400, "DIGEST_INVALID")
+    detail = (await resp.json())["errors"][0]["detail"]
+    assert detail == {"expected": wrong, "computed": digest_of(BLOB, "sha512")}
+    assert await blob_copies(driver) == set()
+    assert await leftover_uploads(driver) == 0
+
+
 @pytest.mark.parametrize("style", ["single-post", "monolithic-put", "patch-then-put"])
 async def test_digest_mismatch_is_400_digest_invalid_and_nothing_is_stored(client, driver, style):
     wrong = digest_of(b"not the body")
