@@ -284,6 +284,21 @@ async def test_chunked_body_longer_than_its_content_range_is_rejected_and_the_se
     assert_created(resp, "app", DIGEST)
 
 
+async def test_closing_put_whose_chunked_body_is_shorter_than_its_content_range_is_refused(client):
+    """Even when the digest matches the bytes that did come: the range announced more. The
+    session stays where it was, and the upload can still be finished."""
+    location = await start_upload(client, "app")
+    await client.patch(location, data=BLOB[:100], headers={"Content-Range": "0-99"})
+    resp = await client.put(location, params={"digest": digest_of(BLOB[:200])},
+                            data=chunked(BLOB[100:200]), headers={"Content-Range": "100-299"})
+    await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+    assert (await client.get(f"/v2/app/blobs/{digest_of(BLOB[:200])}")).status == 404
+    assert (await client.get(location)).headers["Range"] == "0-99"
+    resp = await client.put(location, params={"digest": DIGEST}, data=BLOB[100:],
+                            headers={"Content-Range": f"100-{len(BLOB) - 1}"})
+    assert_created(resp, "app", DIGEST)
+
+
 async def test_malformed_content_range_is_400_blob_upload_invalid(client):
     location = await start_upload(client, "app")
     resp = await client.patch(location, data=b"abc", headers={"Content-Range": "zero-two"})
@@ -533,6 +548,20 @@ async def test_a_session_is_idle_from_the_end_of_its_last_request_not_its_start(
     assert resp.status == 202, await resp.text()
     assert await registry.sessions.sweep() == 0
     resp = await client.put(resp.headers["Location"], params={"digest": DIGEST})
+    assert_created(resp, "app", DIGEST)
+
+
+async def test_asking_where_an_upload_stands_keeps_it_from_the_idle_sweep(client, registry):
+    """A client that asks for the Range (to resume) is active even without sending bytes."""
+    registry.sessions.idle_timeout = 0.2
+    location = await start_upload(client, "app")
+    await client.patch(location, data=BLOB[:100], headers={"Content-Range": "0-99"})
+    await asyncio.sleep(0.3)
+    resp = await client.get(location)
+    assert resp.status == 204
+    assert await registry.sessions.sweep() == 0
+    resp = await client.put(location, params={"digest": DIGEST}, data=BLOB[100:],
+                            headers={"Content-Range": f"100-{len(BLOB) - 1}"})
     assert_created(resp, "app", DIGEST)
 
 
