@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from sshreg.references import Digest
+from sshreg.storage.filesystem.driver import READ_CHUNK as FILESYSTEM_READ
+from sshreg.storage.s3.driver import READ_CHUNK as S3_READ
 from sshreg.store.registry_store import RegistryStore
 
 DATA = b"a small blob"
@@ -39,3 +43,11 @@ async def test_restoring_a_removed_record_keeps_the_record_of_a_push_made_meanwh
     await store.blobs.restore_record(removed)
     assert await store.blobs.get(DIGEST) == pushed
     assert await store.blobs.read_all(pushed) == DATA
+
+
+async def test_reading_a_blob_whole_joins_every_chunk_storage_reads(driver):
+    """Larger than one read of either storage (4 MiB on the filesystem, 1 MiB on S3)."""
+    data = os.urandom(max(FILESYSTEM_READ, S3_READ) + 12345)
+    store = RegistryStore(driver)
+    record = await store.blobs.put_bytes(Digest.of(data), data)
+    assert await store.blobs.read_all(record) == data
