@@ -9,7 +9,12 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp.test_utils import RawTestServer, TestClient
 
+from sshreg.registry.app import Registry
+from sshreg.registry.settings import RegistrySettings
+from sshreg.store.registry_store import RegistryStore
+from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
 
 from .helpers_api import (
@@ -563,6 +568,37 @@ async def test_asking_where_an_upload_stands_keeps_it_from_the_idle_sweep(client
     resp = await client.put(location, params={"digest": DIGEST}, data=BLOB[100:],
                             headers={"Content-Range": f"100-{len(BLOB) - 1}"})
     assert_created(resp, "app", DIGEST)
+
+
+async def test_the_registry_sweeps_abandoned_sessions_by_itself_a_second_after_it_starts(driver):
+    """The idle sweep runs every quarter of the idle timeout but at least 1 s apart: a
+    session idle for longer than a short timeout is gone after the first sweep, 1 s in."""
+    registry = Registry(RegistryStore(driver), RegistrySettings(upload_idle_timeout=0.2),
+                        identify=identify_from_test_header)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await registry.start()
+    try:
+        async with TestClient(RawTestServer(registry.handle)) as client:
+            location = await start_upload(client, "app")
+            while len(registry.sessions) and loop.time() - began < 5:
+                await asyncio.sleep(0.02)
+            gone_after = loop.time() - began
+            await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    finally:
+        await registry.close()
+    assert gone_after < 1.0 + 0.5  # 0.5 s for a busy machine; the next sweep is at 2 s
+
+
+async def test_closing_the_registry_leaves_no_task_of_its_own_running(driver):
+    before = asyncio.all_tasks()
+    registry = Registry(RegistryStore(driver), RegistrySettings(),
+                        identify=identify_from_test_header)
+    await registry.start()
+    assert asyncio.all_tasks() - before  # the idle sweep
+    await registry.close()
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
 
 
 async def test_closing_the_registry_aborts_open_sessions(client, registry, driver):
