@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
@@ -50,6 +51,19 @@ async def chunked(data: bytes, piece: int = 7_000) -> AsyncIterator[bytes]:
     """A body aiohttp sends with `Transfer-Encoding: chunked` and no Content-Length."""
     for i in range(0, len(data), piece):
         yield data[i:i + piece]
+
+
+@asynccontextmanager
+async def serving(driver, **settings) -> AsyncIterator[tuple[Registry, TestClient]]:
+    """A registry with these settings, started, and a client talking to it."""
+    registry = Registry(RegistryStore(driver), RegistrySettings(**settings),
+                        identify=identify_from_test_header)
+    await registry.start()
+    try:
+        async with TestClient(RawTestServer(registry.handle)) as client:
+            yield registry, client
+    finally:
+        await registry.close()
 
 
 # -- the styles ---------------------------------------------------------------------------
@@ -494,6 +508,26 @@ async def test_patch_cut_mid_body_keeps_what_was_stored_and_the_upload_resumes(c
     assert await blob_bytes(client, "app", digest_of(data)) == data
 
 
+async def test_a_patch_whose_client_stalls_mid_body_is_408_and_its_session_released_at_once(
+        driver):
+    """Nobody is coming back for a session whose client stopped sending: it is aborted with
+    the 408, its storage upload with it, without waiting for the idle sweep."""
+    async with serving(driver, body_idle_timeout=0.3) as (registry, client):
+        location = await start_upload(client, "app")
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(f"PATCH {location} HTTP/1.1\r\nHost: localhost\r\n"
+                         f"Content-Length: {len(BLOB)}\r\n\r\n".encode() + BLOB[:1000])
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408 ")
+        assert len(registry.sessions) == 0
+        await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+        assert await leftover_uploads(driver) == 0
+
+
 async def test_idle_session_is_aborted_by_the_sweep_and_its_storage_released(client, registry, driver):
     location = await start_upload(client, "app")
     await client.patch(location, data=BLOB)
@@ -573,20 +607,14 @@ async def test_asking_where_an_upload_stands_keeps_it_from_the_idle_sweep(client
 async def test_the_registry_sweeps_abandoned_sessions_by_itself_a_second_after_it_starts(driver):
     """The idle sweep runs every quarter of the idle timeout but at least 1 s apart: a
     session idle for longer than a short timeout is gone after the first sweep, 1 s in."""
-    registry = Registry(RegistryStore(driver), RegistrySettings(upload_idle_timeout=0.2),
-                        identify=identify_from_test_header)
     loop = asyncio.get_running_loop()
     began = loop.time()
-    await registry.start()
-    try:
-        async with TestClient(RawTestServer(registry.handle)) as client:
-            location = await start_upload(client, "app")
-            while len(registry.sessions) and loop.time() - began < 5:
-                await asyncio.sleep(0.02)
-            gone_after = loop.time() - began
-            await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
-    finally:
-        await registry.close()
+    async with serving(driver, upload_idle_timeout=0.2) as (registry, client):
+        location = await start_upload(client, "app")
+        while len(registry.sessions) and loop.time() - began < 5:
+            await asyncio.sleep(0.02)
+        gone_after = loop.time() - began
+        await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
     assert gone_after < 1.0 + 0.5  # 0.5 s for a busy machine; the next sweep is at 2 s
 
 
