@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,3 +276,21 @@ class HookedDriver:
         if self.after_stat:
             await self.after_stat(key)
         return info
+
+
+class CountingDriver:
+    """A driver that counts the calls made to it, by method name."""
+
+    def __init__(self, driver) -> None:
+        self._driver = driver
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._driver, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+        return counted

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 
 from aiohttp.test_utils import RawTestServer, TestClient
 
@@ -12,7 +11,7 @@ from sshreg.registry.app import Registry
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
 
-from .helpers_api import UNKNOWN_DIGEST, as_identity, assert_error, push_blob
+from .helpers_api import UNKNOWN_DIGEST, CountingDriver, as_identity, assert_error, push_blob
 
 BLOB = b"a layer shared between repositories" * 100
 SESSION = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/[0-9a-f-]{36}")
@@ -169,24 +168,6 @@ async def test_a_mount_refused_for_want_of_read_rights_is_logged_with_the_key(cl
     assert refused.args["from_repository"] == "other/secret"
     assert refused.args["digest"] == secret
     assert refused.args["fingerprint"] == "SHA256:team-test-key"
-
-
-class CountingDriver:
-    """A driver that counts the calls made to it, by method name."""
-
-    def __init__(self, driver) -> None:
-        self._driver = driver
-        self.calls: Counter[str] = Counter()
-
-    def __getattr__(self, name: str):
-        attr = getattr(self._driver, name)
-        if not callable(attr):
-            return attr
-
-        def counted(*args, **kwargs):
-            self.calls[name] += 1
-            return attr(*args, **kwargs)
-        return counted
 
 
 async def test_the_work_of_a_mount_without_from_does_not_tell_what_unreadable_repositories_hold(

@@ -19,6 +19,7 @@ from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
 
 from .helpers_api import (
+    CountingDriver,
     as_identity,
     assert_error,
     blob_copies,
@@ -318,6 +319,20 @@ async def test_closing_put_whose_chunked_body_is_shorter_than_its_content_range_
     assert_created(resp, "app", DIGEST)
 
 
+async def test_chunked_body_running_on_past_its_content_range_in_a_later_chunk_is_rejected(client):
+    """The first chunk ends exactly where the range does; the excess comes after it."""
+    location = await start_upload(client, "app")
+
+    async def two_chunks() -> AsyncIterator[bytes]:
+        yield BLOB[:100]
+        await asyncio.sleep(0.1)
+        yield BLOB[100:200]
+
+    resp = await client.patch(location, data=two_chunks(), headers={"Content-Range": "0-99"})
+    await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+    assert (await client.get(location)).headers["Range"] == "0-0"
+
+
 async def test_malformed_content_range_is_400_blob_upload_invalid(client):
     location = await start_upload(client, "app")
     resp = await client.patch(location, data=b"abc", headers={"Content-Range": "zero-two"})
@@ -405,6 +420,33 @@ async def test_sha512_digest_announced_only_at_the_closing_put_after_patches(cli
     resp = await client.put(location, params={"digest": digest})
     assert_created(resp, "app", digest)
     assert await blob_bytes(client, "app", digest) == BLOB
+
+
+async def test_bytes_hashed_as_they_arrive_are_not_read_back_from_storage(driver):
+    """Reading a blob back costs as much as its push: it is done only for a digest announced
+    at the closing PUT in another algorithm than the PATCHes were hashed with."""
+    counting = CountingDriver(driver)
+    async with serving(counting) as (_registry, client):
+        await push_blob(client, "app", os.urandom(1000))
+        await push_blob(client, "app", os.urandom(1000), algorithm="sha512")
+        for algorithm in ("sha256", "sha512"):
+            data = os.urandom(1000)
+            location = await start_upload(client, "app")
+            resp = await client.put(location, params={"digest": digest_of(data, algorithm)},
+                                    data=data)
+            assert resp.status == 201
+        data = os.urandom(1000)
+        location = await start_upload(client, "app")
+        resp = await client.patch(location, data=data)
+        resp = await client.put(resp.headers["Location"], params={"digest": digest_of(data)})
+        assert resp.status == 201
+        assert counting.calls["read"] == 0
+        location = await start_upload(client, "app")
+        resp = await client.patch(location, data=data[::-1])
+        resp = await client.put(resp.headers["Location"],
+                                params={"digest": digest_of(data[::-1], "sha512")})
+        assert resp.status == 201
+        assert counting.calls["read"] == 1
 
 
 async def test_wrong_sha512_digest_at_the_closing_put_is_400_and_nothing_is_stored(client, driver):
