@@ -40,18 +40,21 @@ async def get_manifest(client, name: str, reference: str, method: str = "GET"):
 
 
 async def assert_serves(client, name: str, reference: str, data: bytes, media_type: str) -> None:
-    """GET returns the exact bytes; HEAD the same headers and no body."""
+    """GET returns the exact bytes; HEAD the same headers and no body. The ETag (what
+    caches revalidate with) is the digest."""
     digest = digest_of(data)
     resp = await get_manifest(client, name, reference)
     assert resp.status == 200, await resp.text()
     assert await resp.read() == data
     assert resp.headers["Content-Type"] == media_type
     assert resp.headers["Docker-Content-Digest"] == digest
+    assert resp.headers["ETag"] == f'"{digest}"'
     assert resp.headers["Content-Length"] == str(len(data))
     resp = await get_manifest(client, name, reference, "HEAD")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == media_type
     assert resp.headers["Docker-Content-Digest"] == digest
+    assert resp.headers["ETag"] == f'"{digest}"'
     assert resp.headers["Content-Length"] == str(len(data))
     assert await resp.read() == b""
 
@@ -380,6 +383,16 @@ async def test_unknown_manifest_is_404_manifest_unknown(client):
         assert (await get_manifest(client, "app", reference, "HEAD")).status == 404
     resp = await get_manifest(client, "never-pushed", "latest")
     assert resp.status == 404
+
+
+async def test_a_reference_that_is_neither_a_digest_nor_a_valid_tag_is_404_manifest_unknown(client):
+    await push_image(client, "app", "latest")
+    for reference in ("-latest", ".latest", "l" * 129, "lat%21est"):
+        for method in ("GET", "HEAD", "DELETE"):
+            resp = await client.request(method, f"/v2/app/manifests/{reference}")
+            assert resp.status == 404, (method, reference)
+            if method != "HEAD":
+                await assert_error(resp, 404, "MANIFEST_UNKNOWN")
 
 
 async def test_malformed_digest_reference_is_400_digest_invalid(client):
