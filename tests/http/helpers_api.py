@@ -96,6 +96,12 @@ async def error_code(resp: ClientResponse) -> str:
     return errors[0]["code"]
 
 
+async def error_detail(resp: ClientResponse) -> Any:
+    """The detail of the first error in the envelope: what the registry says was wrong."""
+    await error_code(resp)
+    return (await resp.json())["errors"][0]["detail"]
+
+
 async def assert_error(resp: ClientResponse, status: int, code: str) -> None:
     assert resp.status == status, (resp.status, await resp.text())
     assert await error_code(resp) == code

@@ -24,6 +24,7 @@ from .helpers_api import (
     UNKNOWN_DIGEST,
     assert_error,
     descriptor,
+    error_detail,
     image_manifest,
     index_manifest,
     push_blob,
@@ -375,11 +376,12 @@ async def test_manifest_over_4_mib_streamed_without_length_is_413(client, regist
 # -- unknown and delete ------------------------------------------------------------------
 
 
-async def test_unknown_manifest_is_404_manifest_unknown(client):
+async def test_unknown_manifest_is_404_manifest_unknown_naming_it(client):
     await push_image(client, "app", "latest")
-    for reference in ("nope", UNKNOWN_DIGEST):
+    for reference, kind in (("nope", "tag"), (UNKNOWN_DIGEST, "digest")):
         resp = await get_manifest(client, "app", reference)
         await assert_error(resp, 404, "MANIFEST_UNKNOWN")
+        assert await error_detail(resp) == {kind: reference}
         assert (await get_manifest(client, "app", reference, "HEAD")).status == 404
     resp = await get_manifest(client, "never-pushed", "latest")
     assert resp.status == 404
@@ -393,6 +395,7 @@ async def test_a_reference_that_is_neither_a_digest_nor_a_valid_tag_is_404_manif
             assert resp.status == 404, (method, reference)
             if method != "HEAD":
                 await assert_error(resp, 404, "MANIFEST_UNKNOWN")
+                assert await error_detail(resp) == {"tag": resp.url.path.rsplit("/", 1)[1]}
 
 
 async def test_malformed_digest_reference_is_400_digest_invalid(client):

@@ -23,6 +23,7 @@ from .helpers_api import (
     as_identity,
     assert_error,
     blob_copies,
+    error_detail,
     has_blob_record,
     leftover_uploads,
     push_blob,
@@ -363,11 +364,13 @@ async def test_delete_cancels_the_session_with_204_then_it_is_404_blob_upload_un
     assert await leftover_uploads(driver) == 0
 
 
-async def test_unknown_session_is_404_blob_upload_unknown(client):
-    location = "/v2/app/blobs/uploads/00000000-0000-0000-0000-000000000000"
+async def test_unknown_session_is_404_blob_upload_unknown_naming_it(client):
+    session = "00000000-0000-0000-0000-000000000000"
     for method in ("GET", "PATCH", "PUT", "DELETE"):
-        resp = await client.request(method, location, params={"digest": DIGEST})
+        resp = await client.request(method, f"/v2/app/blobs/uploads/{session}",
+                                    params={"digest": DIGEST})
         await assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN")
+        assert await error_detail(resp) == {"session": session}
 
 
 async def test_session_is_bound_to_its_repository(client):
