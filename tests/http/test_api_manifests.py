@@ -223,11 +223,14 @@ async def test_manifest_referencing_sha512_blobs_is_accepted(client):
 
 
 async def test_manifest_put_by_wrong_digest_is_400_digest_invalid_and_not_stored(client):
+    """The error names both digests: the one in the URL and the one of the body."""
     image = await push_image(client, "app")
     config = json.loads(image.manifest)["config"]
     other = image_manifest(config, [])
     resp = await put_manifest(client, "app", digest_of(other), image.manifest)
     await assert_error(resp, 400, "DIGEST_INVALID")
+    assert await error_detail(resp) == {"expected": digest_of(other),
+                                        "computed": digest_of(image.manifest)}
     assert (await get_manifest(client, "app", digest_of(other))).status == 404
 
 
