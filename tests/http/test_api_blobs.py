@@ -8,17 +8,12 @@ import urllib.request
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from aiohttp.test_utils import RawTestServer, TestClient
 
 from sshreg.references import Digest
-from sshreg.registry.app import Registry
-from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.filesystem import FilesystemDriver
-from sshreg.store.registry_store import RegistryStore
-from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
 
-from .helpers_api import UNKNOWN_DIGEST, assert_error, push_blob
+from .helpers_api import UNKNOWN_DIGEST, assert_error, push_blob, serving
 
 BLOB = bytes(range(256)) * 4  # 1024 bytes
 
@@ -180,27 +175,20 @@ async def test_with_redirects_a_blob_get_is_sent_to_a_url_that_serves_it_for_tha
     """With `redirect_expiry`, a whole-blob GET answers 307 to a presigned storage URL valid
     that long (S3); storage that has no such URLs (the filesystem) serves the bytes through
     the registry. A ranged GET is always served by the registry."""
-    registry = Registry(RegistryStore(driver), RegistrySettings(redirect_expiry=300),
-                        identify=identify_from_test_header)
-    await registry.start()
-    try:
-        async with TestClient(RawTestServer(registry.handle)) as client:
-            digest = await push_blob(client, "app", BLOB)
-            resp = await client.get(f"/v2/app/blobs/{digest}", allow_redirects=False)
-            if isinstance(driver, FilesystemDriver):
-                assert resp.status == 200
-                assert await resp.read() == BLOB
-            else:
-                assert resp.status == 307
-                assert resp.headers["Docker-Content-Digest"] == digest
-                url = resp.headers["Location"]
-                assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["300"]
-                body = await asyncio.to_thread(
-                    lambda: urllib.request.urlopen(url, timeout=10).read())
-                assert body == BLOB
-            resp = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": "bytes=1-2"},
-                                    allow_redirects=False)
-            assert resp.status == 206
-            assert await resp.read() == BLOB[1:3]
-    finally:
-        await registry.close()
+    async with serving(driver, redirect_expiry=300) as (_registry, client):
+        digest = await push_blob(client, "app", BLOB)
+        resp = await client.get(f"/v2/app/blobs/{digest}", allow_redirects=False)
+        if isinstance(driver, FilesystemDriver):
+            assert resp.status == 200
+            assert await resp.read() == BLOB
+        else:
+            assert resp.status == 307
+            assert resp.headers["Docker-Content-Digest"] == digest
+            url = resp.headers["Location"]
+            assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["300"]
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+            assert body == BLOB
+        resp = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": "bytes=1-2"},
+                                allow_redirects=False)
+        assert resp.status == 206
+        assert await resp.read() == BLOB[1:3]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import re
 
-from aiohttp.test_utils import RawTestServer, TestClient
-
-from sshreg.registry.app import Registry
-from sshreg.store.registry_store import RegistryStore
-from tests.conftest import identify_from_test_header
-
-from .helpers_api import UNKNOWN_DIGEST, CountingDriver, as_identity, assert_error, push_blob
+from .helpers_api import (
+    UNKNOWN_DIGEST,
+    CountingDriver,
+    as_identity,
+    assert_error,
+    push_blob,
+    serving,
+)
 
 BLOB = b"a layer shared between repositories" * 100
 SESSION = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/[0-9a-f-]{36}")
@@ -171,24 +172,19 @@ async def test_a_mount_refused_for_want_of_read_rights_is_logged_with_the_key(cl
 
 
 async def test_the_work_of_a_mount_without_from_does_not_tell_what_unreadable_repositories_hold(
-        driver, settings):
+        driver):
     """A key that may read only some repositories asks to mount a blob only an unreadable
     repository holds, then one nobody holds: storage does the same work for both, so the
     time of the answer does not tell the key that the first exists."""
     counting = CountingDriver(driver)
-    registry = Registry(RegistryStore(counting), settings, identify=identify_from_test_header)
-    await registry.start()
-    try:
-        async with TestClient(RawTestServer(registry.handle)) as client:
-            secret = await push_blob(client, "other/secret", BLOB)
-            await push_blob(client, "team/base", b"the team's own", identity="team")
-            work = []
-            for digest in (secret, UNKNOWN_DIGEST, secret):
-                counting.calls.clear()
-                resp = await client.post("/v2/team/app/blobs/uploads/", params={"mount": digest},
-                                         headers=as_identity("team"))
-                assert_fresh_session(resp, "team/app")
-                work.append(dict(counting.calls))
-    finally:
-        await registry.close()
+    async with serving(counting) as (_registry, client):
+        secret = await push_blob(client, "other/secret", BLOB)
+        await push_blob(client, "team/base", b"the team's own", identity="team")
+        work = []
+        for digest in (secret, UNKNOWN_DIGEST, secret):
+            counting.calls.clear()
+            resp = await client.post("/v2/team/app/blobs/uploads/", params={"mount": digest},
+                                     headers=as_identity("team"))
+            assert_fresh_session(resp, "team/app")
+            work.append(dict(counting.calls))
     assert work[0] == work[1] == work[2]

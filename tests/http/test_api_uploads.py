@@ -7,10 +7,8 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
-from aiohttp.test_utils import RawTestServer, TestClient
 
 from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
@@ -27,6 +25,7 @@ from .helpers_api import (
     has_blob_record,
     leftover_uploads,
     push_blob,
+    serving,
     start_upload,
 )
 
@@ -53,19 +52,6 @@ async def chunked(data: bytes, piece: int = 7_000) -> AsyncIterator[bytes]:
     """A body aiohttp sends with `Transfer-Encoding: chunked` and no Content-Length."""
     for i in range(0, len(data), piece):
         yield data[i:i + piece]
-
-
-@asynccontextmanager
-async def serving(driver, **settings) -> AsyncIterator[tuple[Registry, TestClient]]:
-    """A registry with these settings, started, and a client talking to it."""
-    registry = Registry(RegistryStore(driver), RegistrySettings(**settings),
-                        identify=identify_from_test_header)
-    await registry.start()
-    try:
-        async with TestClient(RawTestServer(registry.handle)) as client:
-            yield registry, client
-    finally:
-        await registry.close()
 
 
 # -- the styles ---------------------------------------------------------------------------
