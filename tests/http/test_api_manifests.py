@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
@@ -436,6 +437,19 @@ async def test_delete_by_digest_is_202_then_the_digest_and_its_tags_are_404(clie
     await assert_serves(client, "app", "other", other.manifest, OCI_MANIFEST)
 
 
+async def test_manifest_pushes_and_deletes_are_audited_with_what_they_named(client, caplog):
+    caplog.set_level(logging.INFO, logger="sshreg.audit")
+    image = await push_image(client, "app", "latest")
+    caplog.clear()
+    assert (await put_manifest(client, "app", "stable", image.manifest)).status == 201
+    assert (await client.delete("/v2/app/manifests/stable")).status == 202
+    assert (await client.delete(f"/v2/app/manifests/{image.digest}")).status == 202
+    events = [r.msg for r in caplog.records if r.name == "sshreg.audit"]
+    assert [(e["method"], e["reference"]) for e in events] == [
+        ("PUT", f"{image.digest}, stable"), ("DELETE", "stable"), ("DELETE", image.digest)]
+    assert events[0]["bytes"] == len(image.manifest)
+
+
 async def test_deleted_manifest_can_be_pushed_again(client):
     image = await push_image(client, "app", "latest")
     assert (await client.delete(f"/v2/app/manifests/{image.digest}")).status == 202
@@ -443,11 +457,12 @@ async def test_deleted_manifest_can_be_pushed_again(client):
     await assert_serves(client, "app", "latest", image.manifest, OCI_MANIFEST)
 
 
-async def test_delete_of_an_unknown_manifest_is_404_manifest_unknown(client):
+async def test_delete_of_an_unknown_manifest_is_404_manifest_unknown_naming_it(client):
     image = await push_image(client, "app", "latest")
-    for reference in ("nope", UNKNOWN_DIGEST):
+    for reference, kind in (("nope", "tag"), (UNKNOWN_DIGEST, "digest")):
         resp = await client.delete(f"/v2/app/manifests/{reference}")
         await assert_error(resp, 404, "MANIFEST_UNKNOWN")
+        assert await error_detail(resp) == {kind: reference}
     assert (await client.delete(f"/v2/app/manifests/{image.digest}")).status == 202
     resp = await client.delete(f"/v2/app/manifests/{image.digest}")
     await assert_error(resp, 404, "MANIFEST_UNKNOWN")
