@@ -33,6 +33,7 @@ from .helpers_api import (
     push_index,
     put_manifest,
     raw_request,
+    serving,
     tags_of,
 )
 
@@ -270,6 +271,7 @@ async def test_manifest_with_a_missing_layer_is_400_manifest_blob_unknown(client
                           [descriptor(OCI_LAYER, b"never pushed")])
     resp = await put_manifest(client, "app", "latest", data)
     await assert_error(resp, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert await error_detail(resp) == {"blobs": [digest_of(b"never pushed")]}
     assert (await get_manifest(client, "app", "latest")).status == 404
     assert (await get_manifest(client, "app", digest_of(data))).status == 404
 
@@ -295,6 +297,7 @@ async def test_index_with_a_missing_child_manifest_is_400_manifest_blob_unknown(
     data = index_manifest([child.descriptor, descriptor(OCI_MANIFEST, b"never pushed")])
     resp = await put_manifest(client, "app", "multi", data, OCI_INDEX)
     await assert_error(resp, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert await error_detail(resp) == {"manifests": [digest_of(b"never pushed")]}
     assert (await get_manifest(client, "app", "multi")).status == 404
 
 
@@ -375,6 +378,38 @@ async def test_manifest_over_4_mib_streamed_without_length_is_413(client, regist
     resp = await client.put("/v2/app/manifests/big", data=body(),
                             headers={"Content-Type": OCI_MANIFEST})
     await assert_error(resp, 413, "MANIFEST_INVALID")
+
+
+async def test_manifest_of_4_mib_streamed_without_length_is_accepted(client, registry):
+    data = await padded_manifest(client, registry.settings.max_manifest_size)
+
+    async def body():
+        for i in range(0, len(data), 65536):
+            yield data[i:i + 65536]
+
+    resp = await client.put("/v2/app/manifests/big", data=body(),
+                            headers={"Content-Type": OCI_MANIFEST})
+    assert resp.status == 201, await resp.text()
+    await assert_serves(client, "app", "big", data, OCI_MANIFEST)
+
+
+@pytest.mark.parametrize("named, accepted", [(5, True), (6, False)])
+async def test_a_manifest_may_name_as_many_distinct_digests_as_configured(driver, named, accepted):
+    """Config, layers and subject count, each distinct digest once (a layer named twice
+    counts once): five are allowed here, a sixth is refused."""
+    async with serving(driver, max_manifest_descriptors=5) as (_registry, client):
+        config = await push_blob(client, "app", b"{}")
+        layers = [descriptor(OCI_LAYER, f"layer {i}".encode()) for i in range(named - 2)]
+        for i in range(named - 2):
+            await push_blob(client, "app", f"layer {i}".encode())
+        subject = descriptor(OCI_MANIFEST, b"a subject nobody pushed")
+        data = image_manifest({"mediaType": OCI_CONFIG, "digest": config, "size": 2},
+                              layers + layers[:1], subject=subject)
+        resp = await put_manifest(client, "app", "latest", data)
+        if accepted:
+            assert resp.status == 201, await resp.text()
+        else:
+            await assert_error(resp, 400, "MANIFEST_INVALID")
 
 
 # -- unknown and delete ------------------------------------------------------------------
