@@ -12,6 +12,7 @@ import pytest
 
 from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
+from sshreg.storage.base import StorageError
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
@@ -557,6 +558,30 @@ async def test_a_patch_whose_client_stalls_mid_body_is_408_and_its_session_relea
         assert len(registry.sessions) == 0
         await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
         assert await leftover_uploads(driver) == 0
+
+
+async def test_a_patch_storage_fails_to_take_is_503_and_its_session_released_at_once(
+        client, registry, driver, monkeypatch):
+    """A session whose bytes storage did not take can never be committed: it goes with the
+    error, its storage upload and its slot with it."""
+    begin = registry.store.blobs.begin_upload
+
+    async def failing_begin(*args):
+        upload = await begin(*args)
+
+        async def broken(data):
+            raise StorageError("no space left on device")
+        upload.write = broken
+        return upload
+
+    monkeypatch.setattr(registry.store.blobs, "begin_upload", failing_begin)
+    location = await start_upload(client, "app")
+    resp = await client.patch(location, data=BLOB)
+    await assert_error(resp, 503, "UNAVAILABLE")
+    await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert len(registry.sessions) == 0
+    assert registry.sessions.admitted == 0
+    assert await leftover_uploads(driver) == 0
 
 
 async def test_idle_session_is_aborted_by_the_sweep_and_its_storage_released(client, registry, driver):
