@@ -75,6 +75,17 @@ async def test_a_cancelled_session_frees_its_slot_at_once(client, registry):
     await assert_limited(await client.post("/v2/app/blobs/uploads/"))
     assert (await client.delete(locations[0])).status == 204
     await start_upload(client, "app")
+    await assert_limited(await client.post("/v2/app/blobs/uploads/"))  # one slot, not more
+
+
+async def test_a_key_keeps_exactly_its_limit_as_its_sessions_come_and_go(client, registry):
+    locations = [await start_upload(client, "app") for _ in range(PER_KEY)]
+    for location in locations[1:]:
+        assert (await client.delete(location)).status == 204
+    assert registry.sessions.admitted_for("SHA256:full-access-test-key") == 1
+    for _ in range(PER_KEY - 1):
+        await start_upload(client, "app")
+    await assert_limited(await client.post("/v2/app/blobs/uploads/"))
 
 
 async def test_counts_return_to_zero_after_many_finished_failed_and_cancelled_uploads(
