@@ -43,7 +43,6 @@ class UploadSession:
         self.algorithm = algorithm
         self.hasher = hashlib.new(algorithm)
         self.size = 0
-        self.created = time.time()
         self.touched = time.monotonic()
         self.lock = asyncio.Lock()  # one request at a time per session
         self._pending: asyncio.Future[object] | None = None

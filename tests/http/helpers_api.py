@@ -6,20 +6,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import RawTestServer, TestClient
 from multidict import CIMultiDict
 
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from sshreg.references import Digest
+from sshreg.registry.app import Registry
+from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.base import Driver
 from sshreg.store import paths
-from tests.conftest import TEST_IDENTITY_HEADER
+from sshreg.store.registry_store import RegistryStore
+from tests.conftest import TEST_IDENTITY_HEADER, identify_from_test_header
 from tests.support.hashing import digest_of
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -31,6 +36,19 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 # The digest of b"hello world": a well-formed digest nothing in a fresh store has.
 UNKNOWN_DIGEST = "sha256:b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+
+
+@asynccontextmanager
+async def serving(driver: Driver, **settings: Any) -> AsyncIterator[tuple[Registry, TestClient]]:
+    """A registry on `driver` with these settings, started, and a client talking to it."""
+    registry = Registry(RegistryStore(driver), RegistrySettings(**settings),
+                        identify=identify_from_test_header)
+    await registry.start()
+    try:
+        async with TestClient(RawTestServer(registry.handle)) as client:
+            yield registry, client
+    finally:
+        await registry.close()
 
 
 def as_identity(identity: str) -> dict[str, str]:
@@ -93,6 +111,12 @@ async def error_code(resp: ClientResponse) -> str:
         assert {"code", "message", "detail"} <= set(error)
         assert error["code"].replace("_", "").isalpha() and error["code"].isupper()
     return errors[0]["code"]
+
+
+async def error_detail(resp: ClientResponse) -> Any:
+    """The detail of the first error in the envelope: what the registry says was wrong."""
+    await error_code(resp)
+    return (await resp.json())["errors"][0]["detail"]
 
 
 async def assert_error(resp: ClientResponse, status: int, code: str) -> None:
@@ -275,3 +299,21 @@ class HookedDriver:
         if self.after_stat:
             await self.after_stat(key)
         return info
+
+
+class CountingDriver:
+    """A driver that counts the calls made to it, by method name."""
+
+    def __init__(self, driver) -> None:
+        self._driver = driver
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._driver, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+        return counted

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import urllib.request
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from sshreg.references import Digest
+from sshreg.storage.filesystem import FilesystemDriver
 from tests.support.hashing import digest_of
 
-from .helpers_api import UNKNOWN_DIGEST, assert_error, push_blob
+from .helpers_api import UNKNOWN_DIGEST, assert_error, push_blob, serving
 
 BLOB = bytes(range(256)) * 4  # 1024 bytes
 
@@ -165,3 +169,26 @@ async def test_a_blob_whose_bytes_were_lost_is_stored_again_by_its_next_push(
     assert await push_blob(client, "app", BLOB) == blob  # 201
     resp = await client.get(f"/v2/app/blobs/{blob}")
     assert resp.status == 200 and await resp.read() == BLOB
+
+
+async def test_with_redirects_a_blob_get_is_sent_to_a_url_that_serves_it_for_that_long(driver):
+    """With `redirect_expiry`, a whole-blob GET answers 307 to a presigned storage URL valid
+    that long (S3); storage that has no such URLs (the filesystem) serves the bytes through
+    the registry. A ranged GET is always served by the registry."""
+    async with serving(driver, redirect_expiry=300) as (_registry, client):
+        digest = await push_blob(client, "app", BLOB)
+        resp = await client.get(f"/v2/app/blobs/{digest}", allow_redirects=False)
+        if isinstance(driver, FilesystemDriver):
+            assert resp.status == 200
+            assert await resp.read() == BLOB
+        else:
+            assert resp.status == 307
+            assert resp.headers["Docker-Content-Digest"] == digest
+            url = resp.headers["Location"]
+            assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["300"]
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+            assert body == BLOB
+        resp = await client.get(f"/v2/app/blobs/{digest}", headers={"Range": "bytes=1-2"},
+                                allow_redirects=False)
+        assert resp.status == 206
+        assert await resp.read() == BLOB[1:3]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import pytest
 from aiohttp.test_utils import RawTestServer, TestClient
@@ -24,6 +25,7 @@ from .helpers_api import (
     UNKNOWN_DIGEST,
     assert_error,
     descriptor,
+    error_detail,
     image_manifest,
     index_manifest,
     push_blob,
@@ -31,6 +33,7 @@ from .helpers_api import (
     push_index,
     put_manifest,
     raw_request,
+    serving,
     tags_of,
 )
 
@@ -40,18 +43,21 @@ async def get_manifest(client, name: str, reference: str, method: str = "GET"):
 
 
 async def assert_serves(client, name: str, reference: str, data: bytes, media_type: str) -> None:
-    """GET returns the exact bytes; HEAD the same headers and no body."""
+    """GET returns the exact bytes; HEAD the same headers and no body. The ETag (what
+    caches revalidate with) is the digest."""
     digest = digest_of(data)
     resp = await get_manifest(client, name, reference)
     assert resp.status == 200, await resp.text()
     assert await resp.read() == data
     assert resp.headers["Content-Type"] == media_type
     assert resp.headers["Docker-Content-Digest"] == digest
+    assert resp.headers["ETag"] == f'"{digest}"'
     assert resp.headers["Content-Length"] == str(len(data))
     resp = await get_manifest(client, name, reference, "HEAD")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == media_type
     assert resp.headers["Docker-Content-Digest"] == digest
+    assert resp.headers["ETag"] == f'"{digest}"'
     assert resp.headers["Content-Length"] == str(len(data))
     assert await resp.read() == b""
 
@@ -219,11 +225,14 @@ async def test_manifest_referencing_sha512_blobs_is_accepted(client):
 
 
 async def test_manifest_put_by_wrong_digest_is_400_digest_invalid_and_not_stored(client):
+    """The error names both digests: the one in the URL and the one of the body."""
     image = await push_image(client, "app")
     config = json.loads(image.manifest)["config"]
     other = image_manifest(config, [])
     resp = await put_manifest(client, "app", digest_of(other), image.manifest)
     await assert_error(resp, 400, "DIGEST_INVALID")
+    assert await error_detail(resp) == {"expected": digest_of(other),
+                                        "computed": digest_of(image.manifest)}
     assert (await get_manifest(client, "app", digest_of(other))).status == 404
 
 
@@ -262,6 +271,7 @@ async def test_manifest_with_a_missing_layer_is_400_manifest_blob_unknown(client
                           [descriptor(OCI_LAYER, b"never pushed")])
     resp = await put_manifest(client, "app", "latest", data)
     await assert_error(resp, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert await error_detail(resp) == {"blobs": [digest_of(b"never pushed")]}
     assert (await get_manifest(client, "app", "latest")).status == 404
     assert (await get_manifest(client, "app", digest_of(data))).status == 404
 
@@ -287,6 +297,7 @@ async def test_index_with_a_missing_child_manifest_is_400_manifest_blob_unknown(
     data = index_manifest([child.descriptor, descriptor(OCI_MANIFEST, b"never pushed")])
     resp = await put_manifest(client, "app", "multi", data, OCI_INDEX)
     await assert_error(resp, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert await error_detail(resp) == {"manifests": [digest_of(b"never pushed")]}
     assert (await get_manifest(client, "app", "multi")).status == 404
 
 
@@ -369,17 +380,61 @@ async def test_manifest_over_4_mib_streamed_without_length_is_413(client, regist
     await assert_error(resp, 413, "MANIFEST_INVALID")
 
 
+async def test_manifest_of_4_mib_streamed_without_length_is_accepted(client, registry):
+    data = await padded_manifest(client, registry.settings.max_manifest_size)
+
+    async def body():
+        for i in range(0, len(data), 65536):
+            yield data[i:i + 65536]
+
+    resp = await client.put("/v2/app/manifests/big", data=body(),
+                            headers={"Content-Type": OCI_MANIFEST})
+    assert resp.status == 201, await resp.text()
+    await assert_serves(client, "app", "big", data, OCI_MANIFEST)
+
+
+@pytest.mark.parametrize("named, accepted", [(5, True), (6, False)])
+async def test_a_manifest_may_name_as_many_distinct_digests_as_configured(driver, named, accepted):
+    """Config, layers and subject count, each distinct digest once (a layer named twice
+    counts once): five are allowed here, a sixth is refused."""
+    async with serving(driver, max_manifest_descriptors=5) as (_registry, client):
+        config = await push_blob(client, "app", b"{}")
+        layers = [descriptor(OCI_LAYER, f"layer {i}".encode()) for i in range(named - 2)]
+        for i in range(named - 2):
+            await push_blob(client, "app", f"layer {i}".encode())
+        subject = descriptor(OCI_MANIFEST, b"a subject nobody pushed")
+        data = image_manifest({"mediaType": OCI_CONFIG, "digest": config, "size": 2},
+                              layers + layers[:1], subject=subject)
+        resp = await put_manifest(client, "app", "latest", data)
+        if accepted:
+            assert resp.status == 201, await resp.text()
+        else:
+            await assert_error(resp, 400, "MANIFEST_INVALID")
+
+
 # -- unknown and delete ------------------------------------------------------------------
 
 
-async def test_unknown_manifest_is_404_manifest_unknown(client):
+async def test_unknown_manifest_is_404_manifest_unknown_naming_it(client):
     await push_image(client, "app", "latest")
-    for reference in ("nope", UNKNOWN_DIGEST):
+    for reference, kind in (("nope", "tag"), (UNKNOWN_DIGEST, "digest")):
         resp = await get_manifest(client, "app", reference)
         await assert_error(resp, 404, "MANIFEST_UNKNOWN")
+        assert await error_detail(resp) == {kind: reference}
         assert (await get_manifest(client, "app", reference, "HEAD")).status == 404
     resp = await get_manifest(client, "never-pushed", "latest")
     assert resp.status == 404
+
+
+async def test_a_reference_that_is_neither_a_digest_nor_a_valid_tag_is_404_manifest_unknown(client):
+    await push_image(client, "app", "latest")
+    for reference in ("-latest", ".latest", "l" * 129, "lat%21est"):
+        for method in ("GET", "HEAD", "DELETE"):
+            resp = await client.request(method, f"/v2/app/manifests/{reference}")
+            assert resp.status == 404, (method, reference)
+            if method != "HEAD":
+                await assert_error(resp, 404, "MANIFEST_UNKNOWN")
+                assert await error_detail(resp) == {"tag": resp.url.path.rsplit("/", 1)[1]}
 
 
 async def test_malformed_digest_reference_is_400_digest_invalid(client):
@@ -417,6 +472,19 @@ async def test_delete_by_digest_is_202_then_the_digest_and_its_tags_are_404(clie
     await assert_serves(client, "app", "other", other.manifest, OCI_MANIFEST)
 
 
+async def test_manifest_pushes_and_deletes_are_audited_with_what_they_named(client, caplog):
+    caplog.set_level(logging.INFO, logger="sshreg.audit")
+    image = await push_image(client, "app", "latest")
+    caplog.clear()
+    assert (await put_manifest(client, "app", "stable", image.manifest)).status == 201
+    assert (await client.delete("/v2/app/manifests/stable")).status == 202
+    assert (await client.delete(f"/v2/app/manifests/{image.digest}")).status == 202
+    events = [r.msg for r in caplog.records if r.name == "sshreg.audit"]
+    assert [(e["method"], e["reference"]) for e in events] == [
+        ("PUT", f"{image.digest}, stable"), ("DELETE", "stable"), ("DELETE", image.digest)]
+    assert events[0]["bytes"] == len(image.manifest)
+
+
 async def test_deleted_manifest_can_be_pushed_again(client):
     image = await push_image(client, "app", "latest")
     assert (await client.delete(f"/v2/app/manifests/{image.digest}")).status == 202
@@ -424,11 +492,12 @@ async def test_deleted_manifest_can_be_pushed_again(client):
     await assert_serves(client, "app", "latest", image.manifest, OCI_MANIFEST)
 
 
-async def test_delete_of_an_unknown_manifest_is_404_manifest_unknown(client):
+async def test_delete_of_an_unknown_manifest_is_404_manifest_unknown_naming_it(client):
     image = await push_image(client, "app", "latest")
-    for reference in ("nope", UNKNOWN_DIGEST):
+    for reference, kind in (("nope", "tag"), (UNKNOWN_DIGEST, "digest")):
         resp = await client.delete(f"/v2/app/manifests/{reference}")
         await assert_error(resp, 404, "MANIFEST_UNKNOWN")
+        assert await error_detail(resp) == {kind: reference}
     assert (await client.delete(f"/v2/app/manifests/{image.digest}")).status == 202
     resp = await client.delete(f"/v2/app/manifests/{image.digest}")
     await assert_error(resp, 404, "MANIFEST_UNKNOWN")

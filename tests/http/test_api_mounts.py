@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
-from .helpers_api import UNKNOWN_DIGEST, as_identity, assert_error, push_blob
+from .helpers_api import (
+    UNKNOWN_DIGEST,
+    CountingDriver,
+    as_identity,
+    assert_error,
+    push_blob,
+    serving,
+)
 
 BLOB = b"a layer shared between repositories" * 100
 SESSION = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/[0-9a-f-]{36}")
@@ -120,3 +128,63 @@ async def test_read_only_key_cannot_mount(client):
                              headers=as_identity("reader"))
     await assert_error(resp, 403, "DENIED")
     assert (await client.get(f"/v2/target/blobs/{digest}")).status == 404
+
+
+async def test_push_only_key_mounts_from_a_named_repository_it_pushes_to(client):
+    """Push implies pull: a key with only the push right (no pull, no delete) may mount
+    from a repository it pushes to."""
+    digest = await push_blob(client, "team/base", BLOB, identity="pusher")
+    pusher = as_identity("pusher")
+    resp = await client.post("/v2/team/app/blobs/uploads/",
+                             params={"mount": digest, "from": "team/base"}, headers=pusher)
+    assert resp.status == 201
+    assert (await client.get(f"/v2/team/app/blobs/{digest}", headers=pusher)).status == 200
+
+
+async def test_push_only_key_mount_without_from_finds_the_blob_where_it_pushes(client):
+    digest = await push_blob(client, "team/base", BLOB, identity="pusher")
+    pusher = as_identity("pusher")
+    resp = await client.post("/v2/team/app/blobs/uploads/", params={"mount": digest},
+                             headers=pusher)
+    assert resp.status == 201
+    assert (await client.get(f"/v2/team/app/blobs/{digest}", headers=pusher)).status == 200
+
+
+async def test_a_mount_refused_for_want_of_read_rights_is_logged_with_the_key(client, caplog):
+    """The client only sees a fresh session (202): the warning is the operator's trace of a
+    key asking for a repository it may not read. An allowed mount leaves none."""
+    caplog.set_level(logging.WARNING, logger="sshreg.uploads")
+    secret = await push_blob(client, "other/secret", BLOB)
+    shared = await push_blob(client, "team/base", BLOB * 2, identity="team")
+    team = as_identity("team")
+    resp = await client.post("/v2/team/app/blobs/uploads/",
+                             params={"mount": shared, "from": "team/base"}, headers=team)
+    assert resp.status == 201
+    assert [r for r in caplog.records if r.name == "sshreg.uploads"] == []
+    resp = await client.post("/v2/team/app/blobs/uploads/",
+                             params={"mount": secret, "from": "other/secret"}, headers=team)
+    assert_fresh_session(resp, "team/app")
+    [refused] = [r for r in caplog.records if r.name == "sshreg.uploads"]
+    assert refused.levelno == logging.WARNING
+    assert refused.args["from_repository"] == "other/secret"
+    assert refused.args["digest"] == secret
+    assert refused.args["fingerprint"] == "SHA256:team-test-key"
+
+
+async def test_the_work_of_a_mount_without_from_does_not_tell_what_unreadable_repositories_hold(
+        driver):
+    """A key that may read only some repositories asks to mount a blob only an unreadable
+    repository holds, then one nobody holds: storage does the same work for both, so the
+    time of the answer does not tell the key that the first exists."""
+    counting = CountingDriver(driver)
+    async with serving(counting) as (_registry, client):
+        secret = await push_blob(client, "other/secret", BLOB)
+        await push_blob(client, "team/base", b"the team's own", identity="team")
+        work = []
+        for digest in (secret, UNKNOWN_DIGEST, secret):
+            counting.calls.clear()
+            resp = await client.post("/v2/team/app/blobs/uploads/", params={"mount": digest},
+                                     headers=as_identity("team"))
+            assert_fresh_session(resp, "team/app")
+            work.append(dict(counting.calls))
+    assert work[0] == work[1] == work[2]

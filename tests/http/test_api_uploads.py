@@ -10,15 +10,23 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from sshreg.registry.app import Registry
+from sshreg.registry.settings import RegistrySettings
+from sshreg.storage.base import StorageError
+from sshreg.store.registry_store import RegistryStore
+from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
 
 from .helpers_api import (
+    CountingDriver,
     as_identity,
     assert_error,
     blob_copies,
+    error_detail,
     has_blob_record,
     leftover_uploads,
     push_blob,
+    serving,
     start_upload,
 )
 
@@ -284,6 +292,35 @@ async def test_chunked_body_longer_than_its_content_range_is_rejected_and_the_se
     assert_created(resp, "app", DIGEST)
 
 
+async def test_closing_put_whose_chunked_body_is_shorter_than_its_content_range_is_refused(client):
+    """Even when the digest matches the bytes that did come: the range announced more. The
+    session stays where it was, and the upload can still be finished."""
+    location = await start_upload(client, "app")
+    await client.patch(location, data=BLOB[:100], headers={"Content-Range": "0-99"})
+    resp = await client.put(location, params={"digest": digest_of(BLOB[:200])},
+                            data=chunked(BLOB[100:200]), headers={"Content-Range": "100-299"})
+    await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+    assert (await client.get(f"/v2/app/blobs/{digest_of(BLOB[:200])}")).status == 404
+    assert (await client.get(location)).headers["Range"] == "0-99"
+    resp = await client.put(location, params={"digest": DIGEST}, data=BLOB[100:],
+                            headers={"Content-Range": f"100-{len(BLOB) - 1}"})
+    assert_created(resp, "app", DIGEST)
+
+
+async def test_chunked_body_running_on_past_its_content_range_in_a_later_chunk_is_rejected(client):
+    """The first chunk ends exactly where the range does; the excess comes after it."""
+    location = await start_upload(client, "app")
+
+    async def two_chunks() -> AsyncIterator[bytes]:
+        yield BLOB[:100]
+        await asyncio.sleep(0.1)
+        yield BLOB[100:200]
+
+    resp = await client.patch(location, data=two_chunks(), headers={"Content-Range": "0-99"})
+    await assert_error(resp, 400, "BLOB_UPLOAD_INVALID")
+    assert (await client.get(location)).headers["Range"] == "0-0"
+
+
 async def test_malformed_content_range_is_400_blob_upload_invalid(client):
     location = await start_upload(client, "app")
     resp = await client.patch(location, data=b"abc", headers={"Content-Range": "zero-two"})
@@ -314,11 +351,13 @@ async def test_delete_cancels_the_session_with_204_then_it_is_404_blob_upload_un
     assert await leftover_uploads(driver) == 0
 
 
-async def test_unknown_session_is_404_blob_upload_unknown(client):
-    location = "/v2/app/blobs/uploads/00000000-0000-0000-0000-000000000000"
+async def test_unknown_session_is_404_blob_upload_unknown_naming_it(client):
+    session = "00000000-0000-0000-0000-000000000000"
     for method in ("GET", "PATCH", "PUT", "DELETE"):
-        resp = await client.request(method, location, params={"digest": DIGEST})
+        resp = await client.request(method, f"/v2/app/blobs/uploads/{session}",
+                                    params={"digest": DIGEST})
         await assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN")
+        assert await error_detail(resp) == {"session": session}
 
 
 async def test_session_is_bound_to_its_repository(client):
@@ -373,6 +412,33 @@ async def test_sha512_digest_announced_only_at_the_closing_put_after_patches(cli
     assert await blob_bytes(client, "app", digest) == BLOB
 
 
+async def test_bytes_hashed_as_they_arrive_are_not_read_back_from_storage(driver):
+    """Reading a blob back costs as much as its push: it is done only for a digest announced
+    at the closing PUT in another algorithm than the PATCHes were hashed with."""
+    counting = CountingDriver(driver)
+    async with serving(counting) as (_registry, client):
+        await push_blob(client, "app", os.urandom(1000))
+        await push_blob(client, "app", os.urandom(1000), algorithm="sha512")
+        for algorithm in ("sha256", "sha512"):
+            data = os.urandom(1000)
+            location = await start_upload(client, "app")
+            resp = await client.put(location, params={"digest": digest_of(data, algorithm)},
+                                    data=data)
+            assert resp.status == 201
+        data = os.urandom(1000)
+        location = await start_upload(client, "app")
+        resp = await client.patch(location, data=data)
+        resp = await client.put(resp.headers["Location"], params={"digest": digest_of(data)})
+        assert resp.status == 201
+        assert counting.calls["read"] == 0
+        location = await start_upload(client, "app")
+        resp = await client.patch(location, data=data[::-1])
+        resp = await client.put(resp.headers["Location"],
+                                params={"digest": digest_of(data[::-1], "sha512")})
+        assert resp.status == 201
+        assert counting.calls["read"] == 1
+
+
 async def test_wrong_sha512_digest_at_the_closing_put_is_400_and_nothing_is_stored(client, driver):
     wrong = "sha512:" + hashlib.sha512(b"other").hexdigest()
     location = await start_upload(client, "app")
@@ -381,6 +447,19 @@ async def test_wrong_sha512_digest_at_the_closing_put_is_400_and_nothing_is_stor
     await assert_error(resp, 400, "DIGEST_INVALID")
     assert (await client.get(f"/v2/app/blobs/{wrong}")).status == 404
     assert not await has_blob_record(driver, wrong)
+    assert await blob_copies(driver) == set()
+    assert await leftover_uploads(driver) == 0
+
+
+async def test_wrong_sha512_digest_of_a_monolithic_put_is_400_naming_the_digest_of_the_bytes(
+        client, driver):
+    """The bytes are hashed with sha512 as they arrive, and the error says what they hash to."""
+    wrong = "sha512:" + hashlib.sha512(b"other").hexdigest()
+    location = await start_upload(client, "app")
+    resp = await client.put(location, params={"digest": wrong}, data=BLOB)
+    await assert_error(resp, 400, "DIGEST_INVALID")
+    detail = (await resp.json())["errors"][0]["detail"]
+    assert detail == {"expected": wrong, "computed": digest_of(BLOB, "sha512")}
     assert await blob_copies(driver) == set()
     assert await leftover_uploads(driver) == 0
 
@@ -461,6 +540,50 @@ async def test_patch_cut_mid_body_keeps_what_was_stored_and_the_upload_resumes(c
     assert await blob_bytes(client, "app", digest_of(data)) == data
 
 
+async def test_a_patch_whose_client_stalls_mid_body_is_408_and_its_session_released_at_once(
+        driver):
+    """Nobody is coming back for a session whose client stopped sending: it is aborted with
+    the 408, its storage upload with it, without waiting for the idle sweep."""
+    async with serving(driver, body_idle_timeout=0.3) as (registry, client):
+        location = await start_upload(client, "app")
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(f"PATCH {location} HTTP/1.1\r\nHost: localhost\r\n"
+                         f"Content-Length: {len(BLOB)}\r\n\r\n".encode() + BLOB[:1000])
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 10)
+        finally:
+            writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408 ")
+        assert len(registry.sessions) == 0
+        await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+        assert await leftover_uploads(driver) == 0
+
+
+async def test_a_patch_storage_fails_to_take_is_503_and_its_session_released_at_once(
+        client, registry, driver, monkeypatch):
+    """A session whose bytes storage did not take can never be committed: it goes with the
+    error, its storage upload and its slot with it."""
+    begin = registry.store.blobs.begin_upload
+
+    async def failing_begin(*args):
+        upload = await begin(*args)
+
+        async def broken(data):
+            raise StorageError("no space left on device")
+        upload.write = broken
+        return upload
+
+    monkeypatch.setattr(registry.store.blobs, "begin_upload", failing_begin)
+    location = await start_upload(client, "app")
+    resp = await client.patch(location, data=BLOB)
+    await assert_error(resp, 503, "UNAVAILABLE")
+    await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert len(registry.sessions) == 0
+    assert registry.sessions.admitted == 0
+    assert await leftover_uploads(driver) == 0
+
+
 async def test_idle_session_is_aborted_by_the_sweep_and_its_storage_released(client, registry, driver):
     location = await start_upload(client, "app")
     await client.patch(location, data=BLOB)
@@ -521,6 +644,45 @@ async def test_a_session_is_idle_from_the_end_of_its_last_request_not_its_start(
     assert await registry.sessions.sweep() == 0
     resp = await client.put(resp.headers["Location"], params={"digest": DIGEST})
     assert_created(resp, "app", DIGEST)
+
+
+async def test_asking_where_an_upload_stands_keeps_it_from_the_idle_sweep(client, registry):
+    """A client that asks for the Range (to resume) is active even without sending bytes."""
+    registry.sessions.idle_timeout = 0.2
+    location = await start_upload(client, "app")
+    await client.patch(location, data=BLOB[:100], headers={"Content-Range": "0-99"})
+    await asyncio.sleep(0.3)
+    resp = await client.get(location)
+    assert resp.status == 204
+    assert await registry.sessions.sweep() == 0
+    resp = await client.put(location, params={"digest": DIGEST}, data=BLOB[100:],
+                            headers={"Content-Range": f"100-{len(BLOB) - 1}"})
+    assert_created(resp, "app", DIGEST)
+
+
+async def test_the_registry_sweeps_abandoned_sessions_by_itself_a_second_after_it_starts(driver):
+    """The idle sweep runs every quarter of the idle timeout but at least 1 s apart: a
+    session idle for longer than a short timeout is gone after the first sweep, 1 s in."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    async with serving(driver, upload_idle_timeout=0.2) as (registry, client):
+        location = await start_upload(client, "app")
+        while len(registry.sessions) and loop.time() - began < 5:
+            await asyncio.sleep(0.02)
+        gone_after = loop.time() - began
+        await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert gone_after < 1.0 + 0.5  # 0.5 s for a busy machine; the next sweep is at 2 s
+
+
+async def test_closing_the_registry_leaves_no_task_of_its_own_running(driver):
+    before = asyncio.all_tasks()
+    registry = Registry(RegistryStore(driver), RegistrySettings(),
+                        identify=identify_from_test_header)
+    await registry.start()
+    assert asyncio.all_tasks() - before  # the idle sweep
+    await registry.close()
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
 
 
 async def test_closing_the_registry_aborts_open_sessions(client, registry, driver):

@@ -75,6 +75,17 @@ async def test_a_cancelled_session_frees_its_slot_at_once(client, registry):
     await assert_limited(await client.post("/v2/app/blobs/uploads/"))
     assert (await client.delete(locations[0])).status == 204
     await start_upload(client, "app")
+    await assert_limited(await client.post("/v2/app/blobs/uploads/"))  # one slot, not more
+
+
+async def test_a_key_keeps_exactly_its_limit_as_its_sessions_come_and_go(client, registry):
+    locations = [await start_upload(client, "app") for _ in range(PER_KEY)]
+    for location in locations[1:]:
+        assert (await client.delete(location)).status == 204
+    assert registry.sessions.admitted_for("SHA256:full-access-test-key") == 1
+    for _ in range(PER_KEY - 1):
+        await start_upload(client, "app")
+    await assert_limited(await client.post("/v2/app/blobs/uploads/"))
 
 
 async def test_counts_return_to_zero_after_many_finished_failed_and_cancelled_uploads(
@@ -111,6 +122,26 @@ async def test_the_idle_sweep_gives_back_the_slots_of_abandoned_sessions(client,
     registry.sessions.idle_timeout = 0
     assert await registry.sessions.sweep() == PER_KEY
     assert_counts_back_to_zero(registry)
+
+
+async def test_the_active_uploads_gauge_follows_sessions_opened_finished_cancelled_and_swept(
+        client, registry):
+    def active() -> float:
+        return registry.metrics.value("sshreg_uploads_active")
+
+    data = os.urandom(1000)
+    locations = [await start_upload(client, "app") for _ in range(4)]
+    assert active() == 4
+    assert (await client.delete(locations[0])).status == 204
+    assert active() == 3
+    resp = await client.put(locations[1], params={"digest": digest_of(data)}, data=data)
+    assert resp.status == 201
+    assert active() == 2
+    await push_blob(client, "app", os.urandom(1000))  # a one-request push ends where it began
+    assert active() == 2
+    registry.sessions.idle_timeout = 0
+    assert await registry.sessions.sweep() == 2
+    assert active() == 0
 
 
 async def test_a_session_whose_storage_upload_cannot_begin_gives_back_its_slot(
