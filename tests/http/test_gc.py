@@ -101,6 +101,29 @@ async def test_dry_run_reports_what_would_go_and_deletes_nothing(client, registr
     assert {o.key async for o in driver.list("") if o.key != "gc/clock"} == before
 
 
+async def test_a_dry_run_reports_exactly_what_the_real_run_then_removes(client, registry):
+    shared, doomed, crashed = os.urandom(5000), os.urandom(2000), b"left behind by a crash"
+    await push_layers(client, "dry/kept", "1", [shared], seed="kept")
+    gone = await push_layers(client, "dry/gone", "1", [shared, doomed], seed="gone")
+    assert (await client.delete("/v2/dry/gone/manifests/1")).status == 202
+    leftover = await registry.store.blobs.begin_upload()  # bytes no record points at
+    await leftover.write(crashed)
+    await leftover.commit()
+
+    planned = (await collector(registry).run(dry_run=True)).to_dict()
+    done = (await collector(registry).run()).to_dict()
+
+    assert planned["manifests"] == [f"dry/gone@{gone.digest}"]
+    # Unlinked from dry/gone: its config, its layer and the shared layer. Deleted: the
+    # records and bytes of its manifest, config and layer, and the crash leftover.
+    assert (planned["links"], planned["blobs"], planned["orphans"]) == (3, 3, 1)
+    only_gone = [data for data in gone.blobs.values() if data != shared]
+    assert planned["bytes_reclaimed"] == (
+        len(gone.manifest) + sum(map(len, only_gone)) + len(crashed))
+    assert {k: v for k, v in planned.items() if k not in ("dry_run", "seconds")} == {
+        k: v for k, v in done.items() if k not in ("dry_run", "seconds")}
+
+
 async def test_blobs_of_a_push_in_progress_survive_gc_within_the_grace_period(client, registry):
     layer = os.urandom(6000)
     config = b'{"architecture":"amd64","os":"linux"}'
