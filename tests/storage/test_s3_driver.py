@@ -130,10 +130,11 @@ async def test_a_part_size_per_upload_overrides_the_driver_default(s3_server, ma
     assert checker.seen == [[6 * MiB, 6 * MiB, MiB]]
 
 
-async def test_a_blob_smaller_than_a_part_is_one_put_object(s3_server, make_driver):
+@pytest.mark.parametrize("size", [0, MIN_PART_SIZE - 1])  # 0: an empty blob, never written to
+async def test_a_blob_smaller_than_a_part_is_one_put_object(s3_server, make_driver, size):
     driver = make_driver(part_size=MIN_PART_SIZE)
     calls = Calls(driver)
-    data = os.urandom(MIN_PART_SIZE - 1)
+    data = os.urandom(size)
     up = await driver.begin_upload("data/bb/small")
     for piece in odd_sized(data):
         await up.write(piece)
@@ -253,6 +254,24 @@ async def test_a_failed_last_part_fails_commit_and_aborts(s3_server, make_driver
         await up.commit()
     assert uploads_under(s3_server, driver) == []
     assert await driver.stat("data/cc/last") is None
+
+
+async def test_a_put_object_that_fails_after_storing_the_blob_leaves_no_object(make_driver):
+    """The answer to the PutObject of a small blob is lost (the connection dropped after
+    the server stored it): the commit fails, and the object it may have written is gone."""
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    real = driver.client.put_object
+
+    def answer_lost(**params: Any) -> Any:
+        real(**params)
+        raise ConnectionResetError("injected after the write")
+
+    driver.client.put_object = answer_lost
+    up = await driver.begin_upload("data/cc/unanswered")
+    await up.write(os.urandom(1000))
+    with pytest.raises(StorageError, match="injected"):
+        await up.commit()
+    assert await driver.stat("data/cc/unanswered") is None
 
 
 async def test_a_cancelled_write_makes_the_upload_unusable(s3_server, make_driver):
