@@ -308,6 +308,25 @@ async def test_an_upload_whose_multipart_upload_vanished_fails_to_commit(s3_serv
     assert await driver.stat("data/cc/swept") is None
 
 
+async def test_an_upload_swept_just_before_it_completes_fails_to_commit(s3_server, make_driver):
+    """The stale-upload sweep of another gateway aborts the multipart upload between the
+    last part and CompleteMultipartUpload (an async `before_complete` hook runs it there)."""
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    swept: list[int] = []
+
+    async def sweep(key: str, upload_id: str) -> None:
+        swept.append(await driver.abort_stale_uploads(-60))
+
+    driver.before_complete = sweep
+    up = await driver.begin_upload("data/cc/swept-late")
+    await up.write(os.urandom(MIN_PART_SIZE + 1))
+    with pytest.raises(StorageError, match="gone"):
+        await up.commit()
+    assert swept == [1]
+    assert uploads_under(s3_server, driver) == []
+    assert await driver.stat("data/cc/swept-late") is None
+
+
 # -- backpressure, memory, commit time ---------------------------------------------------
 
 
