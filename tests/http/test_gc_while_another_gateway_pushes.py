@@ -271,6 +271,96 @@ async def test_the_lease_is_given_back_when_a_collection_fails(driver, registry,
     assert await driver.stat(lease.KEY) is None
 
 
+class HeldCollector(SettledCollector):
+    """A collector of `registry`'s gateway that holds its lease and waits in its safety
+    pause until `finish` is set."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry.store, GcSettings(**NOW))
+        self.pausing, self.finish = asyncio.Event(), asyncio.Event()
+
+    async def _pause(self) -> None:
+        self.pausing.set()
+        await self.finish.wait()
+
+
+RIVAL = b'{"owner": "box3 pid 42", "started": 0}'
+
+
+async def test_a_long_collection_renews_its_lease_so_it_never_looks_abandoned(
+        driver, registry, client, monkeypatch):
+    # R2 takes one write a second per key: renewals every second would leave no room for
+    # the other collection's attempt, so every 2 s.
+    monkeypatch.setattr(lease, "REFRESH", 2.0)
+    monkeypatch.setattr(lease, "STALE", 5.0)
+    await garbage_image(client, "lease/long")
+    first = HeldCollector(registry)
+    running = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.pausing.wait(), 30)
+    await asyncio.sleep(6.5)  # longer than STALE since the lease was taken
+    with pytest.raises(GcBusy, match="already running"):
+        await SettledCollector(RegistryStore(driver), GcSettings(**NOW)).run()
+    first.finish.set()
+    assert (await asyncio.wait_for(running, 30)).blobs == 3
+    assert await driver.stat(lease.KEY) is None
+
+
+async def test_a_collection_whose_lease_was_taken_over_leaves_the_new_holders_lease_alone(
+        driver, registry, client, monkeypatch):
+    """Its lease looked abandoned (a stopped VM, say) and another collection took it over:
+    the first one neither renews the lease over the new holder's nor removes it at its end."""
+    monkeypatch.setattr(lease, "REFRESH", 2.0)
+    await garbage_image(client, "lease/lost")
+    first = HeldCollector(registry)
+    running = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.pausing.wait(), 30)
+    await driver.put(lease.KEY, RIVAL)  # the take-over
+    await asyncio.sleep(4.5)  # two renewals due
+    assert (await driver.get(lease.KEY)).data == RIVAL
+    first.finish.set()
+    await asyncio.wait_for(running, 30)
+    assert (await driver.get(lease.KEY)).data == RIVAL
+
+
+async def test_of_two_collections_taking_over_an_abandoned_lease_only_one_gets_it(
+        driver, registry, client, monkeypatch):
+    await garbage_image(client, "lease/race")
+    await driver.put(lease.KEY, b'{"owner": "dead pid 1", "started": 0}')
+    monkeypatch.setattr(lease, "STALE", 0.5)
+    await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    took: list[str] = []
+
+    async def rival_takes_it_first(key: str) -> None:
+        if key == lease.KEY and not took:  # after this collection found the lease stale
+            took.append(await driver.put(lease.KEY, RIVAL))
+
+    watched = collector_on(registry, HookedDriver(driver, after_stat=rival_takes_it_first))
+    with pytest.raises(GcBusy, match="took the lease first"):
+        await watched.run()
+    assert took and (await driver.get(lease.KEY)).data == RIVAL
+
+
+class LeaseStolenAtOnce(HookedDriver):
+    """Storage on which another collection overwrites the gc lease right after it is taken."""
+
+    async def put(self, key: str, data: bytes, **conditions) -> str:
+        etag = await self._driver.put(key, data, **conditions)
+        if key == lease.KEY:
+            await self._driver.put(key, RIVAL)
+        return etag
+
+
+async def test_a_collection_whose_lease_is_lost_as_soon_as_taken_deletes_nothing(
+        driver, registry, client):
+    image = await garbage_image(client, "lease/stolen")
+    with pytest.raises(GcBusy, match="lost"):
+        await collector_on(registry, LeaseStolenAtOnce(driver)).run()
+    assert (await driver.get(lease.KEY)).data == RIVAL
+    for digest, data in image.blobs.items():  # garbage, but still there
+        resp = await client.get(f"/v2/lease/stolen/blobs/{digest}")
+        assert resp.status == 200 and await resp.read() == data
+
+
 # A lease names its holder; one cut short by a crash or written by hand names nobody.
 @pytest.mark.parametrize(("body", "holder"), [
     (b'{"owner": "box3 pid 42", "started": 0}', "box3 pid 42"),
