@@ -153,6 +153,7 @@ async def test_the_multipart_upload_is_created_with_the_first_full_part(make_dri
     await up.write(os.urandom(20))
     assert up.upload_id is not None
     await up.commit()
+    assert up.upload_id is None  # completed: there is no multipart upload any more
     assert calls.names == ["CreateMultipartUpload", "UploadPart", "UploadPart",
                            "CompleteMultipartUpload"]
     assert not any(name.startswith(("Copy", "UploadPartCopy", "Get")) for name in calls.names)
@@ -196,6 +197,17 @@ async def test_abort_leaves_no_multipart_upload(s3_server, make_driver):
         await up.write(b"more")
     with pytest.raises(StorageError):
         await up.commit()
+
+
+@pytest.mark.parametrize("size", [1000, MIN_PART_SIZE + 1])  # one PutObject; multipart
+async def test_abort_after_commit_keeps_the_object_whichever_way_it_was_sent(make_driver, size):
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    data = os.urandom(size)
+    up = await driver.begin_upload("data/cc/committed")
+    await up.write(data)
+    await up.commit()
+    await up.abort()  # what a request's cleanup does whatever happened
+    assert await read_all(driver, "data/cc/committed") == data
 
 
 async def test_abort_stale_uploads_removes_old_ones_under_the_prefix_only(
@@ -256,19 +268,22 @@ async def test_a_failed_last_part_fails_commit_and_aborts(s3_server, make_driver
     assert await driver.stat("data/cc/last") is None
 
 
-async def test_a_put_object_that_fails_after_storing_the_blob_leaves_no_object(make_driver):
-    """The answer to the PutObject of a small blob is lost (the connection dropped after
-    the server stored it): the commit fails, and the object it may have written is gone."""
+@pytest.mark.parametrize(("operation", "size"), [("put_object", 1000),
+                                               ("complete_multipart_upload", MIN_PART_SIZE + 1)])
+async def test_a_commit_whose_answer_is_lost_leaves_no_object(make_driver, operation, size):
+    """The answer to the PutObject of a small blob, or to the CompleteMultipartUpload of a
+    large one, is lost (the connection dropped after the server stored the object): the
+    commit fails, and the object it may have written is gone."""
     driver = make_driver(part_size=MIN_PART_SIZE)
-    real = driver.client.put_object
+    real = getattr(driver.client, operation)
 
     def answer_lost(**params: Any) -> Any:
         real(**params)
         raise ConnectionResetError("injected after the write")
 
-    driver.client.put_object = answer_lost
+    setattr(driver.client, operation, answer_lost)
     up = await driver.begin_upload("data/cc/unanswered")
-    await up.write(os.urandom(1000))
+    await up.write(os.urandom(size))
     with pytest.raises(StorageError, match="injected"):
         await up.commit()
     assert await driver.stat("data/cc/unanswered") is None
