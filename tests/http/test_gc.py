@@ -212,6 +212,35 @@ async def test_a_manifest_written_after_the_second_look_gets_back_what_the_sweep
     assert await unreadable(client, "late/app", "new", first) == []
 
 
+async def test_an_image_tagged_again_after_the_second_look_gets_back_its_referrers(
+        client, registry, driver):
+    """An untagged image and its signature are garbage; the image is tagged again just
+    before gc's first deletion. The last look puts back the image and its signature, which
+    only the sweep's own record of what it removed still links to the image; another
+    untagged manifest of the repository stays removed."""
+    image = await push_image(client, "late/signed", "old", seed="image")
+    signature = await push_image(client, "late/signed", seed="signature",
+                                 subject=image.descriptor,
+                                 artifact_type="application/vnd.example.signature")
+    other = await push_image(client, "late/signed", seed="other")
+    assert (await client.delete("/v2/late/signed/manifests/old")).status == 202
+    pushed: list[int] = []
+
+    async def before_delete(key: str) -> None:
+        if not pushed:
+            resp = await put_manifest(client, "late/signed", "new", image.manifest)
+            pushed.append(resp.status)
+
+    report = await watched_collector(registry, driver, before_delete=before_delete).run()
+    assert pushed == [201]
+    assert await unreadable(client, "late/signed", "new", image) == []
+    assert await unreadable(client, "late/signed", signature.digest, signature) == []
+    resp = await client.get(f"/v2/late/signed/referrers/{image.digest}")
+    assert [m["digest"] for m in (await resp.json())["manifests"]] == [signature.digest]
+    assert report.manifests == [f"late/signed@{other.digest}"]
+    assert (await client.get(f"/v2/late/signed/manifests/{other.digest}")).status == 404
+
+
 async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):
     amd = await push_image(client, "multi/app", seed="amd64")
     arm = await push_image(client, "multi/app", seed="arm64")
