@@ -241,6 +241,24 @@ async def test_an_image_tagged_again_after_the_second_look_gets_back_its_referre
     assert (await client.get(f"/v2/late/signed/manifests/{other.digest}")).status == 404
 
 
+async def test_a_child_deleted_while_gc_runs_from_a_new_index_does_not_stop_gc(
+        client, registry):
+    """During gc's safety pause an index is pushed, then one of its children is deleted by
+    digest: gc's looks at the new index find that child's bytes but no link, and go on."""
+    child = await push_image(client, "pause/multi", "child", seed="child")
+    garbage = await push_image(client, "pause/multi", seed="garbage")
+
+    class PushingDuringThePause(SettledCollector):
+        async def _pause(self) -> None:
+            await push_index(client, "pause/multi", [child], "latest")
+            resp = await client.delete(f"/v2/pause/multi/manifests/{child.digest}")
+            assert resp.status == 202
+
+    report = await PushingDuringThePause(registry.store, GcSettings(**NOW)).run()
+    assert report.manifests == [f"pause/multi@{garbage.digest}"]
+    assert (await client.get("/v2/pause/multi/manifests/latest")).status == 200
+
+
 async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):
     amd = await push_image(client, "multi/app", seed="amd64")
     arm = await push_image(client, "multi/app", seed="arm64")
