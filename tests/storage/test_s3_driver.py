@@ -312,6 +312,31 @@ async def test_a_cancelled_write_makes_the_upload_unusable(s3_server, make_drive
     assert uploads_under(s3_server, driver) == []
 
 
+async def test_a_write_waiting_for_a_part_slot_fails_once_the_upload_is_aborted(
+        s3_server, make_driver):
+    driver = make_driver(part_size=MIN_PART_SIZE, part_concurrency=1)
+    gate = threading.Event()
+    real = driver.client.upload_part
+
+    def held(**params: Any) -> Any:
+        gate.wait(30)
+        return real(**params)
+
+    driver.client.upload_part = held
+    up = await driver.begin_upload("data/cc/aborted-waiting")
+    await up.write(os.urandom(MIN_PART_SIZE))  # part 1 in flight, held
+    waiting = asyncio.create_task(up.write(os.urandom(MIN_PART_SIZE)))  # part 2: no slot
+    await asyncio.sleep(0.3)
+    aborting = asyncio.create_task(up.abort())
+    await asyncio.sleep(0.1)
+    gate.set()  # part 1 lands and frees the slot part 2 waits for
+    with pytest.raises(StorageError, match="aborted"):
+        await waiting
+    await aborting
+    assert uploads_under(s3_server, driver) == []
+    assert await driver.stat("data/cc/aborted-waiting") is None
+
+
 async def test_an_upload_whose_multipart_upload_vanished_fails_to_commit(s3_server, make_driver):
     driver = make_driver(part_size=MIN_PART_SIZE)
     up = await driver.begin_upload("data/cc/swept")
