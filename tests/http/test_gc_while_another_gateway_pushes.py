@@ -26,6 +26,7 @@ from sshreg.management import lease
 from sshreg.management.gc import GcBusy, GcSettings
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
+from sshreg.storage.base import PreconditionFailed
 from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
@@ -287,16 +288,21 @@ class HeldCollector(SettledCollector):
 RIVAL = b'{"owner": "box3 pid 42", "started": 0}'
 
 
+@pytest.mark.parametrize("taken_over", [False, True])  # a fresh lease, or an abandoned one
 async def test_a_long_collection_renews_its_lease_so_it_never_looks_abandoned(
-        driver, registry, client, monkeypatch):
+        driver, registry, client, monkeypatch, taken_over):
     # R2 takes one write a second per key: renewals every second would leave no room for
     # the other collection's attempt, so every 2 s.
     monkeypatch.setattr(lease, "REFRESH", 2.0)
-    monkeypatch.setattr(lease, "STALE", 5.0)
     await garbage_image(client, "lease/long")
+    if taken_over:
+        await driver.put(lease.KEY, RIVAL)
+        monkeypatch.setattr(lease, "STALE", 0.5)
+        await asyncio.sleep(1.1)  # S3 keeps whole seconds
     first = HeldCollector(registry)
     running = asyncio.create_task(first.run())
     await asyncio.wait_for(first.pausing.wait(), 30)
+    monkeypatch.setattr(lease, "STALE", 5.0)
     await asyncio.sleep(6.5)  # longer than STALE since the lease was taken
     with pytest.raises(GcBusy, match="already running"):
         await SettledCollector(RegistryStore(driver), GcSettings(**NOW)).run()
@@ -338,6 +344,28 @@ async def test_of_two_collections_taking_over_an_abandoned_lease_only_one_gets_i
     with pytest.raises(GcBusy, match="took the lease first"):
         await watched.run()
     assert took and (await driver.get(lease.KEY)).data == RIVAL
+
+
+class LeaseGivenBack(HookedDriver):
+    """Storage on which the collection holding the gc lease gives it back right after
+    another one found it taken."""
+
+    async def put(self, key: str, data: bytes, **conditions) -> str:
+        try:
+            return await self._driver.put(key, data, **conditions)
+        except PreconditionFailed:
+            if key == lease.KEY:
+                await self._driver.delete(key)
+            raise
+
+
+async def test_a_collection_that_finds_the_lease_being_given_back_is_refused_once(
+        driver, registry, client):
+    await garbage_image(client, "lease/ending")
+    await driver.put(lease.KEY, RIVAL)
+    with pytest.raises(GcBusy, match=r"already running \(a collection that just ended\)"):
+        await collector_on(registry, LeaseGivenBack(driver)).run()
+    assert (await collector_on(registry, HookedDriver(driver)).run()).blobs == 3
 
 
 class LeaseStolenAtOnce(HookedDriver):
