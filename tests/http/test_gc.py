@@ -259,6 +259,27 @@ async def test_a_child_deleted_while_gc_runs_from_a_new_index_does_not_stop_gc(
     assert (await client.get("/v2/pause/multi/manifests/latest")).status == 200
 
 
+async def test_a_repository_created_during_the_pause_keeps_the_old_blobs_it_mounted(
+        client, registry):
+    """gc decided an image is garbage; during its pause a client pushes the same image to a
+    repository that did not exist when gc started, mounting the blobs from the old one."""
+    old = await push_layers(client, "mount/old", "1", [os.urandom(3000)], seed="old")
+    assert (await client.delete("/v2/mount/old/manifests/1")).status == 202
+
+    class PushingDuringThePause(SettledCollector):
+        async def _pause(self) -> None:
+            for digest in old.blobs:
+                resp = await client.post(
+                    f"/v2/mount/new/blobs/uploads/?mount={digest}&from=mount/old")
+                assert resp.status == 201
+            resp = await put_manifest(client, "mount/new", "1", old.manifest)
+            assert resp.status == 201, await resp.text()
+
+    report = await PushingDuringThePause(registry.store, GcSettings(**NOW)).run()
+    assert await unreadable(client, "mount/new", "1", old) == []
+    assert report.manifests == [f"mount/old@{old.digest}"] and report.blobs == 0
+
+
 async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):
     amd = await push_image(client, "multi/app", seed="amd64")
     arm = await push_image(client, "multi/app", seed="arm64")
