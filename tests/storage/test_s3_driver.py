@@ -189,6 +189,7 @@ async def test_abort_leaves_no_multipart_upload(s3_server, make_driver):
     await up.write(os.urandom(12 * MiB))
     assert [u["Key"] for u in uploads_under(s3_server, driver)] == [
         driver.settings.prefix + "data/cc/gone"]
+    calls = Calls(driver)
     await up.abort()
     await up.abort()
     assert uploads_under(s3_server, driver) == []
@@ -197,6 +198,7 @@ async def test_abort_leaves_no_multipart_upload(s3_server, make_driver):
         await up.write(b"more")
     with pytest.raises(StorageError):
         await up.commit()
+    assert calls.names.count("AbortMultipartUpload") == 1  # the rest find nothing to do
 
 
 @pytest.mark.parametrize("size", [1000, MIN_PART_SIZE + 1])  # one PutObject; multipart
@@ -208,6 +210,37 @@ async def test_abort_after_commit_keeps_the_object_whichever_way_it_was_sent(mak
     await up.commit()
     await up.abort()  # what a request's cleanup does whatever happened
     assert await read_all(driver, "data/cc/committed") == data
+
+
+async def test_abort_answers_soon_and_aborts_even_while_a_part_hangs(
+        s3_server, make_driver, monkeypatch):
+    """A part upload that does not return (a stuck connection) holds neither the caller of
+    `abort` beyond ABORT_ANSWER_WAIT nor the abort itself beyond ABORT_WAIT_SECONDS."""
+    monkeypatch.setattr(s3_upload, "ABORT_ANSWER_WAIT", 0.2)
+    monkeypatch.setattr(s3_upload, "ABORT_WAIT_SECONDS", 2.0)
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    gate = threading.Event()
+    real = driver.client.upload_part
+
+    def hanging(**params: Any) -> Any:
+        gate.wait(30)
+        return real(**params)
+
+    driver.client.upload_part = hanging
+    try:
+        up = await driver.begin_upload("data/cc/hanging")
+        await up.write(os.urandom(MIN_PART_SIZE))
+        assert len(uploads_under(s3_server, driver)) == 1
+        started = time.monotonic()
+        await up.abort()
+        assert time.monotonic() - started < 1.5
+        for _ in range(100):  # the abort goes on in the background, past the stuck part
+            if not uploads_under(s3_server, driver):
+                break
+            await asyncio.sleep(0.1)
+        assert uploads_under(s3_server, driver) == []
+    finally:
+        gate.set()
 
 
 async def test_abort_stale_uploads_removes_old_ones_under_the_prefix_only(
