@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -278,6 +279,52 @@ async def test_a_repository_created_during_the_pause_keeps_the_old_blobs_it_moun
     report = await PushingDuringThePause(registry.store, GcSettings(**NOW)).run()
     assert await unreadable(client, "mount/new", "1", old) == []
     assert report.manifests == [f"mount/old@{old.digest}"] and report.blobs == 0
+
+
+class CoarseTimes(HookedDriver):
+    """Storage whose modification times are coarse, like S3's whole seconds: everything
+    written from `since` on carries the time `since`, as if it all happened in one second."""
+
+    def __init__(self, driver, since: float) -> None:
+        super().__init__(driver)
+        self.since = since
+
+    def _coarse(self, info):
+        if info is None or info.modified < self.since:
+            return info
+        return dataclasses.replace(info, modified=self.since)
+
+    async def stat(self, key: str):
+        return self._coarse(await self._driver.stat(key))
+
+    async def list(self, prefix: str, start_after: str = ""):
+        async for obj in self._driver.list(prefix, start_after):
+            yield self._coarse(obj)
+
+
+async def test_what_is_written_in_the_second_gc_started_counts_as_new(client, registry, driver):
+    """With whole-second times, writes during gc's pause may carry exactly the time the run
+    started: they are new (spared by the second look), not old."""
+    image = await push_layers(client, "coarse/app", None, [os.urandom(3000)], seed="untagged")
+    loose = os.urandom(4000)
+    await push_blob(client, "coarse/next", loose)  # no manifest uses it
+    if not isinstance(driver, FilesystemDriver):
+        await asyncio.sleep(1.1)  # into the next whole second
+    since = await registry.store.inventory.storage_now()
+
+    class PushingAgainDuringThePause(GarbageCollector):
+        async def _pause(self) -> None:
+            resp = await put_manifest(client, "coarse/app", image.digest, image.manifest)
+            assert resp.status == 201, await resp.text()
+            await push_blob(client, "coarse/next", loose)
+
+    store = RegistryStore(CoarseTimes(driver, since), pins=registry.store.pins)
+    report = await PushingAgainDuringThePause(store, GcSettings(**NOW)).run()
+    assert await unreadable(client, "coarse/app", image.digest, image) == []
+    resp = await client.get(f"/v2/coarse/next/blobs/{digest_of(loose)}")
+    assert resp.status == 200 and await resp.read() == loose
+    # The manifest and its two links, the loose blob's link; the records of all four blobs.
+    assert (report.spared, report.manifests, report.blobs) == (8, [], 0)
 
 
 async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):
