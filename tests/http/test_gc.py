@@ -15,6 +15,7 @@ from sshreg.management.gc import BloomFilter, GarbageCollector, GcSettings
 from sshreg.management.retention import RetentionPolicy
 from sshreg.references import Digest
 from sshreg.storage.filesystem import FilesystemDriver
+from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.support.hashing import digest_of
 
@@ -285,8 +286,8 @@ class CoarseTimes(HookedDriver):
     """Storage whose modification times are coarse, like S3's whole seconds: everything
     written from `since` on carries the time `since`, as if it all happened in one second."""
 
-    def __init__(self, driver, since: float) -> None:
-        super().__init__(driver)
+    def __init__(self, driver, since: float, **hooks) -> None:
+        super().__init__(driver, **hooks)
         self.since = since
 
     def _coarse(self, info):
@@ -325,6 +326,44 @@ async def test_what_is_written_in_the_second_gc_started_counts_as_new(client, re
     assert resp.status == 200 and await resp.read() == loose
     # The manifest and its two links, the loose blob's link; the records of all four blobs.
     assert (report.spared, report.manifests, report.blobs) == (8, [], 0)
+
+
+async def test_what_is_pushed_again_during_the_sweep_is_never_unlinked(
+        client, registry, driver):
+    """Three untagged images and a loose blob are garbage; once the sweep has begun, in the
+    second the run started, the second image (in the sweep's order) is pushed again with a
+    tag, and the blob too. The sweep leaves their links alone, and goes on with the rest."""
+    images = sorted([await push_image(client, "sweep/app", seed=f"s{i}") for i in range(3)],
+                    key=lambda image: image.digest)
+    first, again, third = images
+    loose = os.urandom(1000)
+    while not digest_of(loose).startswith("sha256:00"):  # swept before the images' blobs
+        loose = os.urandom(1000)
+    await push_blob(client, "sweep/app", loose)
+    if not isinstance(driver, FilesystemDriver):
+        await asyncio.sleep(1.1)  # into the next whole second
+    since = await registry.store.inventory.storage_now()
+    deleted: list[str] = []
+
+    async def before_delete(key: str) -> None:
+        if not deleted:
+            resp = await put_manifest(client, "sweep/app", "again", again.manifest)
+            assert resp.status == 201, await resp.text()
+            await push_blob(client, "sweep/app", loose)
+        deleted.append(key)
+
+    store = RegistryStore(CoarseTimes(driver, since, before_delete=before_delete),
+                          pins=registry.store.pins)
+    report = await GarbageCollector(store, GcSettings(**NOW)).run()
+    assert paths.manifest_revision("sweep/app", Digest.parse(again.digest)) not in deleted
+    assert paths.layer_link("sweep/app", Digest.parse(digest_of(loose))) not in deleted
+    assert report.manifests == [f"sweep/app@{first.digest}", f"sweep/app@{third.digest}"]
+    assert report.links == 4  # the config and layer links of the first and third images
+    resp = await client.get(f"/v2/sweep/app/blobs/{digest_of(loose)}")
+    assert resp.status == 200 and await resp.read() == loose
+    assert await unreadable(client, "sweep/app", "again", again) == []
+    for gone in (first, third):
+        assert (await client.get(f"/v2/sweep/app/manifests/{gone.digest}")).status == 404
 
 
 async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):
