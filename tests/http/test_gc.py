@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -115,6 +116,8 @@ async def test_a_dry_run_reports_exactly_what_the_real_run_then_removes(client, 
     planned = (await collector(registry).run(dry_run=True)).to_dict()
     done = (await collector(registry).run()).to_dict()
 
+    assert (planned["dry_run"], done["dry_run"]) == (True, False)
+    assert 0 <= planned["seconds"] < 60 and 0 <= done["seconds"] < 60  # how long each took
     assert planned["manifests"] == [f"dry/gone@{gone.digest}"]
     # Unlinked from dry/gone: its config, its layer and the shared layer. Deleted: the
     # records and bytes of its manifest, config and layer, and the crash leftover.
@@ -312,6 +315,13 @@ async def test_what_is_written_in_the_second_gc_started_counts_as_new(client, re
     if not isinstance(driver, FilesystemDriver):
         await asyncio.sleep(1.1)  # into the next whole second
     since = await registry.store.inventory.storage_now()
+    # In that second too, before the run: a blob stored with no link yet, and bytes with no
+    # record yet (two pushes half done); neither is old enough to be collected.
+    unlinked = b"stored, not linked yet"
+    await registry.store.blobs.put_bytes(Digest.parse(digest_of(unlinked)), unlinked)
+    unrecorded = await registry.store.blobs.begin_upload()
+    await unrecorded.write(b"stored, no record yet")
+    await unrecorded.commit()
 
     class PushingAgainDuringThePause(GarbageCollector):
         async def _pause(self) -> None:
@@ -325,7 +335,9 @@ async def test_what_is_written_in_the_second_gc_started_counts_as_new(client, re
     resp = await client.get(f"/v2/coarse/next/blobs/{digest_of(loose)}")
     assert resp.status == 200 and await resp.read() == loose
     # The manifest and its two links, the loose blob's link; the records of all four blobs.
-    assert (report.spared, report.manifests, report.blobs) == (8, [], 0)
+    assert (report.spared, report.manifests, report.blobs, report.orphans) == (8, [], 0, 0)
+    assert await blob_exists(registry, digest_of(unlinked))
+    assert await driver.stat(unrecorded.key) is not None
 
 
 async def test_what_is_pushed_again_during_the_sweep_is_never_unlinked(
@@ -459,6 +471,25 @@ async def test_pinned_digests_are_never_collected(client, registry):
     assert await blob_exists(registry, digest)
     await collector(registry).run()
     assert not await blob_exists(registry, digest)
+
+
+async def test_a_blob_a_request_starts_using_during_the_pause_is_kept_and_the_rest_goes(
+        client, registry):
+    used = os.urandom(1000)
+    while not digest_of(used).startswith("sha256:00"):  # swept before the other blobs
+        used = os.urandom(1000)
+    await push_blob(client, "pin/late", used)
+    await push_layers(client, "pin/late", None, [os.urandom(2000)], seed="untagged")
+    holding = contextlib.ExitStack()
+
+    class PinnedDuringThePause(SettledCollector):
+        async def _pause(self) -> None:
+            holding.enter_context(registry.store.pins.hold([Digest.parse(digest_of(used))]))
+
+    with holding:
+        report = await PinnedDuringThePause(registry.store, GcSettings(**NOW)).run()
+        assert await blob_exists(registry, digest_of(used))
+    assert report.blobs == 3  # the untagged image's manifest, config and layer
 
 
 def poisson_bound(mean: float, beyond: float = 1e-6) -> int:
