@@ -91,6 +91,19 @@ async def test_gc_removes_what_only_a_deleted_tag_reached_and_keeps_shared_blobs
     assert (await client.get(f"/v2/app/a/blobs/{digest_of(shared)}")).status == 404
 
 
+async def test_a_link_is_removed_even_when_it_is_all_there_is_to_remove(client, registry):
+    shared = os.urandom(2000)
+    await push_layers(client, "links/kept", "1", [shared], seed="kept")
+    await push_blob(client, "links/loose", shared)  # no manifest of links/loose uses it
+
+    report = await collector(registry).run()
+
+    assert (report.links, report.blobs, report.manifests) == (1, 0, [])
+    assert (await client.get(f"/v2/links/loose/blobs/{digest_of(shared)}")).status == 404
+    resp = await client.get(f"/v2/links/kept/blobs/{digest_of(shared)}")
+    assert resp.status == 200 and await resp.read() == shared
+
+
 async def test_dry_run_reports_what_would_go_and_deletes_nothing(client, registry, driver):
     doomed = os.urandom(2000)
     image = await push_layers(client, "dry/run", "x", [doomed])
@@ -109,9 +122,10 @@ async def test_a_dry_run_reports_exactly_what_the_real_run_then_removes(client, 
     await push_layers(client, "dry/kept", "1", [shared], seed="kept")
     gone = await push_layers(client, "dry/gone", "1", [shared, doomed], seed="gone")
     assert (await client.delete("/v2/dry/gone/manifests/1")).status == 202
-    leftover = await registry.store.blobs.begin_upload()  # bytes no record points at
-    await leftover.write(crashed)
-    await leftover.commit()
+    for _ in range(2):  # bytes no record points at
+        leftover = await registry.store.blobs.begin_upload()
+        await leftover.write(crashed)
+        await leftover.commit()
 
     planned = (await collector(registry).run(dry_run=True)).to_dict()
     done = (await collector(registry).run()).to_dict()
@@ -120,11 +134,11 @@ async def test_a_dry_run_reports_exactly_what_the_real_run_then_removes(client, 
     assert 0 <= planned["seconds"] < 60 and 0 <= done["seconds"] < 60  # how long each took
     assert planned["manifests"] == [f"dry/gone@{gone.digest}"]
     # Unlinked from dry/gone: its config, its layer and the shared layer. Deleted: the
-    # records and bytes of its manifest, config and layer, and the crash leftover.
-    assert (planned["links"], planned["blobs"], planned["orphans"]) == (3, 3, 1)
+    # records and bytes of its manifest, config and layer, and the two crash leftovers.
+    assert (planned["links"], planned["blobs"], planned["orphans"]) == (3, 3, 2)
     only_gone = [data for data in gone.blobs.values() if data != shared]
     assert planned["bytes_reclaimed"] == (
-        len(gone.manifest) + sum(map(len, only_gone)) + len(crashed))
+        len(gone.manifest) + sum(map(len, only_gone)) + 2 * len(crashed))
     assert {k: v for k, v in planned.items() if k not in ("dry_run", "seconds")} == {
         k: v for k, v in done.items() if k not in ("dry_run", "seconds")}
 
@@ -243,6 +257,7 @@ async def test_an_image_tagged_again_after_the_second_look_gets_back_its_referre
     resp = await client.get(f"/v2/late/signed/referrers/{image.digest}")
     assert [m["digest"] for m in (await resp.json())["manifests"]] == [signature.digest]
     assert report.manifests == [f"late/signed@{other.digest}"]
+    assert report.spared == 12  # records, links and manifest links of image and signature
     assert (await client.get(f"/v2/late/signed/manifests/{other.digest}")).status == 404
 
 
