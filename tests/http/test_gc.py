@@ -104,6 +104,22 @@ async def test_a_link_is_removed_even_when_it_is_all_there_is_to_remove(client, 
     assert resp.status == 200 and await resp.read() == shared
 
 
+async def test_a_manifest_is_unlinked_even_when_it_is_all_there_is_to_remove(client, registry):
+    """Untagged in one repository, the manifest uses blobs a tagged one there uses too, and
+    is itself tagged in another repository: its link is the only garbage."""
+    await push_image(client, "only/app", "1", seed="same")
+    untagged = await push_image(client, "only/app", seed="same", annotations={"v": "2"})
+    tagged = await push_image(client, "only/other", "2", seed="same", annotations={"v": "2"})
+    assert tagged.digest == untagged.digest
+
+    report = await collector(registry).run()
+
+    assert (report.manifests, report.links, report.blobs) == (
+        [f"only/app@{untagged.digest}"], 0, 0)
+    assert (await client.get(f"/v2/only/app/manifests/{untagged.digest}")).status == 404
+    assert await unreadable(client, "only/other", "2", tagged) == []
+
+
 async def test_dry_run_reports_what_would_go_and_deletes_nothing(client, registry, driver):
     doomed = os.urandom(2000)
     image = await push_layers(client, "dry/run", "x", [doomed])
