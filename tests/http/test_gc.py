@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +16,7 @@ from sshreg.management.gc import BloomFilter, GarbageCollector, GcSettings
 from sshreg.management.retention import RetentionPolicy
 from sshreg.references import Digest
 from sshreg.storage.filesystem import FilesystemDriver
+from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.support.hashing import digest_of
 
@@ -88,6 +91,35 @@ async def test_gc_removes_what_only_a_deleted_tag_reached_and_keeps_shared_blobs
     assert (await client.get(f"/v2/app/a/blobs/{digest_of(shared)}")).status == 404
 
 
+async def test_a_link_is_removed_even_when_it_is_all_there_is_to_remove(client, registry):
+    shared = os.urandom(2000)
+    await push_layers(client, "links/kept", "1", [shared], seed="kept")
+    await push_blob(client, "links/loose", shared)  # no manifest of links/loose uses it
+
+    report = await collector(registry).run()
+
+    assert (report.links, report.blobs, report.manifests) == (1, 0, [])
+    assert (await client.get(f"/v2/links/loose/blobs/{digest_of(shared)}")).status == 404
+    resp = await client.get(f"/v2/links/kept/blobs/{digest_of(shared)}")
+    assert resp.status == 200 and await resp.read() == shared
+
+
+async def test_a_manifest_is_unlinked_even_when_it_is_all_there_is_to_remove(client, registry):
+    """Untagged in one repository, the manifest uses blobs a tagged one there uses too, and
+    is itself tagged in another repository: its link is the only garbage."""
+    await push_image(client, "only/app", "1", seed="same")
+    untagged = await push_image(client, "only/app", seed="same", annotations={"v": "2"})
+    tagged = await push_image(client, "only/other", "2", seed="same", annotations={"v": "2"})
+    assert tagged.digest == untagged.digest
+
+    report = await collector(registry).run()
+
+    assert (report.manifests, report.links, report.blobs) == (
+        [f"only/app@{untagged.digest}"], 0, 0)
+    assert (await client.get(f"/v2/only/app/manifests/{untagged.digest}")).status == 404
+    assert await unreadable(client, "only/other", "2", tagged) == []
+
+
 async def test_dry_run_reports_what_would_go_and_deletes_nothing(client, registry, driver):
     doomed = os.urandom(2000)
     image = await push_layers(client, "dry/run", "x", [doomed])
@@ -99,6 +131,32 @@ async def test_dry_run_reports_what_would_go_and_deletes_nothing(client, registr
     assert report.dry_run and f"dry/run@{image.digest}" in report.manifests
     assert report.blobs >= 2 and report.bytes_reclaimed >= len(doomed)
     assert {o.key async for o in driver.list("") if o.key != "gc/clock"} == before
+
+
+async def test_a_dry_run_reports_exactly_what_the_real_run_then_removes(client, registry):
+    shared, doomed, crashed = os.urandom(5000), os.urandom(2000), b"left behind by a crash"
+    await push_layers(client, "dry/kept", "1", [shared], seed="kept")
+    gone = await push_layers(client, "dry/gone", "1", [shared, doomed], seed="gone")
+    assert (await client.delete("/v2/dry/gone/manifests/1")).status == 202
+    for _ in range(2):  # bytes no record points at
+        leftover = await registry.store.blobs.begin_upload()
+        await leftover.write(crashed)
+        await leftover.commit()
+
+    planned = (await collector(registry).run(dry_run=True)).to_dict()
+    done = (await collector(registry).run()).to_dict()
+
+    assert (planned["dry_run"], done["dry_run"]) == (True, False)
+    assert 0 <= planned["seconds"] < 60 and 0 <= done["seconds"] < 60  # how long each took
+    assert planned["manifests"] == [f"dry/gone@{gone.digest}"]
+    # Unlinked from dry/gone: its config, its layer and the shared layer. Deleted: the
+    # records and bytes of its manifest, config and layer, and the two crash leftovers.
+    assert (planned["links"], planned["blobs"], planned["orphans"]) == (3, 3, 2)
+    only_gone = [data for data in gone.blobs.values() if data != shared]
+    assert planned["bytes_reclaimed"] == (
+        len(gone.manifest) + sum(map(len, only_gone)) + 2 * len(crashed))
+    assert {k: v for k, v in planned.items() if k not in ("dry_run", "seconds")} == {
+        k: v for k, v in done.items() if k not in ("dry_run", "seconds")}
 
 
 async def test_blobs_of_a_push_in_progress_survive_gc_within_the_grace_period(client, registry):
@@ -187,6 +245,168 @@ async def test_a_manifest_written_after_the_second_look_gets_back_what_the_sweep
     assert report.blobs == 0 and report.links == 0
     assert report.spared == 5  # put back: the three records and the two links
     assert await unreadable(client, "late/app", "new", first) == []
+
+
+async def test_an_image_tagged_again_after_the_second_look_gets_back_its_referrers(
+        client, registry, driver):
+    """An untagged image and its signature are garbage; the image is tagged again just
+    before gc's first deletion. The last look puts back the image and its signature, which
+    only the sweep's own record of what it removed still links to the image; another
+    untagged manifest of the repository stays removed."""
+    image = await push_image(client, "late/signed", "old", seed="image")
+    signature = await push_image(client, "late/signed", seed="signature",
+                                 subject=image.descriptor,
+                                 artifact_type="application/vnd.example.signature")
+    other = await push_image(client, "late/signed", seed="other")
+    assert (await client.delete("/v2/late/signed/manifests/old")).status == 202
+    pushed: list[int] = []
+
+    async def before_delete(key: str) -> None:
+        if not pushed:
+            resp = await put_manifest(client, "late/signed", "new", image.manifest)
+            pushed.append(resp.status)
+
+    report = await watched_collector(registry, driver, before_delete=before_delete).run()
+    assert pushed == [201]
+    assert await unreadable(client, "late/signed", "new", image) == []
+    assert await unreadable(client, "late/signed", signature.digest, signature) == []
+    resp = await client.get(f"/v2/late/signed/referrers/{image.digest}")
+    assert [m["digest"] for m in (await resp.json())["manifests"]] == [signature.digest]
+    assert report.manifests == [f"late/signed@{other.digest}"]
+    assert report.spared == 12  # records, links and manifest links of image and signature
+    assert (await client.get(f"/v2/late/signed/manifests/{other.digest}")).status == 404
+
+
+async def test_a_child_deleted_while_gc_runs_from_a_new_index_does_not_stop_gc(
+        client, registry):
+    """During gc's safety pause an index is pushed, then one of its children is deleted by
+    digest: gc's looks at the new index find that child's bytes but no link, and go on."""
+    child = await push_image(client, "pause/multi", "child", seed="child")
+    garbage = await push_image(client, "pause/multi", seed="garbage")
+
+    class PushingDuringThePause(SettledCollector):
+        async def _pause(self) -> None:
+            await push_index(client, "pause/multi", [child], "latest")
+            resp = await client.delete(f"/v2/pause/multi/manifests/{child.digest}")
+            assert resp.status == 202
+
+    report = await PushingDuringThePause(registry.store, GcSettings(**NOW)).run()
+    assert report.manifests == [f"pause/multi@{garbage.digest}"]
+    assert (await client.get("/v2/pause/multi/manifests/latest")).status == 200
+
+
+async def test_a_repository_created_during_the_pause_keeps_the_old_blobs_it_mounted(
+        client, registry):
+    """gc decided an image is garbage; during its pause a client pushes the same image to a
+    repository that did not exist when gc started, mounting the blobs from the old one."""
+    old = await push_layers(client, "mount/old", "1", [os.urandom(3000)], seed="old")
+    assert (await client.delete("/v2/mount/old/manifests/1")).status == 202
+
+    class PushingDuringThePause(SettledCollector):
+        async def _pause(self) -> None:
+            for digest in old.blobs:
+                resp = await client.post(
+                    f"/v2/mount/new/blobs/uploads/?mount={digest}&from=mount/old")
+                assert resp.status == 201
+            resp = await put_manifest(client, "mount/new", "1", old.manifest)
+            assert resp.status == 201, await resp.text()
+
+    report = await PushingDuringThePause(registry.store, GcSettings(**NOW)).run()
+    assert await unreadable(client, "mount/new", "1", old) == []
+    assert report.manifests == [f"mount/old@{old.digest}"] and report.blobs == 0
+
+
+class CoarseTimes(HookedDriver):
+    """Storage whose modification times are coarse, like S3's whole seconds: everything
+    written from `since` on carries the time `since`, as if it all happened in one second."""
+
+    def __init__(self, driver, since: float, **hooks) -> None:
+        super().__init__(driver, **hooks)
+        self.since = since
+
+    def _coarse(self, info):
+        if info is None or info.modified < self.since:
+            return info
+        return dataclasses.replace(info, modified=self.since)
+
+    async def stat(self, key: str):
+        return self._coarse(await self._driver.stat(key))
+
+    async def list(self, prefix: str, start_after: str = ""):
+        async for obj in self._driver.list(prefix, start_after):
+            yield self._coarse(obj)
+
+
+async def test_what_is_written_in_the_second_gc_started_counts_as_new(client, registry, driver):
+    """With whole-second times, writes during gc's pause may carry exactly the time the run
+    started: they are new (spared by the second look), not old."""
+    image = await push_layers(client, "coarse/app", None, [os.urandom(3000)], seed="untagged")
+    loose = os.urandom(4000)
+    await push_blob(client, "coarse/next", loose)  # no manifest uses it
+    if not isinstance(driver, FilesystemDriver):
+        await asyncio.sleep(1.1)  # into the next whole second
+    since = await registry.store.inventory.storage_now()
+    # In that second too, before the run: a blob stored with no link yet, and bytes with no
+    # record yet (two pushes half done); neither is old enough to be collected.
+    unlinked = b"stored, not linked yet"
+    await registry.store.blobs.put_bytes(Digest.parse(digest_of(unlinked)), unlinked)
+    unrecorded = await registry.store.blobs.begin_upload()
+    await unrecorded.write(b"stored, no record yet")
+    await unrecorded.commit()
+
+    class PushingAgainDuringThePause(GarbageCollector):
+        async def _pause(self) -> None:
+            resp = await put_manifest(client, "coarse/app", image.digest, image.manifest)
+            assert resp.status == 201, await resp.text()
+            await push_blob(client, "coarse/next", loose)
+
+    store = RegistryStore(CoarseTimes(driver, since), pins=registry.store.pins)
+    report = await PushingAgainDuringThePause(store, GcSettings(**NOW)).run()
+    assert await unreadable(client, "coarse/app", image.digest, image) == []
+    resp = await client.get(f"/v2/coarse/next/blobs/{digest_of(loose)}")
+    assert resp.status == 200 and await resp.read() == loose
+    # The manifest and its two links, the loose blob's link; the records of all four blobs.
+    assert (report.spared, report.manifests, report.blobs, report.orphans) == (8, [], 0, 0)
+    assert await blob_exists(registry, digest_of(unlinked))
+    assert await driver.stat(unrecorded.key) is not None
+
+
+async def test_what_is_pushed_again_during_the_sweep_is_never_unlinked(
+        client, registry, driver):
+    """Three untagged images and a loose blob are garbage; once the sweep has begun, in the
+    second the run started, the second image (in the sweep's order) is pushed again with a
+    tag, and the blob too. The sweep leaves their links alone, and goes on with the rest."""
+    images = sorted([await push_image(client, "sweep/app", seed=f"s{i}") for i in range(3)],
+                    key=lambda image: image.digest)
+    first, again, third = images
+    loose = os.urandom(1000)
+    while not digest_of(loose).startswith("sha256:00"):  # swept before the images' blobs
+        loose = os.urandom(1000)
+    await push_blob(client, "sweep/app", loose)
+    if not isinstance(driver, FilesystemDriver):
+        await asyncio.sleep(1.1)  # into the next whole second
+    since = await registry.store.inventory.storage_now()
+    deleted: list[str] = []
+
+    async def before_delete(key: str) -> None:
+        if not deleted:
+            resp = await put_manifest(client, "sweep/app", "again", again.manifest)
+            assert resp.status == 201, await resp.text()
+            await push_blob(client, "sweep/app", loose)
+        deleted.append(key)
+
+    store = RegistryStore(CoarseTimes(driver, since, before_delete=before_delete),
+                          pins=registry.store.pins)
+    report = await GarbageCollector(store, GcSettings(**NOW)).run()
+    assert paths.manifest_revision("sweep/app", Digest.parse(again.digest)) not in deleted
+    assert paths.layer_link("sweep/app", Digest.parse(digest_of(loose))) not in deleted
+    assert report.manifests == [f"sweep/app@{first.digest}", f"sweep/app@{third.digest}"]
+    assert report.links == 4  # the config and layer links of the first and third images
+    resp = await client.get(f"/v2/sweep/app/blobs/{digest_of(loose)}")
+    assert resp.status == 200 and await resp.read() == loose
+    assert await unreadable(client, "sweep/app", "again", again) == []
+    for gone in (first, third):
+        assert (await client.get(f"/v2/sweep/app/manifests/{gone.digest}")).status == 404
 
 
 async def test_gc_keeps_every_child_of_a_multi_arch_index_and_their_blobs(client, registry):
@@ -282,6 +502,25 @@ async def test_pinned_digests_are_never_collected(client, registry):
     assert await blob_exists(registry, digest)
     await collector(registry).run()
     assert not await blob_exists(registry, digest)
+
+
+async def test_a_blob_a_request_starts_using_during_the_pause_is_kept_and_the_rest_goes(
+        client, registry):
+    used = os.urandom(1000)
+    while not digest_of(used).startswith("sha256:00"):  # swept before the other blobs
+        used = os.urandom(1000)
+    await push_blob(client, "pin/late", used)
+    await push_layers(client, "pin/late", None, [os.urandom(2000)], seed="untagged")
+    holding = contextlib.ExitStack()
+
+    class PinnedDuringThePause(SettledCollector):
+        async def _pause(self) -> None:
+            holding.enter_context(registry.store.pins.hold([Digest.parse(digest_of(used))]))
+
+    with holding:
+        report = await PinnedDuringThePause(registry.store, GcSettings(**NOW)).run()
+        assert await blob_exists(registry, digest_of(used))
+    assert report.blobs == 3  # the untagged image's manifest, config and layer
 
 
 def poisson_bound(mean: float, beyond: float = 1e-6) -> int:

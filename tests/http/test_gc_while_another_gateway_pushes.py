@@ -26,6 +26,7 @@ from sshreg.management import lease
 from sshreg.management.gc import GcBusy, GcSettings
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
+from sshreg.storage.base import PreconditionFailed
 from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
@@ -271,11 +272,134 @@ async def test_the_lease_is_given_back_when_a_collection_fails(driver, registry,
     assert await driver.stat(lease.KEY) is None
 
 
-async def test_a_lease_left_by_a_dead_collection_is_taken_over_once_stale(
+class HeldCollector(SettledCollector):
+    """A collector of `registry`'s gateway that holds its lease and waits in its safety
+    pause until `finish` is set."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__(registry.store, GcSettings(**NOW))
+        self.pausing, self.finish = asyncio.Event(), asyncio.Event()
+
+    async def _pause(self) -> None:
+        self.pausing.set()
+        await self.finish.wait()
+
+
+RIVAL = b'{"owner": "box3 pid 42", "started": 0}'
+
+
+@pytest.mark.parametrize("taken_over", [False, True])  # a fresh lease, or an abandoned one
+async def test_a_long_collection_renews_its_lease_so_it_never_looks_abandoned(
+        driver, registry, client, monkeypatch, taken_over):
+    # R2 takes one write a second per key: renewals every second would leave no room for
+    # the other collection's attempt, so every 2 s.
+    monkeypatch.setattr(lease, "REFRESH", 2.0)
+    await garbage_image(client, "lease/long")
+    if taken_over:
+        await driver.put(lease.KEY, RIVAL)
+        monkeypatch.setattr(lease, "STALE", 0.5)
+        await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    first = HeldCollector(registry)
+    running = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.pausing.wait(), 30)
+    monkeypatch.setattr(lease, "STALE", 5.0)
+    await asyncio.sleep(6.5)  # longer than STALE since the lease was taken
+    with pytest.raises(GcBusy, match="already running"):
+        await SettledCollector(RegistryStore(driver), GcSettings(**NOW)).run()
+    first.finish.set()
+    assert (await asyncio.wait_for(running, 30)).blobs == 3
+    assert await driver.stat(lease.KEY) is None
+
+
+async def test_a_collection_whose_lease_was_taken_over_leaves_the_new_holders_lease_alone(
         driver, registry, client, monkeypatch):
+    """Its lease looked abandoned (a stopped VM, say) and another collection took it over:
+    the first one neither renews the lease over the new holder's nor removes it at its end."""
+    monkeypatch.setattr(lease, "REFRESH", 2.0)
+    await garbage_image(client, "lease/lost")
+    first = HeldCollector(registry)
+    running = asyncio.create_task(first.run())
+    await asyncio.wait_for(first.pausing.wait(), 30)
+    await driver.put(lease.KEY, RIVAL)  # the take-over
+    await asyncio.sleep(4.5)  # two renewals due
+    assert (await driver.get(lease.KEY)).data == RIVAL
+    first.finish.set()
+    await asyncio.wait_for(running, 30)
+    assert (await driver.get(lease.KEY)).data == RIVAL
+
+
+async def test_of_two_collections_taking_over_an_abandoned_lease_only_one_gets_it(
+        driver, registry, client, monkeypatch):
+    await garbage_image(client, "lease/race")
+    await driver.put(lease.KEY, b'{"owner": "dead pid 1", "started": 0}')
+    monkeypatch.setattr(lease, "STALE", 0.5)
+    await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    took: list[str] = []
+
+    async def rival_takes_it_first(key: str) -> None:
+        if key == lease.KEY and not took:  # after this collection found the lease stale
+            took.append(await driver.put(lease.KEY, RIVAL))
+
+    watched = collector_on(registry, HookedDriver(driver, after_stat=rival_takes_it_first))
+    with pytest.raises(GcBusy, match="took the lease first"):
+        await watched.run()
+    assert took and (await driver.get(lease.KEY)).data == RIVAL
+
+
+class LeaseGivenBack(HookedDriver):
+    """Storage on which the collection holding the gc lease gives it back right after
+    another one found it taken."""
+
+    async def put(self, key: str, data: bytes, **conditions) -> str:
+        try:
+            return await self._driver.put(key, data, **conditions)
+        except PreconditionFailed:
+            if key == lease.KEY:
+                await self._driver.delete(key)
+            raise
+
+
+async def test_a_collection_that_finds_the_lease_being_given_back_is_refused_once(
+        driver, registry, client):
+    await garbage_image(client, "lease/ending")
+    await driver.put(lease.KEY, RIVAL)
+    with pytest.raises(GcBusy, match=r"already running \(a collection that just ended\)"):
+        await collector_on(registry, LeaseGivenBack(driver)).run()
+    assert (await collector_on(registry, HookedDriver(driver)).run()).blobs == 3
+
+
+class LeaseStolenAtOnce(HookedDriver):
+    """Storage on which another collection overwrites the gc lease right after it is taken."""
+
+    async def put(self, key: str, data: bytes, **conditions) -> str:
+        etag = await self._driver.put(key, data, **conditions)
+        if key == lease.KEY:
+            await self._driver.put(key, RIVAL)
+        return etag
+
+
+async def test_a_collection_whose_lease_is_lost_as_soon_as_taken_deletes_nothing(
+        driver, registry, client):
+    image = await garbage_image(client, "lease/stolen")
+    with pytest.raises(GcBusy, match="lost"):
+        await collector_on(registry, LeaseStolenAtOnce(driver)).run()
+    assert (await driver.get(lease.KEY)).data == RIVAL
+    for digest, data in image.blobs.items():  # garbage, but still there
+        resp = await client.get(f"/v2/lease/stolen/blobs/{digest}")
+        assert resp.status == 200 and await resp.read() == data
+
+
+# A lease names its holder; one cut short by a crash or written by hand names nobody.
+@pytest.mark.parametrize(("body", "holder"), [
+    (b'{"owner": "box3 pid 42", "started": 0}', "box3 pid 42"),
+    (b'{"owner": "box3 pi', "unknown"),
+    (b'["box3 pid 42"]', "unknown"),
+])
+async def test_a_lease_left_by_a_dead_collection_is_taken_over_once_stale(
+        driver, registry, client, monkeypatch, body, holder):
     image = await garbage_image(client, "lease/dead")
-    await driver.put(lease.KEY, b'{"owner": "box3 pid 42", "started": 0}')
-    with pytest.raises(GcBusy, match="box3 pid 42"):
+    await driver.put(lease.KEY, body)
+    with pytest.raises(GcBusy, match=rf"already running \({holder}\)"):
         await collector_on(registry, HookedDriver(driver)).run()
     monkeypatch.setattr(lease, "STALE", 0.5)
     await asyncio.sleep(1.1)  # S3 keeps whole seconds

@@ -130,10 +130,11 @@ async def test_a_part_size_per_upload_overrides_the_driver_default(s3_server, ma
     assert checker.seen == [[6 * MiB, 6 * MiB, MiB]]
 
 
-async def test_a_blob_smaller_than_a_part_is_one_put_object(s3_server, make_driver):
+@pytest.mark.parametrize("size", [0, MIN_PART_SIZE - 1])  # 0: an empty blob, never written to
+async def test_a_blob_smaller_than_a_part_is_one_put_object(s3_server, make_driver, size):
     driver = make_driver(part_size=MIN_PART_SIZE)
     calls = Calls(driver)
-    data = os.urandom(MIN_PART_SIZE - 1)
+    data = os.urandom(size)
     up = await driver.begin_upload("data/bb/small")
     for piece in odd_sized(data):
         await up.write(piece)
@@ -152,6 +153,7 @@ async def test_the_multipart_upload_is_created_with_the_first_full_part(make_dri
     await up.write(os.urandom(20))
     assert up.upload_id is not None
     await up.commit()
+    assert up.upload_id is None  # completed: there is no multipart upload any more
     assert calls.names == ["CreateMultipartUpload", "UploadPart", "UploadPart",
                            "CompleteMultipartUpload"]
     assert not any(name.startswith(("Copy", "UploadPartCopy", "Get")) for name in calls.names)
@@ -187,6 +189,7 @@ async def test_abort_leaves_no_multipart_upload(s3_server, make_driver):
     await up.write(os.urandom(12 * MiB))
     assert [u["Key"] for u in uploads_under(s3_server, driver)] == [
         driver.settings.prefix + "data/cc/gone"]
+    calls = Calls(driver)
     await up.abort()
     await up.abort()
     assert uploads_under(s3_server, driver) == []
@@ -195,6 +198,49 @@ async def test_abort_leaves_no_multipart_upload(s3_server, make_driver):
         await up.write(b"more")
     with pytest.raises(StorageError):
         await up.commit()
+    assert calls.names.count("AbortMultipartUpload") == 1  # the rest find nothing to do
+
+
+@pytest.mark.parametrize("size", [1000, MIN_PART_SIZE + 1])  # one PutObject; multipart
+async def test_abort_after_commit_keeps_the_object_whichever_way_it_was_sent(make_driver, size):
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    data = os.urandom(size)
+    up = await driver.begin_upload("data/cc/committed")
+    await up.write(data)
+    await up.commit()
+    await up.abort()  # what a request's cleanup does whatever happened
+    assert await read_all(driver, "data/cc/committed") == data
+
+
+async def test_abort_answers_soon_and_aborts_even_while_a_part_hangs(
+        s3_server, make_driver, monkeypatch):
+    """A part upload that does not return (a stuck connection) holds neither the caller of
+    `abort` beyond ABORT_ANSWER_WAIT nor the abort itself beyond ABORT_WAIT_SECONDS."""
+    monkeypatch.setattr(s3_upload, "ABORT_ANSWER_WAIT", 0.2)
+    monkeypatch.setattr(s3_upload, "ABORT_WAIT_SECONDS", 2.0)
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    gate = threading.Event()
+    real = driver.client.upload_part
+
+    def hanging(**params: Any) -> Any:
+        gate.wait(30)
+        return real(**params)
+
+    driver.client.upload_part = hanging
+    try:
+        up = await driver.begin_upload("data/cc/hanging")
+        await up.write(os.urandom(MIN_PART_SIZE))
+        assert len(uploads_under(s3_server, driver)) == 1
+        started = time.monotonic()
+        await up.abort()
+        assert time.monotonic() - started < 1.5
+        for _ in range(100):  # the abort goes on in the background, past the stuck part
+            if not uploads_under(s3_server, driver):
+                break
+            await asyncio.sleep(0.1)
+        assert uploads_under(s3_server, driver) == []
+    finally:
+        gate.set()
 
 
 async def test_abort_stale_uploads_removes_old_ones_under_the_prefix_only(
@@ -255,6 +301,27 @@ async def test_a_failed_last_part_fails_commit_and_aborts(s3_server, make_driver
     assert await driver.stat("data/cc/last") is None
 
 
+@pytest.mark.parametrize(("operation", "size"), [("put_object", 1000),
+                                               ("complete_multipart_upload", MIN_PART_SIZE + 1)])
+async def test_a_commit_whose_answer_is_lost_leaves_no_object(make_driver, operation, size):
+    """The answer to the PutObject of a small blob, or to the CompleteMultipartUpload of a
+    large one, is lost (the connection dropped after the server stored the object): the
+    commit fails, and the object it may have written is gone."""
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    real = getattr(driver.client, operation)
+
+    def answer_lost(**params: Any) -> Any:
+        real(**params)
+        raise ConnectionResetError("injected after the write")
+
+    setattr(driver.client, operation, answer_lost)
+    up = await driver.begin_upload("data/cc/unanswered")
+    await up.write(os.urandom(size))
+    with pytest.raises(StorageError, match="injected"):
+        await up.commit()
+    assert await driver.stat("data/cc/unanswered") is None
+
+
 async def test_a_cancelled_write_makes_the_upload_unusable(s3_server, make_driver):
     driver = make_driver(part_size=MIN_PART_SIZE, part_concurrency=1)
     gate = threading.Event()
@@ -278,6 +345,31 @@ async def test_a_cancelled_write_makes_the_upload_unusable(s3_server, make_drive
     assert uploads_under(s3_server, driver) == []
 
 
+async def test_a_write_waiting_for_a_part_slot_fails_once_the_upload_is_aborted(
+        s3_server, make_driver):
+    driver = make_driver(part_size=MIN_PART_SIZE, part_concurrency=1)
+    gate = threading.Event()
+    real = driver.client.upload_part
+
+    def held(**params: Any) -> Any:
+        gate.wait(30)
+        return real(**params)
+
+    driver.client.upload_part = held
+    up = await driver.begin_upload("data/cc/aborted-waiting")
+    await up.write(os.urandom(MIN_PART_SIZE))  # part 1 in flight, held
+    waiting = asyncio.create_task(up.write(os.urandom(MIN_PART_SIZE)))  # part 2: no slot
+    await asyncio.sleep(0.3)
+    aborting = asyncio.create_task(up.abort())
+    await asyncio.sleep(0.1)
+    gate.set()  # part 1 lands and frees the slot part 2 waits for
+    with pytest.raises(StorageError, match="aborted"):
+        await waiting
+    await aborting
+    assert uploads_under(s3_server, driver) == []
+    assert await driver.stat("data/cc/aborted-waiting") is None
+
+
 async def test_an_upload_whose_multipart_upload_vanished_fails_to_commit(s3_server, make_driver):
     driver = make_driver(part_size=MIN_PART_SIZE)
     up = await driver.begin_upload("data/cc/swept")
@@ -287,6 +379,25 @@ async def test_an_upload_whose_multipart_upload_vanished_fails_to_commit(s3_serv
     with pytest.raises(StorageError):
         await up.commit()
     assert await driver.stat("data/cc/swept") is None
+
+
+async def test_an_upload_swept_just_before_it_completes_fails_to_commit(s3_server, make_driver):
+    """The stale-upload sweep of another gateway aborts the multipart upload between the
+    last part and CompleteMultipartUpload (an async `before_complete` hook runs it there)."""
+    driver = make_driver(part_size=MIN_PART_SIZE)
+    swept: list[int] = []
+
+    async def sweep(key: str, upload_id: str) -> None:
+        swept.append(await driver.abort_stale_uploads(-60))
+
+    driver.before_complete = sweep
+    up = await driver.begin_upload("data/cc/swept-late")
+    await up.write(os.urandom(MIN_PART_SIZE + 1))
+    with pytest.raises(StorageError, match="gone"):
+        await up.commit()
+    assert swept == [1]
+    assert uploads_under(s3_server, driver) == []
+    assert await driver.stat("data/cc/swept-late") is None
 
 
 # -- backpressure, memory, commit time ---------------------------------------------------
