@@ -65,6 +65,19 @@ class PartChecker:
                                          self.part_size))
 
 
+def hold_parts(driver: S3Driver) -> threading.Event:
+    """Make every UploadPart of `driver` wait (up to 30 s) until the returned event is set."""
+    gate = threading.Event()
+    real = driver.client.upload_part
+
+    def held(**params: Any) -> Any:
+        gate.wait(30)
+        return real(**params)
+
+    driver.client.upload_part = held
+    return gate
+
+
 @pytest.fixture
 async def make_driver(s3_server) -> AsyncIterator[Callable[..., S3Driver]]:
     drivers: list[S3Driver] = []
@@ -219,14 +232,7 @@ async def test_abort_answers_soon_and_aborts_even_while_a_part_hangs(
     monkeypatch.setattr(s3_upload, "ABORT_ANSWER_WAIT", 0.2)
     monkeypatch.setattr(s3_upload, "ABORT_WAIT_SECONDS", 2.0)
     driver = make_driver(part_size=MIN_PART_SIZE)
-    gate = threading.Event()
-    real = driver.client.upload_part
-
-    def hanging(**params: Any) -> Any:
-        gate.wait(30)
-        return real(**params)
-
-    driver.client.upload_part = hanging
+    gate = hold_parts(driver)
     try:
         up = await driver.begin_upload("data/cc/hanging")
         await up.write(os.urandom(MIN_PART_SIZE))
@@ -324,14 +330,7 @@ async def test_a_commit_whose_answer_is_lost_leaves_no_object(make_driver, opera
 
 async def test_a_cancelled_write_makes_the_upload_unusable(s3_server, make_driver):
     driver = make_driver(part_size=MIN_PART_SIZE, part_concurrency=1)
-    gate = threading.Event()
-    real = driver.client.upload_part
-
-    def held(**params: Any) -> Any:
-        gate.wait(30)
-        return real(**params)
-
-    driver.client.upload_part = held
+    gate = hold_parts(driver)
     up = await driver.begin_upload("data/cc/cancelled")
     await up.write(os.urandom(MIN_PART_SIZE))
     task = asyncio.create_task(up.write(os.urandom(MIN_PART_SIZE)))
@@ -348,14 +347,7 @@ async def test_a_cancelled_write_makes_the_upload_unusable(s3_server, make_drive
 async def test_a_write_waiting_for_a_part_slot_fails_once_the_upload_is_aborted(
         s3_server, make_driver):
     driver = make_driver(part_size=MIN_PART_SIZE, part_concurrency=1)
-    gate = threading.Event()
-    real = driver.client.upload_part
-
-    def held(**params: Any) -> Any:
-        gate.wait(30)
-        return real(**params)
-
-    driver.client.upload_part = held
+    gate = hold_parts(driver)
     up = await driver.begin_upload("data/cc/aborted-waiting")
     await up.write(os.urandom(MIN_PART_SIZE))  # part 1 in flight, held
     waiting = asyncio.create_task(up.write(os.urandom(MIN_PART_SIZE)))  # part 2: no slot
