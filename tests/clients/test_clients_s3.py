@@ -5,7 +5,9 @@
   back with GetObjectAttributes `ObjectParts`, which SeaweedFS answers for completed multipart
   objects: ListParts is gone once the upload completed, and the server process's own hook is
   out of reach from here); the server's peak RSS stays under 200 MiB (psutil, sampled every
-  50 ms); and the time from the last byte to the 201 is no longer than for a 64 MiB layer.
+  50 ms); and the time from the last byte to the 201 is no longer than for a 64 MiB layer
+  plus a twentieth of the upload's time (a commit that copied or re-read the blob takes a good
+  part of the upload's time).
   "Last byte" is when the server's `sshreg_http_received_bytes_total` (its `/metrics`, sampled
   every 10 ms) has counted the whole blob; "201" is the time on the audit line of the PUT that
   published the blob.
@@ -139,13 +141,17 @@ def measure_push(deployment: Deployment, repository: str, push: Callable[[str], 
 
 def check_big_push(big: BigPush, small: BigPush, method: str) -> None:
     """One request carried the whole blob; its object is in equal parts but the last; memory
-    stayed bounded; the commit took no longer than the small blob's."""
+    stayed bounded; the commit did not move the bytes again. A commit that re-read or copied
+    the blob would take a good part of its upload's time; completing 256 parts instead of 8
+    costs SeaweedFS a second or two here, varying with the disk's writeback, so the bound is
+    the small blob's commit plus a twentieth of the upload time (at least a second)."""
     assert [(e["method"], e["bytes"]) for e in big.uploads] == [(method, big.size)]
     assert len(big.parts) == math.ceil(big.size / PART_SIZE) > 200
     assert big.parts[:-1] == [PART_SIZE] * (len(big.parts) - 1)
     assert big.peak_rss < RSS_LIMIT, f"peak RSS {big.peak_rss / MiB:.0f} MiB"
-    assert big.commit_seconds <= max(2 * small.commit_seconds, small.commit_seconds + 1.0), \
-        (big, small)
+    (upload,) = big.uploads
+    allowance = max(1.0, upload["seconds"] / 20)
+    assert big.commit_seconds <= small.commit_seconds + allowance, (big, small)
 
 
 LOCAL_NAME = "sshreg.test/big:1"
