@@ -99,11 +99,9 @@ class ProxyListener:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._trusted)
 
-    async def start(self, host: str, port: int) -> None:
-        for family, _, _, _, address in socket.getaddrinfo(
-                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
-            listener = socket.create_server(address[:2], family=family, backlog=128)
-            listener.setblocking(False)
+    def start(self, sockets: list[socket.socket]) -> None:
+        """Accept on `sockets` (bound by `listeners.bind_listeners`); `close` closes them."""
+        for listener in sockets:
             self.sockets.append(listener)
             self._accepting.append(asyncio.ensure_future(self._accept_forever(listener)))
 

@@ -22,6 +22,7 @@ from .ciphers import default_ciphers
 from .connection import GatewayConnection
 from .exec_channel import CommandRunner, help_text
 from .limits import FailureTracker
+from .listeners import bind_listeners
 from .proxy_protocol import Address, ProxyListener, trusted_networks
 from .settings import GatewaySettings
 
@@ -44,7 +45,7 @@ class Gateway:
         self.commands = commands  # what `ssh reg.host CMD` runs; None: help only
         self.failures = FailureTracker(settings.limits.max_auth_failures_per_minute)
         self.connections: dict[asyncssh.SSHServerConnection, GatewayConnection] = {}
-        self._server: asyncssh.SSHAcceptor | None = None
+        self._servers: list[asyncssh.SSHAcceptor] = []
         self._proxy: ProxyListener | None = None
         self._proxied: dict[Address, Address] = {}  # balancer side -> client, while logging in
         self._reaper: asyncio.Task[None] | None = None
@@ -74,15 +75,19 @@ class Gateway:
             "keepalive_count_max": 4,
         }
 
-    async def start(self) -> None:
+    async def start(self, listeners: list[socket.socket] | None = None) -> None:
+        """Serve on `listeners` (sockets bound by a supervisor and shared with other
+        workers), or on sockets bound here for the configured address."""
         self.keys.reload_if_changed()
+        if listeners is None:
+            listeners = bind_listeners(self.settings.host, self.settings.port)
         if self.settings.proxy_protocol:
             self._proxy = ProxyListener(trusted_networks(self.settings.proxy_protocol),
                                         self.settings.login_timeout, self._serve_socket)
-            await self._proxy.start(self.settings.host, self.settings.port)
+            self._proxy.start(listeners)
         else:
-            self._server = await asyncssh.listen(self.settings.host, self.settings.port,
-                                                 reuse_address=True, **self._server_options())
+            options = self._server_options()
+            self._servers = [await asyncssh.listen(sock=sock, **options) for sock in listeners]
         self._reaper = asyncio.create_task(self._close_idle_forever())
         self._watcher = asyncio.create_task(self._revoke_forever())
 
@@ -134,11 +139,11 @@ class Gateway:
     def sockets(self) -> list[socket.socket]:
         if self._proxy is not None:
             return list(self._proxy.sockets)
-        return list(self._server.sockets) if self._server else []
+        return [sock for server in self._servers for sock in server.sockets]
 
     def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         if self._proxy is not None:
             self._proxy.close()
         for task in (self._reaper, self._watcher):
@@ -152,5 +157,5 @@ class Gateway:
             conn.close()
         for conn in list(self.connections):
             await conn.wait_closed()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
