@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the SSH server and the registry")
     _config_flags(serve)
+    serve.add_argument("--workers", help="processes serving SSH connections (default: the "
+                       "config's, else auto: one per CPU)")
     check = sub.add_parser("check-config",
                            help="check the configuration, the keys folder and the storage")
     _config_flags(check)
@@ -83,6 +85,7 @@ def _load(args: argparse.Namespace):
         storage=args.storage,
         log_format=args.log_format,
         log_level=args.log_level,
+        workers=getattr(args, "workers", None),
     )
 
 
@@ -208,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         return _gc(config, args.dry_run, args.json)
     if args.command == "serve":
         from .service import serve
+        from .workers.supervisor import supervise
 
         try:
+            if config.server.workers > 1:
+                return asyncio.run(supervise(config))
             asyncio.run(serve(config))
         except ConfigError as exc:
             log.error("%(error)s", {"error": str(exc)})

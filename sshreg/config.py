@@ -44,7 +44,8 @@ SECTIONS: dict[str, type] = {
     "limits": Limits, "metrics": MetricsSettings, "gc": GcSettings, "log": LogSettings}
 # Command-line flags: flag -> (section, key)
 FLAGS = {"listen": ("server", "listen"), "keys": ("server", "keys"), "storage": ("storage", "url"),
-         "log_format": ("log", "format"), "log_level": ("log", "level")}
+         "log_format": ("log", "format"), "log_level": ("log", "level"),
+         "workers": ("server", "workers")}
 
 
 def load_config(path: Path | None = None, **flags: str | None) -> Config:

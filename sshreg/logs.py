@@ -43,6 +43,9 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         base["msg"] = record.getMessage()
         if isinstance(record.args, Mapping):
             base.update((str(k), v) for k, v in record.args.items() if str(k) not in base)
+    worker = getattr(record, "worker", None)
+    if worker is not None:
+        base["worker"] = worker
     if record.exc_info:
         base["exception"] = logging.Formatter().formatException(record.exc_info)
     return base
@@ -71,8 +74,9 @@ def _logfmt_value(value: Any) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, worker: int | None = None) -> None:
+        where = "" if worker is None else f"[w{worker}] "
+        super().__init__(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         message = _json(record.msg) if isinstance(record.msg, dict) else record.getMessage()
@@ -88,6 +92,16 @@ class TextFormatter(logging.Formatter):
         return visible(super().formatStack(stack_info), keep="\n")
 
 
+class _WorkerFilter(logging.Filter):
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
 FORMATTERS = {"text": TextFormatter, "json": JsonFormatter, "logfmt": LogfmtFormatter}
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -100,9 +114,16 @@ class LogSettings:
     format: str = setting("text", ", ".join(FORMATTERS), choice(*FORMATTERS))
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
+def configure(level: str = "info", fmt: str = "text", worker: int | None = None) -> None:
+    """Log to stderr; a worker process (`worker`: its number) says which it is on every
+    line: `[w1]` before the logger's name in text, a `worker` field in JSON and logfmt."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(FORMATTERS[fmt]())
+    if fmt == "text":
+        handler.setFormatter(TextFormatter(worker))
+    else:
+        handler.setFormatter(FORMATTERS[fmt]())
+        if worker is not None:
+            handler.addFilter(_WorkerFilter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -73,6 +73,8 @@ class Metrics:
         "sshreg_uploads_active": ("gauge", "blob upload sessions in progress"),
         "sshreg_storage_seconds": ("histogram", "storage operation latency by operation"),
         "sshreg_storage_errors_total": ("counter", "failed storage operations by operation"),
+        "sshreg_workers": ("gauge", "worker processes accepting connections"),
+        "sshreg_worker_restarts_total": ("counter", "workers that died and were replaced"),
     }
 
     def __init__(self) -> None:
@@ -101,6 +103,30 @@ class Metrics:
         key = tuple(sorted(labels.items()))
         return self.counters.get(name, {}).get(key) or self.gauges.get(name, {}).get(key, 0.0)
 
+    def snapshot(self) -> dict[str, list[list[Any]]]:
+        """Every series as JSON-ready lists, for `merge` in another process."""
+        def series(table: dict[str, dict[Labels, Any]]) -> list[tuple[str, Labels, Any]]:
+            return [(name, labels, value) for name, values in table.items()
+                    for labels, value in values.items()]
+
+        return {"counters": [[n, list(map(list, k)), v] for n, k, v in series(self.counters)],
+                "gauges": [[n, list(map(list, k)), v] for n, k, v in series(self.gauges)],
+                "histograms": [[n, list(map(list, k)), h.counts, h.sum]
+                               for n, k, h in series(self.histograms)]}
+
+    def merge(self, snapshot: dict[str, list[list[Any]]]) -> None:
+        """Add another process's `snapshot`: counters, gauges and histograms all sum, as
+        every gauge here counts something (connections, channels, uploads) per process."""
+        for name, labels, value in snapshot["counters"]:
+            self.counters[name][_label_key(labels)] += value
+        for name, labels, value in snapshot["gauges"]:
+            self.gauges[name][_label_key(labels)] += value
+        for name, labels, counts, total in snapshot["histograms"]:
+            series = self.histograms[name]
+            hist = series.setdefault(_label_key(labels), Histogram(LATENCY_BUCKETS))
+            hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
+            hist.sum += total
+
     def render(self) -> str:
         lines: list[str] = []
         for name in sorted({*self.counters, *self.gauges, *self.histograms}):
@@ -118,6 +144,10 @@ class Metrics:
                 lines.append(f"{name}_sum{_labels(labels)} {_number(hist.sum)}")
                 lines.append(f"{name}_count{_labels(labels)} {cumulative}")
         return "\n".join(lines) + "\n"
+
+
+def _label_key(pairs: list[list[str]]) -> Labels:
+    return tuple(sorted((str(k), str(v)) for k, v in pairs))
 
 
 def _labels(labels: Labels) -> str:

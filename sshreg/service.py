@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
 
@@ -76,8 +77,12 @@ async def _sweep_stale_uploads(driver: Driver, age: float) -> None:
 class Service:
     """Storage, registry and SSH gateway of one process, started and stopped together."""
 
-    def __init__(self, config: Config, driver: Driver | None = None) -> None:
+    def __init__(self, config: Config, driver: Driver | None = None, *,
+                 housekeeping: bool = True) -> None:
+        """`housekeeping`: run the sweep of abandoned uploads here (a worker supervisor gives
+        it to one worker only)."""
         self.config = config
+        self.housekeeping = housekeeping
         try:
             self.host_key = load_or_create_host_key(config.server.keys)
         except (HostKeyError, OSError) as exc:
@@ -103,42 +108,52 @@ class Service:
         sockets = self.gateway.sockets
         return sockets[0].getsockname()[1] if sockets else self.config.server.port
 
-    async def start(self) -> None:
+    async def start(self, listeners: list[socket.socket] | None = None,
+                    metrics_socket: str | None = None) -> None:
+        """Serve SSH on `listeners` (bound by a supervisor) or on the configured address;
+        /metrics and /health on the configured loopback port, or for a supervisor on the
+        Unix socket `metrics_socket`."""
         await self.keys.start()
         await self.registry.start()
         try:
-            await self.gateway.start()
+            await self.gateway.start(listeners)
         except OSError as exc:
             await self.registry.close()
             await self.driver.close()
             raise ConfigError(f"cannot listen on {self.config.server.listen}: {exc.strerror or exc}"
                               ) from None
-        self._sweeper = asyncio.create_task(
-            _sweep_stale_uploads(self.driver, self.config.storage.stale_upload_age))
-        if self.config.metrics.listen:
-            await self._start_metrics()
-        log.info("sshreg ready: ssh on %(host)s:%(port)d, storage %(storage)s, host key "
-                 "%(host_key)s, %(keys)d authorized key(s)",
-                 {"host": self.config.server.host, "port": self.port, "storage": str(self.driver),
-                  "host_key": self.host_key.get_fingerprint("sha256"),
-                  "keys": len(self.keys.entries())})
+        if self.housekeeping:
+            self._sweeper = asyncio.create_task(
+                _sweep_stale_uploads(self.driver, self.config.storage.stale_upload_age))
+        if metrics_socket is not None:
+            await self._start_metrics(web.UnixSite, metrics_socket)
+        elif self.config.metrics.listen:
+            host, port = parse_address(self.config.metrics.listen, "metrics.listen")
+            await self._start_metrics(web.TCPSite, host, port)
+            bound = self._metrics_runner.addresses[0] if self._metrics_runner else ("", 0)
+            log.info("metrics on http://%(host)s:%(port)d/metrics",
+                     {"host": bound[0], "port": bound[1]})
 
-    async def _start_metrics(self) -> None:
-        """/metrics (Prometheus) and /health on a loopback port; they need no key."""
+    def ready_fields(self) -> dict[str, Any]:
+        """What the ready line says about this server."""
+        return {"host": self.config.server.host, "port": self.port, "storage": str(self.driver),
+                "host_key": self.host_key.get_fingerprint("sha256"),
+                "keys": len(self.keys.entries())}
+
+    async def _start_metrics(self, site: type[web.BaseSite], *where: object) -> None:
+        """/metrics (Prometheus, and its JSON snapshot for a supervisor) and /health; they
+        need no key, so they are only ever on loopback or a private Unix socket."""
         app = web.Application(middlewares=[origin_middleware(self.registry.origin)])
         app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/metrics.json", self._serve_metrics_snapshot)
         app.router.add_get("/health", self._serve_health)
         self._metrics_runner = web.AppRunner(app, access_log=None)
         await self._metrics_runner.setup()
-        host, port = parse_address(self.config.metrics.listen, "metrics.listen")
-        site = web.TCPSite(self._metrics_runner, host, port)
         try:
-            await site.start()
+            await site(self._metrics_runner, *where).start()  # type: ignore[call-arg]
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {self.config.metrics.listen} for metrics: "
-                              f"{exc.strerror or exc}") from None
-        bound = self._metrics_runner.addresses[0]
-        log.info("metrics on http://%(host)s:%(port)d/metrics", {"host": bound[0], "port": bound[1]})
+            raise ConfigError(f"cannot listen on {self.config.metrics.listen or where[0]} for "
+                              f"metrics: {exc.strerror or exc}") from None
 
     @property
     def metrics_port(self) -> int | None:
@@ -147,6 +162,9 @@ class Service:
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain",
                             charset="utf-8", headers={"Cache-Control": "no-store"})
+
+    async def _serve_metrics_snapshot(self, request: web.Request) -> web.Response:
+        return web.json_response(self.metrics.snapshot())
 
     async def _serve_health(self, request: web.Request) -> web.Response:
         """200 when storage answers within 5 seconds, 503 otherwise."""
@@ -183,10 +201,19 @@ class Service:
         log.info("stopped")
 
 
+def log_ready(fields: dict[str, Any], workers: int) -> None:
+    """The line that says the server accepts connections (`fields`: `ready_fields()`)."""
+    log.info("sshreg ready: ssh on %(host)s:%(port)d, storage %(storage)s, host key "
+             "%(host_key)s, %(keys)d authorized key(s), %(workers)d worker(s)",
+             {"host": fields["host"], "port": fields["port"], "storage": fields["storage"],
+              "host_key": fields["host_key"], "keys": fields["keys"], "workers": workers})
+
+
 async def serve(config: Config) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads authorized_keys."""
     service = Service(config)
     await service.start()
+    log_ready(service.ready_fields(), workers=1)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,22 +3,41 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..limits import Limits
 from ..settings import (
     Address,
+    ConfigError,
     parse_address,
     parse_duration,
     parse_networks,
     parse_path,
     parse_port,
+    parse_positive,
     parse_str,
     parse_str_list,
     path_or_s3,
     setting,
 )
+
+MAX_WORKERS = 64
+
+
+def parse_workers(value: Any, what: str) -> int:
+    """`auto` (one per CPU this process may run on), or a count (a string of digits from
+    the command line too)."""
+    if value == "auto":
+        return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    workers = parse_positive(value, what)
+    if workers > MAX_WORKERS:
+        raise ConfigError(f"{what}: at most {MAX_WORKERS} workers, got {workers}")
+    return workers
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,9 @@ class GatewaySettings:
     proxy_protocol: tuple[str, ...] = setting(
         [], "TCP load balancers (addresses or networks) whose PROXY protocol v2 header names "
         "the client; [] = none", parse_networks)
+    workers: int = setting(
+        "auto", "processes serving SSH connections on the one port; auto: one per CPU",
+        parse_workers)
     limits: Limits = field(default_factory=Limits)  # the [limits] section, given by the service
 
     @property

@@ -51,6 +51,7 @@ FIELDS = {
     "operation": "a storage operation and its key",
     "path": "an HTTP request path",
     "peer": "the client's address",
+    "pid": "a process id",
     "port": "a listening port",
     "reason": "why a login or connection is refused",
     "reference": "a manifest reference (tag or digest)",
@@ -68,6 +69,8 @@ FIELDS = {
     "upload": "an upload id",
     "uploads": "a number of uploads",
     "user": "the SSH user name a client offered",
+    "worker": "a worker process's number (0 to workers - 1)",
+    "workers": "a number of worker processes",
 }
 PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]*)\))?[#0 +-]*(?:\d+|\*)?(?:\.\d+)?(?P<conv>.)")
 

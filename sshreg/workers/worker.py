@@ -1,0 +1,83 @@
+"""One worker process: `python -m sshreg.workers.worker`, started by the supervisor.
+
+The supervisor writes a pickled `WorkerSpec` to the worker's stdin and keeps stdin open: its
+end of file means the supervisor is gone (even by SIGKILL), and the worker stops as on
+SIGTERM. The worker reports on its control pipe: `READY=1 {json}` once it accepts
+connections (the JSON: what the ready line says about it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from .. import logs
+from ..config import Config
+from ..memory import tune_malloc
+from ..service import Service
+from ..settings import ConfigError
+
+log = logging.getLogger("sshreg.worker")
+
+EXIT_CONFIG = 2  # as `sshreg serve`: restarting cannot fix it
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the supervisor tells a worker."""
+
+    index: int  # 0..N-1; a replacement takes the number of the worker it replaces
+    config: Config
+    listener_fds: tuple[int, ...]  # the SSH port's listening sockets, inherited
+    control_fd: int  # the write end of the pipe the supervisor reads reports from
+    metrics_socket: str  # where this worker serves /metrics.json and /health to the supervisor
+
+
+class _EndOfInput(asyncio.Protocol):
+    def __init__(self, done: asyncio.Event) -> None:
+        self.done = done
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.done.set()
+
+
+async def run(spec: WorkerSpec) -> None:
+    listeners = [socket.socket(fileno=fd) for fd in spec.listener_fds]
+    for listener in listeners:
+        listener.setblocking(False)
+    service = Service(spec.config, housekeeping=spec.index == 0)
+    await service.start(listeners, metrics_socket=spec.metrics_socket)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, service.keys.reload_if_changed)
+    await loop.connect_read_pipe(lambda: _EndOfInput(stop), sys.stdin)
+    report = f"READY=1 {json.dumps(service.ready_fields(), default=str)}\n"
+    os.write(spec.control_fd, report.encode())
+    log.info("worker %(worker)d accepting connections", {"worker": spec.index})
+    await stop.wait()
+    await service.stop(spec.config.server.shutdown_grace)
+
+
+def main() -> int:
+    tune_malloc()  # before any thread exists
+    spec: WorkerSpec = pickle.load(sys.stdin.buffer)
+    logs.configure(spec.config.log.level, spec.config.log.format, worker=spec.index)
+    try:
+        asyncio.run(run(spec))
+    except ConfigError as exc:
+        log.error("%(error)s", {"error": str(exc)})
+        return EXIT_CONFIG
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
