@@ -41,7 +41,7 @@ from tests.support.images import Image, make_image
 from tests.support.rawhttp import Connection, HTTPError
 from tests.support.rawpush import STYLES, get_manifest, manifest_blobs, pull_image, push_image
 from tests.support.seaweedfs import SeaweedFS
-from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, wait_for
+from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, Tunnel, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -173,10 +173,14 @@ class Killer:
             os.kill(self.pid, signal.SIGKILL)
 
 
-def crash_push(server: SshregServer, port: int, push: Push) -> bool:
-    """Push, killing the server on the way; True if the push completed before the kill."""
+def crash_push(server: SshregServer, tunnel: Tunnel, push: Push) -> bool:
+    """Push, killing the server on the way (with workers: the worker holding the tunnel);
+    True if the push completed before the kill. Returns once the killed process is gone."""
     assert server.proc is not None
-    killer = Killer(server.proc.pid, push.kill_step, push.kill_delay)
+    workers = server.worker_pids()
+    victim = server.worker_serving(tunnel) if workers else server.proc.pid
+    port = tunnel.port
+    killer = Killer(victim, push.kill_step, push.kill_delay)
     completed = False
     try:
         with Connection(port, timeout=20) as conn:
@@ -186,7 +190,11 @@ def crash_push(server: SshregServer, port: int, push: Push) -> bool:
     except (HTTPError, OSError):
         assert killer.fired, "the push failed before the server was killed"
     killer.fire()
-    server.proc.wait(10)
+    if workers:  # the supervisor replaces the worker: the server is back by itself
+        wait_for(lambda: victim not in server.worker_pids()
+                 and len(server.worker_pids()) == len(workers), 30, "a new worker")
+    else:
+        server.proc.wait(10)
     return completed
 
 
@@ -285,10 +293,15 @@ def run_gc(server: SshregServer, view: StorageView) -> dict[str, object]:
 # -- the test ----------------------------------------------------------------------------------------
 
 
-def test_kill_9_during_pushes_never_serves_half_written_data(storage: StorageView, tmp_path):
-    rng = random.Random(f"{SEED}:{type(storage).__name__}")
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_kill_9_during_pushes_never_serves_half_written_data(storage: StorageView, tmp_path,
+                                                            workers: int):
+    """With two workers, the kill takes the worker that holds the tunnel, and the
+    supervisor's replacement is what serves the next push."""
+    rng = random.Random(f"{SEED}:{type(storage).__name__}:{workers}")
     key = ClientKey.generate(tmp_path, "pusher")
-    server = SshregServer(tmp_path / "server", storage.url, env=storage.env, config={
+    server = SshregServer(tmp_path / "server", storage.url, env=storage.env, workers=workers,
+                          config={
         "storage": {"stale_upload_age": f"{STALE_AGE}s", "part_size": "5MiB"},
         "gc": {"grace": "1s", "safety": "0s"},
     })
@@ -298,14 +311,16 @@ def test_kill_9_during_pushes_never_serves_half_written_data(storage: StorageVie
     interrupted: list[Push] = []
     try:
         for push in plan:
-            server.start()
+            if not server.running:
+                server.start()
             with server.tunnel(key) as tunnel:
                 check_invariants(tunnel.port, storage, checked)
                 retry_interrupted(tunnel.port, interrupted)
-                crash_push(server, tunnel.port, push)
+                crash_push(server, tunnel, push)
                 interrupted.append(push)  # even if it completed: pushing again must work
         # Leftovers of the last kills are younger than the sweep's age: wait, restart, sweep.
-        server.start()
+        if not server.running:
+            server.start()
         with server.tunnel(key) as tunnel:
             check_invariants(tunnel.port, storage, checked)
             retry_interrupted(tunnel.port, interrupted)

@@ -1,5 +1,7 @@
 """Several gateways on one bucket (issue 9): two `sshreg serve` processes on different ports,
 one SeaweedFS bucket and prefix, one authorized_keys object in that bucket, one host key.
+Each of the two runs two workers (issue 17), so every race here is between processes of
+one box as well as between boxes; the third box, started to be killed, is one process.
 
 Everything goes through real `ssh` tunnels; images are pushed and pulled with skopeo, the
 races with raw HTTP through a tunnel to each gateway. What is checked from outside: what
@@ -89,10 +91,12 @@ def gateways(tmp_path_factory, s3_server) -> Iterator[Gateways]:
         "storage": {"part_size": "5MiB", "stale_upload_age": f"{STALE_UPLOAD_AGE:.0f}s"},
         "gc": {"grace": f"{GRACE:.0f}s", "safety": "3s"},
     }
-    first = SshregServer(workdir / "gw1", store.url, env=store.env, config=config).start()
+    first = SshregServer(workdir / "gw1", store.url, env=store.env, config=config,
+                         workers=2).start()
     running = Gateways(store, keys_url, config, keys["alice"], keys, [first], workdir)
     try:
-        second = SshregServer(workdir / "gw2", store.url, env=store.env, config=config)
+        second = SshregServer(workdir / "gw2", store.url, env=store.env, config=config,
+                              workers=2)
         copy_host_key(first, second)
         running.servers.append(second.start())
         yield running

@@ -113,6 +113,7 @@ def test_unit_contract() -> None:
     assert settings["ExecStart"] == ("/opt/sshreg/venv/bin/sshreg serve "
                                      "--config /etc/sshreg/config.toml")
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert settings["KillMode"] == "mixed"  # the supervisor stops its workers itself
     assert settings["StateDirectory"] == "sshreg"
     assert settings["EnvironmentFile"] == "-/etc/sshreg/secrets.env"
     stop = settings["TimeoutStopSec"]

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import psutil
 
 from sshreg.references import Digest
 from sshreg.store import paths
@@ -112,7 +113,7 @@ class SshregServer:
     def __init__(self, workdir: Path, storage: str | None = None, *,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  config: dict[str, dict[str, Any]] | None = None,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, workers: int = 1) -> None:
         self.workdir = workdir
         self.keys_dir = workdir / "keys"
         self.keys_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,10 @@ class SshregServer:
         self.log_path = workdir / "sshreg.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.config = {section: dict(table) for section, table in (config or {}).items()}
+        # One process unless a test asks for more: what most tests measure (RSS, timing) is
+        # of one process. tests/integration/test_workers.py and the suites parametrized
+        # with workers=2 run the supervisor.
+        self.config.setdefault("server", {}).setdefault("workers", workers)
         self.metrics_port: int | None = None
         if metrics:
             self.metrics_port = free_port()
@@ -202,9 +207,28 @@ class SshregServer:
                    if sample == name and all(have.get(k) == v for k, v in labels.items()))
 
     @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes of a supervisor ([] when the server is one process)."""
+        return sorted(child.pid for child in psutil.Process(self.pid).children()
+                      if "sshreg.workers.worker" in " ".join(child.cmdline()))
+
+    def worker_serving(self, tunnel: Tunnel) -> int:
+        """The pid of the worker that holds `tunnel`'s SSH connection."""
+        ports = {c.laddr.port for c in psutil.Process(tunnel.proc.pid).net_connections("tcp")
+                 if c.raddr and c.raddr.port == self.port}
+        for pid in self.worker_pids():
+            if any(c.raddr and c.raddr.port in ports
+                   for c in psutil.Process(pid).net_connections("tcp")):
+                return pid
+        raise AssertionError(f"no worker holds the connection of the tunnel on {tunnel.port}")
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -217,8 +241,13 @@ class SshregServer:
             return self.proc.wait(10)
 
     def kill(self) -> None:
+        """SIGKILL, as a box that dies: the supervisor and every worker at once."""
         if self.proc is not None and self.proc.poll() is None:
+            workers = self.worker_pids()
             self.proc.kill()
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.wait(10)
 
     # -- ssh -------------------------------------------------------------------------
