@@ -58,11 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     knobs.add_argument("--sshreg-uvloop", action="store_true", help="run sshreg on uvloop")
     knobs.add_argument("--sshreg-env", action="append", default=[], metavar="NAME=VALUE",
                        help="extra environment for sshreg (e.g. MALLOC_ARENA_MAX=2)")
+    knobs.add_argument("--sshreg-workers", type=int, metavar="N",
+                       help="sshreg serve --workers N (default: one per CPU)")
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.sshreg_env):
         parser.error("--sshreg-env takes NAME=VALUE")
     args.knobs = Knobs(args.cipher, args.sshreg_config and args.sshreg_config.resolve(),
-                       args.sshreg_uvloop, tuple(args.sshreg_env))
+                       args.sshreg_uvloop, tuple(args.sshreg_env), args.sshreg_workers)
     args.runs = args.runs or (1 if args.quick else 3)
     args.big_runs = args.runs if args.big_runs is None else args.big_runs
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cases import RunContext, Sizes, raw_get, raw_patch, raw_put
-from bench.stacks import SshregStack, Storage, open_tunnel
+from bench.stacks import Knobs, SshregStack, Storage, open_tunnel
 from tests.support.processes import wait_until
 from tests.support.seaweedfs import SeaweedFS
 
@@ -174,7 +174,7 @@ def main() -> int:
                else Storage("fs", path=workdir / "storage"))
     try:
         storage.prepare()
-        stack = SshregStack(workdir, storage)
+        stack = SshregStack(workdir, storage, Knobs(sshreg_workers=1))  # py-spy: one pid
         stack.start()
         try:
             tunnel = open_tunnel(stack, workdir)

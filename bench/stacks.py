@@ -65,12 +65,14 @@ class Knobs:
     sshreg_config: Path | None = None  # a TOML file for `sshreg serve --config`
     sshreg_uvloop: bool = False  # run sshreg on uvloop (installed as the asyncio policy)
     sshreg_env: tuple[str, ...] = ()  # extra NAME=VALUE for sshreg's environment
+    sshreg_workers: int | None = None  # `sshreg serve --workers N` (default: one per CPU)
 
     def describe(self) -> str:
         parts = [f"ssh -c {self.cipher}" if self.cipher else "",
                  f"sshreg --config {self.sshreg_config}" if self.sshreg_config else "",
                  "sshreg on uvloop" if self.sshreg_uvloop else "",
-                 " ".join(self.sshreg_env)]
+                 " ".join(self.sshreg_env),
+                 f"sshreg --workers {self.sshreg_workers}" if self.sshreg_workers else ""]
         return ", ".join(p for p in parts if p) or "defaults"
 
 
@@ -127,6 +129,8 @@ class SshregStack:
         log = self.workdir / "sshreg.log"
         launcher = ["-c", UVLOOP_LAUNCHER] if self.knobs.sshreg_uvloop else ["-m", "sshreg"]
         config = ["--config", str(self.knobs.sshreg_config)] if self.knobs.sshreg_config else []
+        if self.knobs.sshreg_workers:
+            config += ["--workers", str(self.knobs.sshreg_workers)]
         self.proc = Process.start([sys.executable, *launcher, "serve", "--listen",
                                    f"127.0.0.1:{self.ssh_port}", "--keys", self.keys,
                                    "--storage", url, *config], log, env=env, cwd=self.workdir)
