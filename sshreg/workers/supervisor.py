@@ -29,7 +29,7 @@ from ..metrics import Metrics
 from ..service import log_ready, notify_systemd
 from ..settings import ConfigError, parse_address
 from ..ssh.hostkey import HostKeyError, load_or_create_host_key
-from ..ssh.listeners import bind_listeners
+from ..ssh.listeners import bind_worker_listeners
 from .worker import EXIT_CONFIG, WorkerSpec
 
 log = logging.getLogger("sshreg.supervisor")
@@ -76,7 +76,7 @@ class Supervisor:
         self.stopping = False
         self.serving = False  # every worker of the first start accepted connections
         self._exits: asyncio.Queue[Worker] = asyncio.Queue()
-        self._listeners: list[socket.socket] = []
+        self._listeners: list[list[socket.socket]] = []  # one set per worker number
         self._rundir = ""
         self._metrics_runner: web.AppRunner | None = None
         self._watchers: set[asyncio.Task[None]] = set()
@@ -90,7 +90,8 @@ class Supervisor:
         except (HostKeyError, OSError) as exc:
             raise ConfigError(f"host key: {exc}") from None
         try:
-            self._listeners = bind_listeners(self.config.server.host, self.config.server.port)
+            self._listeners = bind_worker_listeners(
+                self.config.server.host, self.config.server.port, self.count)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.config.server.listen}: "
                               f"{exc.strerror or exc}") from None
@@ -123,7 +124,7 @@ class Supervisor:
             await self._stop_all()
             if self._metrics_runner is not None:
                 await self._metrics_runner.cleanup()
-            for listener in self._listeners:
+            for listener in (s for group in self._listeners for s in group):
                 listener.close()
             shutil.rmtree(self._rundir, ignore_errors=True)
 
@@ -204,7 +205,7 @@ class Supervisor:
 
     async def _spawn(self, index: int) -> Worker:
         report_read, report_write = os.pipe()
-        fds = tuple(listener.fileno() for listener in self._listeners)
+        fds = tuple(listener.fileno() for listener in self._listeners[index])
         metrics_socket = os.path.join(self._rundir, f"worker-{index}.sock")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(metrics_socket)  # the socket of the worker this one replaces
