@@ -210,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gc":
         return _gc(config, args.dry_run, args.json)
     if args.command == "serve":
-        from .service import serve
-        from .workers.supervisor import supervise
-
         try:
-            if config.server.workers > 1:
+            if config.server.workers > 1:  # the supervisor never loads what serves requests
+                from .workers.supervisor import supervise
+
                 return asyncio.run(supervise(config))
+            from .service import serve
+
             asyncio.run(serve(config))
         except ConfigError as exc:
             log.error("%(error)s", {"error": str(exc)})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 from dataclasses import replace
@@ -20,6 +19,7 @@ from .management.commands import Management
 from .management.gc import GarbageCollector
 from .memory import HeapTrimmer
 from .metrics import Metrics
+from .ready import log_ready, notify_systemd
 from .registry.app import Registry
 from .registry.origin import origin_middleware
 from .settings import ConfigError, parse_address
@@ -46,18 +46,6 @@ def open_keys(config: Config) -> KeyList:
         return SharedAuthorizedKeys(source, config.server.authorized_keys_poll)
     return AuthorizedKeys(config.server.authorized_keys_location)
 
-
-
-def notify_systemd(state: str) -> None:
-    """sd_notify without libsystemd: a datagram to $NOTIFY_SOCKET, if systemd gave one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
 
 
 async def _sweep_stale_uploads(driver: Driver, age: float) -> None:
@@ -199,14 +187,6 @@ class Service:
             await self._metrics_runner.cleanup()
         await self.driver.close()
         log.info("stopped")
-
-
-def log_ready(fields: dict[str, Any], workers: int) -> None:
-    """The line that says the server accepts connections (`fields`: `ready_fields()`)."""
-    log.info("sshreg ready: ssh on %(host)s:%(port)d, storage %(storage)s, host key "
-             "%(host_key)s, %(keys)d authorized key(s), %(workers)d worker(s)",
-             {"host": fields["host"], "port": fields["port"], "storage": fields["storage"],
-              "host_key": fields["host_key"], "keys": fields["keys"], "workers": workers})
 
 
 async def serve(config: Config) -> None:

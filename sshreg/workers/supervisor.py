@@ -26,11 +26,11 @@ from aiohttp import web
 
 from ..config import Config
 from ..metrics import Metrics
-from ..service import log_ready, notify_systemd
+from ..ready import log_ready, notify_systemd
 from ..settings import ConfigError, parse_address
 from ..ssh.hostkey import HostKeyError, load_or_create_host_key
 from ..ssh.listeners import bind_worker_listeners
-from .worker import EXIT_CONFIG, WorkerSpec
+from .spec import EXIT_CONFIG, WorkerSpec
 
 log = logging.getLogger("sshreg.supervisor")
 

@@ -16,29 +16,14 @@ import pickle
 import signal
 import socket
 import sys
-from dataclasses import dataclass
 
 from .. import logs
-from ..config import Config
 from ..memory import tune_malloc
 from ..service import Service
 from ..settings import ConfigError
+from .spec import EXIT_CONFIG, WorkerSpec
 
 log = logging.getLogger("sshreg.worker")
-
-EXIT_CONFIG = 2  # as `sshreg serve`: restarting cannot fix it
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What the supervisor tells a worker."""
-
-    index: int  # 0..N-1; a replacement takes the number of the worker it replaces
-    config: Config
-    listener_fds: tuple[int, ...]  # the SSH port's listening sockets, inherited
-    control_fd: int  # the write end of the pipe the supervisor reads reports from
-    metrics_socket: str  # where this worker serves /metrics.json and /health to the supervisor
-
 
 class _EndOfInput(asyncio.Protocol):
     def __init__(self, done: asyncio.Event) -> None:

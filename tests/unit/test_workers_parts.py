@@ -15,7 +15,7 @@ from sshreg.logs import JsonFormatter, TextFormatter, _WorkerFilter
 from sshreg.metrics import Metrics
 from sshreg.settings import ConfigError
 from sshreg.ssh.settings import MAX_WORKERS, parse_workers
-from sshreg.workers.worker import WorkerSpec
+from sshreg.workers.spec import WorkerSpec
 
 
 def test_auto_is_one_worker_per_cpu_this_process_may_use():
