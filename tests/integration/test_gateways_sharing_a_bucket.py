@@ -31,7 +31,14 @@ from botocore.exceptions import ClientError
 from sshreg.ssh.hostkey import HOST_KEY_NAME
 from tests.support.deployment import unique
 from tests.support.hashing import sha256
-from tests.support.images import Image, layout_blobs, make_image, verify_layout
+from tests.support.images import (
+    OCI_MANIFEST,
+    Image,
+    layout_blobs,
+    make_image,
+    manifest_for,
+    verify_layout,
+)
 from tests.support.processes import CommandError, wait_until
 from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, Tunnel
 
@@ -41,7 +48,6 @@ MiB = 1 << 20
 POLL = "1s"  # authorized_keys_poll: a key change reaches every gateway within about this
 GRACE = 3.0  # [gc] grace, seconds
 STALE_UPLOAD_AGE = 8.0  # [storage] stale_upload_age, seconds
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 @dataclass
@@ -150,17 +156,6 @@ def call(tunnel: Tunnel, method: str, path: str, data: bytes | None = None,
 def push_blob(tunnel: Tunnel, repository: str, data: bytes) -> Answer:
     return call(tunnel, "POST", f"/v2/{repository}/blobs/uploads/?digest={sha256(data)}", data,
                 {"Content-Type": "application/octet-stream"})
-
-
-def manifest_for(config: bytes, layers: list[bytes], note: str = "") -> bytes:
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                      "digest": sha256(config), "size": len(config)},
-           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                       "digest": sha256(layer), "size": len(layer)} for layer in layers]}
-    if note:
-        doc["annotations"] = {"note": note}
-    return json.dumps(doc).encode()
 
 
 def put_manifest(tunnel: Tunnel, repository: str, reference: str, body: bytes) -> Answer:

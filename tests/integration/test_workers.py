@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
@@ -25,7 +24,7 @@ import pytest
 from sshreg.ssh.hostkey import HOST_KEY_NAME
 from tests.support.deployment import Deployment, deploy, generate_keys, unique
 from tests.support.hashing import sha256
-from tests.support.images import layout_blobs, make_image, verify_layout
+from tests.support.images import OCI_MANIFEST, layout_blobs, make_image, manifest_for, verify_layout
 from tests.support.processes import wait_until
 from tests.support.registry import RegistryHTTP, StreamedPatch
 from tests.support.sshreg_server import SshregServer, Tunnel, connect
@@ -34,7 +33,6 @@ pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 STALE_UPLOAD_AGE = 4  # seconds: the sweep of abandoned uploads runs every second
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MAX_TUNNELS = 24  # tunnels opened, at most, to find one on each worker
 
 
@@ -114,7 +112,7 @@ def test_concurrent_writes_of_one_tag_through_both_workers_leave_one_manifest_ta
     server = deployment.server
     repository, tag, count = unique("race/tag"), "latest", 8
     config, layer = b'{"architecture":"amd64","os":"linux"}', os.urandom(2000)
-    manifests = [json_manifest(config, layer, f"writer {i}") for i in range(count)]
+    manifests = [manifest_for(config, [layer], f"writer {i}") for i in range(count)]
     with tunnels_on_both_workers(server, deployment.keys["alice"]) as tunnels:
         https = [RegistryHTTP(t.url) for t in tunnels.values()]
         for blob in (config, layer):
@@ -134,16 +132,6 @@ def test_concurrent_writes_of_one_tag_through_both_workers_leave_one_manifest_ta
             for manifest in manifests:
                 assert http.manifest(repository, sha256(manifest)).body == manifest
         assert https[0].manifest(repository, tag).body == https[1].manifest(repository, tag).body
-
-
-def json_manifest(config: bytes, layer: bytes, note: str) -> bytes:
-    return json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": sha256(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": sha256(layer), "size": len(layer)}],
-        "annotations": {"note": note}}).encode()
 
 
 def test_sixty_logins_at_once_are_spread_over_both_workers(deployment):

@@ -48,6 +48,19 @@ CONTAINERD_NAME = "io.containerd.image.name"  # full name, as `ctr images import
 EPOCH = "1970-01-01T00:00:00Z"
 
 
+def manifest_for(config: bytes, layers: Sequence[bytes], note: str = "") -> bytes:
+    """An OCI image manifest of a config and uncompressed layers given as bytes (`note`, an
+    annotation, makes manifests of the same blobs differ)."""
+    doc: dict[str, Any] = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": sha256(layer), "size": len(layer)} for layer in layers]}
+    if note:
+        doc["annotations"] = {"note": note}
+    return json.dumps(doc).encode()
+
+
 def canonical_json(value: Any) -> bytes:
     """Compact, key-sorted JSON: the bytes whose digest names a manifest or config here."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
