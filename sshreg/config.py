@@ -15,8 +15,8 @@ from typing import Any
 
 from .limits import Limits
 from .logs import LogSettings
-from .management.gc import GcSettings
 from .management.retention import RetentionPolicy, parse_policies
+from .management.settings import GcSettings
 from .metrics import MetricsSettings
 from .registry.settings import RegistrySettings
 from .settings import ConfigError, declarations, parse_section, render_section

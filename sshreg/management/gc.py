@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 
 from ..oci import ManifestError, parse_manifest
 from ..references import Digest
-from ..settings import parse_bool, parse_duration, setting
 from ..store.blobs import BlobRecord
 from ..store.manifests import ManifestLink
 from ..store.registry_store import RegistryStore
 from .lease import GcBusy, Lease
-from .retention import RetentionPolicy, expired_tags
+from .retention import expired_tags
+from .settings import GcSettings
 
 __all__ = ["GarbageCollector", "GcBusy", "GcReport", "GcSettings"]
 
@@ -65,20 +65,6 @@ class BloomFilter:
 
     def __contains__(self, item: str) -> bool:
         return all(self._array[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(item))
-
-
-@dataclass(frozen=True)
-class GcSettings:
-    """The [gc] section, with the [[retention]] policies."""
-
-    grace: float = setting("6h", "nothing written more recently than this is collected",
-                           parse_duration)
-    safety: float = setting(
-        "60s", "pause before deleting, then a second look at new pushes", parse_duration)
-    keep_untagged: bool = setting(
-        False, "true: manifests without a tag are kept (and their blobs)", parse_bool)
-    retention: tuple[RetentionPolicy, ...] = ()  # the [[retention]] tables
-    bloom_bits: int = 1 << 26  # 8 MiB: about 1 % false positives at 7 million blobs
 
 
 @dataclass

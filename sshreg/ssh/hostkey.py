@@ -1,4 +1,7 @@
-"""The server's host key: generated once (ed25519, mode 0600), never silently replaced."""
+"""The server's host key: generated once (ed25519, mode 0600), never silently replaced.
+
+asyncssh is imported when a key is read or made, not with this module: the worker
+supervisor only needs it on the first start, to make the key before any worker exists."""
 
 from __future__ import annotations
 
@@ -6,8 +9,10 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncssh
+if TYPE_CHECKING:
+    import asyncssh
 
 log = logging.getLogger("sshreg.ssh")
 
@@ -19,6 +24,8 @@ class HostKeyError(Exception):
 
 
 def load_or_create_host_key(keys_dir: Path) -> asyncssh.SSHKey:
+    import asyncssh
+
     path = keys_dir / HOST_KEY_NAME
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)

@@ -21,14 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
 from ..config import Config
-from ..metrics import Metrics
 from ..ready import log_ready, notify_systemd
-from ..settings import ConfigError, parse_address
-from ..ssh.hostkey import HostKeyError, load_or_create_host_key
+from ..settings import ConfigError
+from ..ssh.hostkey import HOST_KEY_NAME, HostKeyError, load_or_create_host_key
 from ..ssh.listeners import bind_worker_listeners
 from .spec import EXIT_CONFIG, WorkerSpec
 
@@ -36,7 +32,6 @@ log = logging.getLogger("sshreg.supervisor")
 
 START_TIMEOUT = 60.0  # a worker must accept connections this soon after it was started
 STOP_MARGIN = 10.0  # past shutdown_grace, before a worker that has not stopped is killed
-QUERY_TIMEOUT = 5.0  # for a worker's /metrics.json and /health
 SHORT_LIFE = 10.0  # a worker that dies younger than this is restarted after a back-off
 MAX_BACKOFF = 30.0
 
@@ -72,23 +67,29 @@ class Supervisor:
         self.config = config
         self.count = config.server.workers
         self.workers: dict[int, Worker] = {}
-        self.restarts = 0
+        self.restarts = 0  # workers replaced since the start
         self.stopping = False
         self.serving = False  # every worker of the first start accepted connections
         self._exits: asyncio.Queue[Worker] = asyncio.Queue()
         self._listeners: list[list[socket.socket]] = []  # one set per worker number
         self._rundir = ""
-        self._metrics_runner: web.AppRunner | None = None
+        self._relay: Any = None  # relay.MetricsRelay, when [metrics] listen is set
         self._watchers: set[asyncio.Task[None]] = set()
+
+    def accepting(self) -> list[Worker]:
+        """The workers that said they accept connections and still run."""
+        return [w for w in self.workers.values()
+                if w.ready.done() and w.process.returncode is None]
 
     # -- lifetime ----------------------------------------------------------------------
 
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit status of `sshreg serve`."""
-        try:
-            load_or_create_host_key(self.config.server.keys)  # once, before any worker
-        except (HostKeyError, OSError) as exc:
-            raise ConfigError(f"host key: {exc}") from None
+        if not (self.config.server.keys / HOST_KEY_NAME).exists():
+            try:  # once, before any worker; the workers check and load it
+                load_or_create_host_key(self.config.server.keys)
+            except (HostKeyError, OSError) as exc:
+                raise ConfigError(f"host key: {exc}") from None
         try:
             self._listeners = bind_worker_listeners(
                 self.config.server.host, self.config.server.port, self.count)
@@ -103,8 +104,11 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._signal_all, signal.SIGHUP)
         try:
-            if self.config.metrics.listen:
-                await self._start_metrics()
+            if self.config.metrics.listen:  # aiohttp is loaded only then
+                from .relay import MetricsRelay
+
+                self._relay = MetricsRelay(self)
+                await self._relay.start(self.config.metrics.listen)
             try:
                 fields = await self._start_all()
             except WorkerFailed as exc:
@@ -122,8 +126,8 @@ class Supervisor:
         finally:
             self.stopping = True
             await self._stop_all()
-            if self._metrics_runner is not None:
-                await self._metrics_runner.cleanup()
+            if self._relay is not None:
+                await self._relay.close()
             for listener in (s for group in self._listeners for s in group):
                 listener.close()
             shutil.rmtree(self._rundir, ignore_errors=True)
@@ -247,69 +251,6 @@ class Supervisor:
         await worker.process.wait()
         if self.serving and not self.stopping and self.workers.get(worker.index) is worker:
             self._exits.put_nowait(worker)
-
-    # -- /metrics and /health for all workers ------------------------------------------
-
-    async def _start_metrics(self) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._serve_metrics)
-        app.router.add_get("/health", self._serve_health)
-        self._metrics_runner = web.AppRunner(app, access_log=None)
-        await self._metrics_runner.setup()
-        host, port = parse_address(self.config.metrics.listen, "metrics.listen")
-        try:
-            await web.TCPSite(self._metrics_runner, host, port).start()
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {self.config.metrics.listen} for metrics: "
-                              f"{exc.strerror or exc}") from None
-        bound = self._metrics_runner.addresses[0]
-        log.info("metrics on http://%(host)s:%(port)d/metrics", {"host": bound[0], "port": bound[1]})
-
-    async def _ask(self, worker: Worker, path: str) -> tuple[int, Any]:
-        """A worker's answer to GET `path` on its private socket: (status, JSON)."""
-        connector = aiohttp.UnixConnector(path=worker.metrics_socket)
-        timeout = aiohttp.ClientTimeout(total=QUERY_TIMEOUT)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
-                session.get(f"http://localhost{path}") as answer:
-            return answer.status, await answer.json()
-
-    async def _ask_all(self, path: str) -> list[tuple[Worker, int, Any]]:
-        """Every accepting worker's answer; a worker that does not answer gives (0, error)."""
-        workers = [w for w in self.workers.values() if w.ready.done()
-                   and w.process.returncode is None]
-        answers = await asyncio.gather(*(self._ask(w, path) for w in workers),
-                                       return_exceptions=True)
-        return [(w, 0, str(a) or type(a).__name__) if isinstance(a, BaseException)
-                else (w, *a) for w, a in zip(workers, answers, strict=True)]
-
-    async def _serve_metrics(self, request: web.Request) -> web.Response:
-        total = Metrics()
-        answered = 0
-        for worker, status, body in await self._ask_all("/metrics.json"):
-            if status == 200:
-                total.merge(body)
-                answered += 1
-            else:
-                log.warning("worker %(worker)d gave no metrics: %(error)s",
-                            {"worker": worker.index, "error": body})
-        total.set("sshreg_workers", answered)
-        total.inc("sshreg_worker_restarts_total", self.restarts)
-        return web.Response(text=total.render(), content_type="text/plain", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})
-
-    async def _serve_health(self, request: web.Request) -> web.Response:
-        """200 when every worker is up and its storage answers; 503 otherwise, saying why."""
-        answers = await self._ask_all("/health")
-        failed = [(w, body) for w, status, body in answers if status != 200]
-        if failed or len(answers) < self.count:
-            reasons = {f"worker {w.index}": body for w, body in failed}
-            return web.json_response({"status": "unhealthy", "workers": len(answers) - len(failed),
-                                      **reasons}, status=503)
-        return web.json_response({
-            "status": "ok", "storage": answers[0][2]["storage"], "workers": len(answers),
-            "connections": sum(body["connections"] for _, _, body in answers),
-            "uploads": sum(body["uploads"] for _, _, body in answers)})
-
 
 async def supervise(config: Config) -> int:
     return await Supervisor(config).run()

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +97,15 @@ def test_what_a_supervisor_hands_a_worker_survives_the_pipe(tmp_path):
                     'keep_last = 3\n')
     spec = WorkerSpec(1, load_config(path), (3, 4), 5, "/run/sshreg/worker-1.sock")
     assert pickle.loads(pickle.dumps(spec)) == spec
+
+
+def test_the_supervisor_loads_neither_ssh_nor_http_nor_storage_unless_it_needs_them():
+    """Its memory is overhead on top of the workers': asyncssh only to make a missing host
+    key, aiohttp only for [metrics], never boto3 or the registry."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, sshreg.cli, sshreg.workers.supervisor; "
+         "print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    for heavy in ("asyncssh", "aiohttp", "boto3", "botocore", "sshreg.registry.app",
+                  "sshreg.store.registry_store", "sshreg.service"):
+        assert heavy not in loaded, heavy
