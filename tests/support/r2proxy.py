@@ -380,6 +380,13 @@ class R2ProxyProcess:
         self.log_path = log_path
         self._proc: Process | None = None
 
+    @classmethod
+    def attached(cls, port: int, upstream_port: int, log_path: Path) -> R2ProxyProcess:
+        """The proxy another process started on `port` (its `stop` leaves it running)."""
+        proxy = cls(upstream_port, log_path)
+        proxy.port = port
+        return proxy
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

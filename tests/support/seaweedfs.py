@@ -43,8 +43,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import time
 import urllib.error
@@ -265,6 +268,23 @@ class SeaweedFS:
         if self.rundir is not None:
             shutil.rmtree(self.rundir, ignore_errors=True)
             self.rundir = None
+
+    def description(self) -> dict[str, Any]:
+        """What another process needs to use this server (`attach`)."""
+        return {"workdir": str(self.workdir), "bucket": self.bucket, "ports": self.ports,
+                "access_key": self.access_key, "secret_key": self.secret_key,
+                "front": self.front.port if self.front else None}
+
+    @classmethod
+    def attach(cls, description: dict[str, Any]) -> SeaweedFS:
+        """The server another process runs (`description()`); `stop` leaves it running."""
+        server = cls(Path(description["workdir"]), bucket=description["bucket"],
+                     access_key=description["access_key"],
+                     secret_key=description["secret_key"], ports=dict(description["ports"]))
+        if description["front"] is not None:
+            server.front = R2ProxyProcess.attached(description["front"], server.ports["s3"],
+                                                   server.workdir / "r2proxy.log")
+        return server
 
     def __enter__(self) -> SeaweedFS:
         return self.start()
@@ -522,3 +542,34 @@ def _exists(client: Any, bucket: str, key: str) -> bool:
             return False
         raise
     return True
+
+
+SHARED_ENV = "SSHREG_TEST_S3"  # a SeaweedFS several test sessions share: `shared()`
+TEST_BUCKET = "sshreg-tests"  # the bucket of the session's SeaweedFS
+
+
+def shared() -> SeaweedFS | None:
+    """The server `$SSHREG_TEST_S3` describes, if set. Mutation testing runs a test session
+    per mutant; one SeaweedFS for all of them (`python -m tests.support.seaweedfs`) saves
+    each the 5 to 10 s of starting its own."""
+    text = os.environ.get(SHARED_ENV)
+    return SeaweedFS.attach(json.loads(text)) if text else None
+
+
+def main(argv: list[str]) -> None:
+    """`python -m tests.support.seaweedfs DIR BUCKET`: SeaweedFS with BUCKET behind R2's rules,
+    until SIGTERM or SIGINT; its `description()` goes to stdout as one JSON line."""
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    server = SeaweedFS(Path(argv[0]), bucket=argv[1]).start()
+    rules = server.enforce_r2_rules()
+    try:
+        print(json.dumps(server.description()), flush=True)
+        signal.sigwait(stopping)
+    finally:
+        server.stop()
+        rules.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

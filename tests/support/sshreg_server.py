@@ -113,7 +113,7 @@ class SshregServer:
     def __init__(self, workdir: Path, storage: str | None = None, *,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
                  config: dict[str, dict[str, Any]] | None = None,
-                 metrics: bool = False, workers: int = 1) -> None:
+                 metrics: bool = False, workers: int | None = None) -> None:
         self.workdir = workdir
         self.keys_dir = workdir / "keys"
         self.keys_dir.mkdir(parents=True, exist_ok=True)
@@ -124,10 +124,11 @@ class SshregServer:
         self.log_path = workdir / "sshreg.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.config = {section: dict(table) for section, table in (config or {}).items()}
-        # One process unless a test asks for more: what most tests measure (RSS, timing) is
-        # of one process. tests/integration/test_workers.py and the suites parametrized
-        # with workers=2 run the supervisor.
-        self.config.setdefault("server", {}).setdefault("workers", workers)
+        # One process unless a test asks for more (`workers`, or [server] workers in
+        # `config`): what most tests measure (RSS, timing) is of one process.
+        # tests/integration/test_workers.py and the suites parametrized with workers=2 run
+        # the supervisor. A flag, so that a config file in `extra_args` is left as it is.
+        self.workers = workers or int(self.config.get("server", {}).get("workers", 1))
         self.metrics_port: int | None = None
         if metrics:
             self.metrics_port = free_port()
@@ -149,7 +150,8 @@ class SshregServer:
 
     def start(self, timeout: float = 30.0) -> SshregServer:
         command = [sys.executable, "-m", "sshreg", "serve", "--listen", f"127.0.0.1:{self.port}",
-                   "--keys", str(self.keys_dir), "--storage", self.storage, *self.extra_args]
+                   "--keys", str(self.keys_dir), "--storage", self.storage,
+                   "--workers", str(self.workers), *self.extra_args]
         if self.config:
             self.config_path.write_text(toml_text(self.config))
             command += ["--config", str(self.config_path)]
