@@ -218,9 +218,14 @@ class SshregServer:
         return self.proc.pid
 
     def worker_pids(self) -> list[int]:
-        """The worker processes of a supervisor ([] when the server is one process)."""
-        return sorted(child.pid for child in psutil.Process(self.pid).children()
-                      if "sshreg.workers.worker" in " ".join(child.cmdline()))
+        """The live worker processes of a supervisor ([] when the server is one process); a
+        worker that died and is not reaped yet (a zombie) is not one."""
+        pids = []
+        for child in psutil.Process(self.pid).children():
+            with contextlib.suppress(psutil.Error):  # gone, or a zombie: no command line
+                if "sshreg.workers.worker" in " ".join(child.cmdline()):
+                    pids.append(child.pid)
+        return sorted(pids)
 
     def worker_serving(self, tunnel: Tunnel) -> int:
         """The pid of the worker that holds `tunnel`'s SSH connection."""
