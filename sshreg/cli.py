@@ -12,11 +12,10 @@ from pathlib import Path
 from . import logs
 from .config import Config, load_config
 from .memory import tune_malloc
-from .settings import ConfigError
+from .settings import EXIT_CONFIG, ConfigError, run_main
 
 log = logging.getLogger("sshreg")
 
-EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
 
@@ -210,17 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gc":
         return _gc(config, args.dry_run, args.json)
     if args.command == "serve":
-        try:
-            if config.server.workers > 1:  # the supervisor never loads what serves requests
-                from .workers.supervisor import supervise
+        if config.server.workers > 1:  # the supervisor never loads what serves requests
+            from .workers.supervisor import supervise
 
-                return asyncio.run(supervise(config))
-            from .service import serve
+            return run_main(supervise(config), log)
+        from .service import serve
 
-            asyncio.run(serve(config))
-        except ConfigError as exc:
-            log.error("%(error)s", {"error": str(exc)})
-            return EXIT_CONFIG
+        return run_main(serve(config), log)
     return 0
 
 

@@ -167,6 +167,16 @@ class Service:
                                   "connections": len(self.gateway.connections),
                                   "uploads": len(self.registry.sessions)})
 
+    def stop_on_signals(self) -> asyncio.Event:
+        """SIGTERM and SIGINT set the event returned (the caller then `stop`s); SIGHUP
+        re-reads authorized_keys."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.keys.reload_if_changed)
+        return stop
+
     async def stop(self, grace: float = 60.0) -> None:
         """Stop accepting, let running requests finish for `grace` seconds, then close all."""
         log.info("stopping: no new connections; waiting up to %(seconds).0fs for %(requests)d "
@@ -194,11 +204,7 @@ async def serve(config: Config) -> None:
     service = Service(config)
     await service.start()
     log_ready(service.ready_fields(), workers=1)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, service.keys.reload_if_changed)
+    stop = service.stop_on_signals()
     notify_systemd("READY=1")
     await stop.wait()
     notify_systemd("STOPPING=1")

@@ -11,11 +11,13 @@ the service fills them in (values of other sections) or they are fixed internals
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import logging
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +25,19 @@ from typing import Any, NamedTuple
 
 class ConfigError(Exception):
     """A configuration problem, explained in one line."""
+
+
+EXIT_CONFIG = 2  # the exit status of a configuration error: restarting cannot fix it
+
+
+def run_main(main: Coroutine[Any, Any, int | None], log: logging.Logger) -> int:
+    """Run `main` to its exit status (None: 0); a ConfigError is logged as its one line and
+    ends in EXIT_CONFIG (the systemd unit does not restart on it)."""
+    try:
+        return asyncio.run(main) or 0
+    except ConfigError as exc:
+        log.error("%(error)s", {"error": str(exc)})
+        return EXIT_CONFIG
 
 
 Parser = Callable[[Any, str], Any]

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from ..config import Config
 
-EXIT_CONFIG = 2  # as `sshreg serve`: restarting cannot fix it
-
 
 @dataclass(frozen=True)
 class WorkerSpec:

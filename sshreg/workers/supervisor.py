@@ -23,10 +23,10 @@ from typing import Any
 
 from ..config import Config
 from ..ready import log_ready, notify_systemd
-from ..settings import ConfigError
+from ..settings import EXIT_CONFIG, ConfigError
 from ..ssh.hostkey import HOST_KEY_NAME, HostKeyError, load_or_create_host_key
 from ..ssh.listeners import bind_worker_listeners
-from .spec import EXIT_CONFIG, WorkerSpec
+from .spec import WorkerSpec
 
 log = logging.getLogger("sshreg.supervisor")
 

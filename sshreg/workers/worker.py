@@ -13,15 +13,14 @@ import json
 import logging
 import os
 import pickle
-import signal
 import socket
 import sys
 
 from .. import logs
 from ..memory import tune_malloc
 from ..service import Service
-from ..settings import ConfigError
-from .spec import EXIT_CONFIG, WorkerSpec
+from ..settings import run_main
+from .spec import WorkerSpec
 
 log = logging.getLogger("sshreg.worker")
 
@@ -39,12 +38,8 @@ async def run(spec: WorkerSpec) -> None:
         listener.setblocking(False)
     service = Service(spec.config, housekeeping=spec.index == 0)
     await service.start(listeners, metrics_socket=spec.metrics_socket)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, service.keys.reload_if_changed)
-    await loop.connect_read_pipe(lambda: _EndOfInput(stop), sys.stdin)
+    stop = service.stop_on_signals()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: _EndOfInput(stop), sys.stdin)
     report = f"READY=1 {json.dumps(service.ready_fields(), default=str)}\n"
     os.write(spec.control_fd, report.encode())
     log.info("worker %(worker)d accepting connections", {"worker": spec.index})
@@ -56,12 +51,7 @@ def main() -> int:
     tune_malloc()  # before any thread exists
     spec: WorkerSpec = pickle.load(sys.stdin.buffer)
     logs.configure(spec.config.log.level, spec.config.log.format, worker=spec.index)
-    try:
-        asyncio.run(run(spec))
-    except ConfigError as exc:
-        log.error("%(error)s", {"error": str(exc)})
-        return EXIT_CONFIG
-    return 0
+    return run_main(run(spec), log)
 
 
 if __name__ == "__main__":
