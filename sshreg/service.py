@@ -117,8 +117,7 @@ class Service:
             await self._start_metrics(web.UnixSite, metrics_socket)
         elif self.config.metrics.listen:
             host, port = parse_address(self.config.metrics.listen, "metrics.listen")
-            await self._start_metrics(web.TCPSite, host, port)
-            bound = self._metrics_runner.addresses[0] if self._metrics_runner else ("", 0)
+            bound = await self._start_metrics(web.TCPSite, host, port)
             log.info("metrics on http://%(host)s:%(port)d/metrics",
                      {"host": bound[0], "port": bound[1]})
 
@@ -128,7 +127,7 @@ class Service:
                 "host_key": self.host_key.get_fingerprint("sha256"),
                 "keys": len(self.keys.entries())}
 
-    async def _start_metrics(self, site: type[web.BaseSite], *where: object) -> None:
+    async def _start_metrics(self, site: type[web.BaseSite], *where: object) -> Any:
         """/metrics (Prometheus, and its JSON snapshot for a supervisor) and /health; they
         need no key, so they are only ever on loopback or a private Unix socket."""
         app = web.Application(middlewares=[origin_middleware(self.registry.origin)])
@@ -142,6 +141,7 @@ class Service:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.config.metrics.listen or where[0]} for "
                               f"metrics: {exc.strerror or exc}") from None
+        return self._metrics_runner.addresses[0]  # where it listens
 
     @property
     def metrics_port(self) -> int | None:

@@ -144,9 +144,7 @@ def test_sixty_logins_at_once_are_spread_over_both_workers(deployment):
         conns = await asyncio.gather(*(connect(server, deployment.keys["alice"])
                                        for _ in range(60)))
         try:
-            return [sum(1 for c in psutil.Process(pid).net_connections("tcp")
-                        if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port)
-                    for pid in server.worker_pids()]
+            return [len(ports) for ports in server.clients_by_worker().values()]
         finally:
             for conn in conns:
                 conn.close()
@@ -256,10 +254,7 @@ def test_the_host_key_is_made_once_and_every_worker_serves_it(tmp_path, keys):
             seen: dict[int, set[str]] = {}
             for _ in range(MAX_TUNNELS):
                 async with await connect(server, keys["alice"]) as conn:
-                    port = conn.get_extra_info("sockname")[1]
-                    (worker,) = [pid for pid in server.worker_pids() if any(
-                        c.raddr and c.raddr.port == port
-                        for c in psutil.Process(pid).net_connections("tcp"))]
+                    worker = server.worker_holding(conn.get_extra_info("sockname")[1])
                     key = conn.get_server_host_key().export_public_key().decode().split()[1]
                     seen.setdefault(worker, set()).add(key)
                 if len(seen) == 2:

@@ -227,15 +227,23 @@ class SshregServer:
                     pids.append(child.pid)
         return sorted(pids)
 
+    def clients_by_worker(self) -> dict[int, set[int]]:
+        """Each worker's established SSH connections, as the clients' (loopback) ports."""
+        return {pid: {c.raddr.port for c in psutil.Process(pid).net_connections("tcp")
+                      if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == self.port}
+                for pid in self.worker_pids()}
+
+    def worker_holding(self, client_port: int) -> int:
+        """The pid of the worker holding the SSH connection from `client_port`."""
+        holders = [pid for pid, ports in self.clients_by_worker().items() if client_port in ports]
+        assert holders, f"no worker holds the connection from port {client_port}"
+        return holders[0]
+
     def worker_serving(self, tunnel: Tunnel) -> int:
         """The pid of the worker that holds `tunnel`'s SSH connection."""
-        ports = {c.laddr.port for c in psutil.Process(tunnel.proc.pid).net_connections("tcp")
-                 if c.raddr and c.raddr.port == self.port}
-        for pid in self.worker_pids():
-            if any(c.raddr and c.raddr.port in ports
-                   for c in psutil.Process(pid).net_connections("tcp")):
-                return pid
-        raise AssertionError(f"no worker holds the connection of the tunnel on {tunnel.port}")
+        (port,) = {c.laddr.port for c in psutil.Process(tunnel.proc.pid).net_connections("tcp")
+                   if c.raddr and c.raddr.port == self.port}
+        return self.worker_holding(port)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
