@@ -5,10 +5,15 @@
 
 `run` is `mutmut run` with one SeaweedFS for every mutant: mutmut runs a test session per
 mutant, and each would otherwise start its own (5 to 10 s, most of a mutant's time in
-`storage/s3/upload.py`). Without `run`, it reads mutmut's results under `mutants/` and
-prints, per mutated module, how many mutants the fast tests killed (a timeout counts as
-killed: the mutant hung the code) and the score, killed / checked; with `--survivors`, the
-name of every mutant that lived.
+`storage/s3/upload.py`). It also bounds each test to `MUTANT_TEST_TIMEOUT` seconds
+(`$PYTEST_TIMEOUT`, which pytest-timeout prefers to the 600 s of pyproject.toml): mutmut
+stops a mutant by the CPU time it uses, so one that makes a test wait forever (a part
+slot never released) would otherwise idle for ten minutes.
+
+Without `run`, it reads mutmut's results under `mutants/` and prints, per mutated module,
+how many mutants the fast tests killed (a timeout counts as killed: the mutant hung the
+code) and the score, killed / checked; with `--survivors`, the name of every mutant that
+lived.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 from tests.support.seaweedfs import SHARED_ENV, TEST_BUCKET
+
+MUTANT_TEST_TIMEOUT = "60"  # the slowest fast test takes 8 s on a quiet box
 
 KILLED = {1: "killed", 3: "killed", 24: "timeout", -24: "timeout", 36: "timeout", 152: "timeout",
           255: "timeout"}
@@ -70,8 +77,9 @@ def run_with_shared_s3(mutmut_args: list[str]) -> int:
         description = server.stdout.readline()  # ends when it serves, or when it gave up
         if not description:
             raise RuntimeError(f"SeaweedFS did not start (exit {server.wait(30)})")
-        return subprocess.run(["mutmut", "run", *mutmut_args],
-                              env={**os.environ, SHARED_ENV: description.strip()}).returncode
+        env = {"PYTEST_TIMEOUT": MUTANT_TEST_TIMEOUT, **os.environ,
+               SHARED_ENV: description.strip()}
+        return subprocess.run(["mutmut", "run", *mutmut_args], env=env).returncode
     finally:
         server.terminate()
         server.wait(60)
