@@ -87,7 +87,8 @@ def test_an_option_that_cannot_be_honoured_exactly_refuses_the_line(options: str
 
 
 @pytest.mark.parametrize("line", ["no-pty", "ssh-ed25519 AAAAnot-base64", "no-pty just words",
-                                  PUBLIC[0].split()[1]])
+                                  PUBLIC[0].split()[1]],
+                         ids=["option", "bad-base64", "words", "base64-alone"])
 def test_a_line_without_a_public_key_is_refused(line: str) -> None:
     with pytest.raises(KeyLineError, match="not a public key"):
         parse_line(line, 1)
