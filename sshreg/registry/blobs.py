@@ -17,7 +17,7 @@ log = logging.getLogger("sshreg.blobs")
 
 async def get_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse:
     digest = digest_param(ctx.params["digest"])
-    record = await ctx.store.repositories.blob(ctx.name, digest)
+    record = await ctx.store.repositories.blob_for_reading(ctx.name, digest)
     if record is None:
         raise RegistryError(Code.BLOB_UNKNOWN, {"digest": str(digest)})
     headers = {
@@ -33,7 +33,10 @@ async def get_blob(request: web.BaseRequest, ctx: Context) -> web.StreamResponse
 
     byte_range = parse_range(request.headers.get("Range"), record.size)
     if ctx.settings.redirect_expiry > 0 and byte_range is None:
-        url = await ctx.store.blobs.presign(record, ctx.settings.redirect_expiry)
+        current = await ctx.store.blobs.get(digest)  # a URL must name bytes that are there
+        if current is None:
+            raise RegistryError(Code.BLOB_UNKNOWN, {"digest": str(digest)})
+        url = await ctx.store.blobs.presign(current, ctx.settings.redirect_expiry)
         if url is not None:
             return web.Response(status=307, headers={"Location": url, **headers})
 

@@ -5,6 +5,12 @@ record with `if_none_match`, which is O(1) whatever the size and makes concurren
 of one blob safe: the loser deletes its copy. A blob is readable through a repository
 only if the repository links it (`repositories.py`), so knowing a digest does not leak
 content.
+
+Serving a blob looks its record up in a per-process cache (`record_for_reading`), as a
+record only ever changes when garbage collection removed the blob and it was pushed again:
+then the cached key's bytes are gone, and `read` finds the new record and reads from it.
+Everything that decides what is stored (pushes, mounts, the manifest check, GC) reads the
+record from storage.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from ..references import Digest
 from ..storage.base import Driver, PreconditionFailed, Upload
 from . import paths
+from .lru import Lru
 
 
 class DigestMismatch(ValueError):
@@ -42,12 +49,28 @@ class BlobRecord:
 class BlobStore:
     """Blob records and the bytes they point at, shared by every repository."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, cached_records: int = 20_000) -> None:
         self.driver = driver
+        self._records: Lru[Digest, BlobRecord] = Lru(cached_records)
 
     async def get(self, digest: Digest) -> BlobRecord | None:
+        """The record as stored now."""
         obj = await self.driver.get(paths.blob_record(digest))
-        return BlobRecord.from_json(digest, obj.data) if obj else None
+        record = BlobRecord.from_json(digest, obj.data) if obj else None
+        cached = self._records.get(digest)
+        if cached is not None and cached != record:
+            self._records.pop(digest)  # collected, or collected and pushed again
+        return record
+
+    async def record_for_reading(self, digest: Digest) -> BlobRecord | None:
+        """The record to serve the blob from, from the cache if it is there: only for
+        reads, which `read` makes safe against a record that changed."""
+        record = self._records.get(digest)
+        if record is None:
+            record = await self.get(digest)
+            if record is not None:
+                self._records.put(digest, record)
+        return record
 
     async def begin_upload(self, part_size: int | None = None) -> Upload:
         return await self.driver.begin_upload(paths.new_blob_data(), part_size)
@@ -119,9 +142,29 @@ class BlobStore:
             await self.driver.delete(record.key)
         return winner
 
-    def read(self, record: BlobRecord, start: int = 0, end: int | None = None
-             ) -> AsyncIterator[bytes]:
-        return self.driver.read(record.key, start, end)
+    async def read(self, record: BlobRecord, start: int = 0, end: int | None = None
+                   ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of the blob. If the record's bytes are gone (collected, and
+        the blob pushed again under a new key), read from the record stored now; raise
+        FileNotFoundError if there is none."""
+        chunks = self.driver.read(record.key, start, end)
+        try:
+            try:
+                first = await anext(chunks)
+            except FileNotFoundError:
+                current = await self.get(record.digest)
+                if current is None or current.key == record.key:
+                    raise
+                await chunks.aclose()
+                chunks = self.driver.read(current.key, start, end)
+                first = await anext(chunks)
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        except StopAsyncIteration:
+            return
+        finally:
+            await chunks.aclose()
 
     async def read_all(self, record: BlobRecord) -> bytes:
         return b"".join([chunk async for chunk in self.read(record)])
@@ -140,6 +183,7 @@ class BlobStore:
 
     async def delete_record(self, digest: Digest) -> None:
         """Make a blob invisible (garbage collection); its bytes are deleted separately."""
+        self._records.pop(digest)
         await self.driver.delete(paths.blob_record(digest))
 
     async def delete_data(self, key: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ from ..storage.base import Driver, ObjectInfo, StorageError
 from . import paths
 from .blobs import BlobStore
 from .immutable import write_immutable
+from .lru import Lru
 from .referrers import ReferrerIndex
 from .repositories import RepositoryStore
 from .tags import TagStore
@@ -69,33 +69,6 @@ class ManifestLink:
         return desc
 
 
-class ManifestCache:
-    """Manifest bytes by digest, least recently used first out, within a byte budget.
-
-    Content-addressed bytes never change, so a gateway may keep them: a manifest GET then
-    costs the tag and link reads only (the link says whether this repository has it)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Digest, bytes] = OrderedDict()
-        self._size = 0
-
-    def get(self, digest: Digest) -> bytes | None:
-        data = self._items.get(digest)
-        if data is not None:
-            self._items.move_to_end(digest)
-        return data
-
-    def put(self, digest: Digest, data: bytes) -> None:
-        if len(data) > self.max_bytes // 4 or digest in self._items:
-            return
-        self._items[digest] = data
-        self._size += len(data)
-        while self._size > self.max_bytes:
-            _, evicted = self._items.popitem(last=False)
-            self._size -= len(evicted)
-
-
 class ManifestStore:
     """Manifest links (revisions) per repository, with their referrer entries."""
 
@@ -106,7 +79,9 @@ class ManifestStore:
         self.repositories = repositories
         self.tags = tags
         self.referrers = referrers
-        self._cache = ManifestCache(cache_bytes)
+        # Content-addressed bytes never change, so a gateway may keep them: a manifest GET
+        # then costs the tag and link reads only (the link says whether this repository has it).
+        self._cache: Lru[Digest, bytes] = Lru(cache_bytes, weight=len)
 
     async def put(self, name: str, link: ManifestLink, data: bytes) -> None:
         await self.repositories.ensure(name)
@@ -134,7 +109,7 @@ class ManifestStore:
             return None
         data = self._cache.get(digest)
         if data is None:
-            record = await self.blobs.get(digest)
+            record = await self.blobs.record_for_reading(digest)
             if record is None:
                 log.warning("manifest %(repository)s@%(digest)s is linked but its blob is missing",
                             {"repository": name, "digest": str(digest)})

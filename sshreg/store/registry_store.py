@@ -13,7 +13,8 @@ this process are coalesced, the latest value winning (`coalesce.py`).
 
 Everything a gateway needs is in storage, so several gateways can share one bucket. The
 only local state is what cannot become false (the repositories known to exist), the
-manifest cache (content-addressed bytes), and the pins of this process's writes.
+manifest cache (content-addressed bytes), the blob records served (checked again when their
+bytes are gone, `blobs.py`), and the pins of this process's writes.
 """
 
 from __future__ import annotations

@@ -54,10 +54,17 @@ class RepositoryStore:
         return await self.blob_link_info(name, digest) is not None
 
     async def blob(self, name: str, digest: Digest) -> BlobRecord | None:
-        """The blob, if this repository may serve it."""
+        """The blob, if this repository may serve it: its record as stored now."""
         if not await self.is_blob_linked(name, digest):
             return None
         return await self.blobs.get(digest)
+
+    async def blob_for_reading(self, name: str, digest: Digest) -> BlobRecord | None:
+        """The blob to serve, if this repository may serve it: its record perhaps from
+        this process's cache, for `BlobStore.read` only."""
+        if not await self.is_blob_linked(name, digest):
+            return None
+        return await self.blobs.record_for_reading(digest)
 
     async def blob_link_info(self, name: str, digest: Digest) -> ObjectInfo | None:
         """The link object (its age), if this repository links the blob."""
