@@ -80,7 +80,7 @@ class RunContext:
 
 def transfer_metrics(m: Measured) -> Metrics:
     return {"mb_s": m.mb_per_s, "seconds": m.seconds, "cpu_per_gib": m.cpu_per_gib,
-            "peak_rss_mib": m.peak_rss / MIB}
+            "peak_rss_mib": m.peak_rss / MIB, "process_rss_mib": m.process_rss / MIB}
 
 
 # -- raw HTTP client -------------------------------------------------------------------

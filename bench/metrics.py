@@ -69,12 +69,14 @@ class CpuMeter:
 
 @dataclass
 class Measured:
-    """One timed transfer: wall seconds, bytes, server CPU seconds, server peak RSS."""
+    """One timed transfer: wall seconds, bytes, server CPU seconds, server peak RSS (summed
+    over its processes, and of the largest one alone)."""
 
     seconds: float
     nbytes: int
     cpu: float
     peak_rss: int
+    process_rss: int
 
     @property
     def mb_per_s(self) -> float:
@@ -107,4 +109,5 @@ class Measure:
         self.sampler.__exit__()
 
     def result(self, nbytes: int) -> Measured:
-        return Measured(self.seconds, nbytes, self.cpu_seconds, self.sampler.peak)
+        return Measured(self.seconds, nbytes, self.cpu_seconds, self.sampler.peak,
+                        self.sampler.largest)

