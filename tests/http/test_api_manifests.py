@@ -12,6 +12,7 @@ from aiohttp.test_utils import RawTestServer, TestClient
 from sshreg.oci import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
+from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
 from tests.support.hashing import digest_of
@@ -520,3 +521,16 @@ async def test_manifest_with_wrong_sha512_digest_reference_is_400(client):
     wrong = "sha512:" + hashlib.sha512(b"x").hexdigest()
     resp = await put_manifest(client, "app", wrong, image.manifest)
     await assert_error(resp, 400, "DIGEST_INVALID")
+
+
+async def test_a_tag_whose_manifest_link_vanished_is_unknown_naming_the_digest(client, registry):
+    """What a tag names may be unlinked between the tag read and the link read (a delete or
+    a collection on another gateway): HEAD and GET then name the digest they missed."""
+    image = await push_image(client, "app", "latest")
+    await registry.store.driver.delete(paths.manifest_revision("app", Digest.parse(image.digest)))
+    for method in ("HEAD", "GET"):
+        resp = await client.request(method, "/v2/app/manifests/latest")
+        assert resp.status == 404
+        if method == "GET":
+            await assert_error(resp, 404, "MANIFEST_UNKNOWN")
+            assert await error_detail(resp) == {"digest": image.digest}
