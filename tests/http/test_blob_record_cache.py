@@ -11,24 +11,9 @@ from sshreg.references import Digest
 from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.store.registry_store import RegistryStore
 
-from .helpers_api import assert_error, push_blob, serving
+from .helpers_api import CountingDriver, assert_error, push_blob, serving
 
 BLOB = bytes(range(256)) * 64
-
-
-class CountingDriver:
-    """Counts reads of small objects (a blob record is one)."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.gets = 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    async def get(self, key):
-        self.gets += 1
-        return await self.inner.get(key)
 
 
 async def push_again_elsewhere(driver, digest: str) -> None:
@@ -51,7 +36,7 @@ async def test_a_warm_blob_get_reads_no_record(client, registry):
     for _ in range(3):
         resp = await client.get(f"/v2/cache/blob/blobs/{digest}")
         assert resp.status == 200 and await resp.read() == BLOB
-    assert counting.gets == 1  # the first GET's record; the link is a stat, the bytes a read
+    assert counting.calls["get"] == 1  # the first GET's record; the link is a stat, the bytes a read
 
 
 async def test_a_blob_pushed_again_after_collection_is_served_from_its_new_bytes(

@@ -4,20 +4,7 @@ from __future__ import annotations
 
 from sshreg.store.registry_store import RegistryStore
 
-from .helpers_api import push_image
-
-
-class CountingDriver:
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.gets = 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    async def get(self, key):
-        self.gets += 1
-        return await self.inner.get(key)
+from .helpers_api import CountingDriver, push_image
 
 
 async def test_head_and_warm_get_of_a_tag_cost_two_reads(client, registry):
@@ -25,9 +12,9 @@ async def test_head_and_warm_get_of_a_tag_cost_two_reads(client, registry):
     counting = CountingDriver(registry.store.driver)
     registry.store = RegistryStore(counting)
     assert (await client.head("/v2/cache/app/manifests/1")).status == 200
-    assert counting.gets == 2  # tag, link
+    assert counting.calls["get"] == 2  # tag, link
     resp = await client.get("/v2/cache/app/manifests/1")
     assert await resp.read() == image.manifest
-    counting.gets = 0
+    counting.calls.clear()
     resp = await client.get("/v2/cache/app/manifests/1")
-    assert await resp.read() == image.manifest and counting.gets == 2
+    assert await resp.read() == image.manifest and counting.calls["get"] == 2
