@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_flags(serve)
     serve.add_argument("--workers", help="processes serving SSH connections (default: the "
                        "config's, else auto: one per CPU)")
+    serve.add_argument("--mirror", action="append", metavar="PREFIX=URL",
+                       help="pull PREFIX/NAME through from the registry at URL; repeatable")
     check = sub.add_parser("check-config",
                            help="check the configuration, the keys folder and the storage")
     _config_flags(check)
@@ -85,6 +87,7 @@ def _load(args: argparse.Namespace):
         log_format=args.log_format,
         log_level=args.log_level,
         workers=getattr(args, "workers", None),
+        mirrors=getattr(args, "mirror", None),
     )
 
 

@@ -18,6 +18,7 @@ from .logs import LogSettings
 from .management.retention import RetentionPolicy, parse_policies
 from .management.settings import GcSettings
 from .metrics import MetricsSettings
+from .mirror.settings import MirrorSettings, check_mirrors, parse_mirror_flag, parse_mirrors
 from .registry.settings import RegistrySettings
 from .settings import ConfigError, declarations, parse_section, render_section
 from .ssh.settings import GatewaySettings
@@ -36,6 +37,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     gc: GcSettings = field(default_factory=GcSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    mirrors: tuple[MirrorSettings, ...] = ()  # the [[mirror]] tables
     source: str = field(default="defaults", compare=False)
 
 
@@ -48,9 +50,15 @@ FLAGS = {"listen": ("server", "listen"), "keys": ("server", "keys"), "storage": 
          "workers": ("server", "workers")}
 
 
-def load_config(path: Path | None = None, **flags: str | None) -> Config:
-    """Defaults, then the TOML file (if any), then the flags given (not None)."""
+def load_config(path: Path | None = None, *, mirrors: list[str] | None = None,
+                **flags: str | None) -> Config:
+    """Defaults, then the TOML file (if any), then the flags given (not None); `mirrors`
+    (`--mirror PREFIX=URL`) add to the file's [[mirror]] tables."""
     config = Config() if path is None else _read_file(path)
+    if mirrors:
+        added = config.mirrors + tuple(parse_mirror_flag(m) for m in mirrors)
+        check_mirrors(added, "--mirror")
+        config = replace(config, mirrors=added)
     for flag, value in flags.items():
         if flag not in FLAGS:
             raise ConfigError(f"unknown setting: {flag}")
@@ -77,6 +85,9 @@ def _read_file(path: Path) -> Config:
     for section, table in doc.items():
         if section == "retention":
             retention = parse_policies(table, f"{path}: retention")
+            continue
+        if section == "mirror":
+            sections["mirrors"] = parse_mirrors(table, f"{path}: mirror")
             continue
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section!r} must be a [section]")
@@ -106,6 +117,8 @@ def reference() -> str:
         if name == "log":  # after the retention policies, which belong to gc
             lines += ["", *render_section("[[retention]]", RetentionPolicy,
                                           "any number of policies; none by default")]
+            lines += ["", *render_section("[[mirror]]", MirrorSettings,
+                                          "any number of pull-through mirrors; none by default")]
         lines += ["", *render_section(f"[{name}]", cls)]
     lines += ["", "# Secrets (S3 keys) never live here: they come from the environment or "
               "AWS profiles."]

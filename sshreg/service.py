@@ -19,6 +19,7 @@ from .management.commands import Management
 from .management.gc import GarbageCollector
 from .memory import HeapTrimmer
 from .metrics import Metrics
+from .mirror.cache import Mirrors
 from .ready import log_ready, notify_systemd
 from .registry.app import Registry
 from .registry.origin import origin_middleware
@@ -83,7 +84,10 @@ class Service:
         registry = replace(config.registry, limits=config.limits,
                            part_size=config.storage.part_size if config.storage.is_s3 else None,
                            redirect_expiry=int(config.storage.redirect_expiry))
-        self.registry = Registry(store, registry, metrics=self.metrics, heap=self.heap)
+        mirrors = Mirrors(store, config.mirrors, config.registry.spool, self.metrics
+                          ) if config.mirrors else None
+        self.registry = Registry(store, registry, metrics=self.metrics, heap=self.heap,
+                                 mirrors=mirrors)
         self.collector = GarbageCollector(store, config.gc)
         self.gateway = Gateway(replace(config.server, limits=config.limits), self.keys, self.host_key,
                                self.registry.server(), self.metrics,

@@ -25,6 +25,7 @@ from tests.support.docker import Docker, Dockerd
 from tests.support.podman import ContainersEnv
 from tests.support.seaweedfs import TEST_BUCKET, SeaweedFS, assert_r2_parts, weed_binary
 from tests.support.seaweedfs import shared as shared_seaweedfs
+from tests.support.upstream import Upstream
 
 # Subprocesses (`python -m sshreg ...`) run the checkout under test, not whichever copy of
 # sshreg pip has installed (an editable install may point at another clone).
@@ -171,3 +172,11 @@ async def client(registry) -> AsyncIterator[TestClient]:
     """An HTTP client talking to the registry over aiohttp's loopback test server."""
     async with TestClient(RawTestServer(registry.handle)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+async def upstream(tmp_path) -> AsyncIterator[Upstream]:
+    """An upstream registry for the pull-through cache (tests/support/upstream.py)."""
+    server = await Upstream(tmp_path / "upstream").start()
+    yield server
+    await server.close()

@@ -20,9 +20,11 @@ from aiohttp import HttpVersion11, web
 from ..access import Action, Identity
 from ..memory import HeapTrimmer
 from ..metrics import Metrics, method_label
+from ..mirror.cache import Mirrors
 from ..references import is_valid_name
 from ..storage.base import Overloaded, PreconditionFailed, StorageError, TooLarge
 from ..store.registry_store import RegistryStore
+from . import mirrored
 from .context import Access, Context, identity_from_transport
 from .errors import INTERNAL_ERROR, LIMIT_RETRY_AFTER, Code, RegistryError
 from .http_protocol import MALFORMED, RegistryServer
@@ -49,6 +51,7 @@ class Registry:
         identify: Callable[[web.BaseRequest], Identity | None] = identity_from_transport,
         metrics: Metrics | None = None,
         heap: HeapTrimmer | None = None,
+        mirrors: Mirrors | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or RegistrySettings()
@@ -61,12 +64,15 @@ class Registry:
             max_total=self.settings.limits.max_uploads)
         self.in_flight = 0  # requests being handled right now
         self.heap = heap  # trimmed whenever no request is left
+        self.mirrors = mirrors  # the pull-through cache, if mirrors are configured
 
     async def start(self) -> None:
         self.sessions.start()
 
     async def close(self) -> None:
         await self.sessions.close()
+        if self.mirrors is not None:
+            await self.mirrors.close()
 
     def server(self, **kwargs: object) -> web.Server:
         """An aiohttp protocol factory serving this registry (one protocol per connection).
@@ -116,9 +122,11 @@ class Registry:
             path = unquote(request.rel_url.raw_path)
             route, params = resolve(request.method, path)
             ctx = Context(self, identity, route, params)
+            if self.mirrors is not None:
+                ctx = await mirrored.route(ctx, self.mirrors)
             self._authorize(ctx)
             await self._continue(request)
-            response = await route.handler(request, ctx)
+            response = await ctx.route.handler(request, ctx)
         except RegistryError as exc:
             response = self._refusal(request, identity, exc)
         except PreconditionFailed as exc:

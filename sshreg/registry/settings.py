@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..limits import Limits
-from ..settings import parse_duration, parse_host_names, parse_positive, parse_size, setting
+from ..settings import (
+    parse_duration,
+    parse_host_names,
+    parse_path,
+    parse_positive,
+    parse_size,
+    setting,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,9 @@ class RegistrySettings:
     hosts: tuple[str, ...] = setting(
         [], "Host names accepted besides localhost, 127.0.0.0/8 and [::1] (any port), e.g. a "
         "name mapped in /etc/hosts", parse_host_names)
+    spool: Path = setting("spool", "a local folder where blobs being pulled through a mirror "
+                          "are shared with every client and worker waiting for them",
+                          parse_path)
     # Not file keys: given by the service from other sections, or fixed.
     limits: Limits = field(default_factory=Limits)  # the [limits] section (upload counts)
     part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None

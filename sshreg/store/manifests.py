@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..references import Digest
 from ..storage.base import Driver, ObjectInfo, StorageError
@@ -17,6 +17,9 @@ from .lru import Lru
 from .referrers import ReferrerIndex
 from .repositories import RepositoryStore
 from .tags import TagStore
+
+if TYPE_CHECKING:
+    from ..oci import Manifest
 
 log = logging.getLogger("sshreg.store")
 
@@ -31,6 +34,14 @@ class ManifestLink:
     artifact_type: str | None = None
     subject: Digest | None = None
     annotations: dict[str, str] | None = None
+
+    @classmethod
+    def describing(cls, digest: Digest, manifest: Manifest, size: int) -> ManifestLink:
+        """The link of a parsed manifest of `size` bytes."""
+        return cls(digest=digest, media_type=manifest.media_type, size=size,
+                   artifact_type=manifest.artifact_type,
+                   subject=manifest.subject.digest if manifest.subject else None,
+                   annotations=manifest.annotations or None)
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {"mediaType": self.media_type, "size": self.size}

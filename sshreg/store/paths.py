@@ -13,6 +13,8 @@ Layout (every key below is a small object unless noted):
                                                        subject is the first digest
     gc/running                                         the lease of a collection that deletes
     gc/clock                                           written to read the storage's clock
+    mirror/checked/<name>/<tag>                        a mirrored tag was checked upstream at
+                                                       this object's modification time
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ REPOSITORY_MARKER = "_repository"
 HEALTH_PROBE = "catalog/_health"  # read, never written: any answer means storage is up
 GC_LEASE_KEY = "gc/running"  # held by a garbage collection that deletes (management/lease.py)
 GC_CLOCK_KEY = "gc/clock"
+MIRROR_CHECKED = "mirror/checked/"
 
 
 def _digest_path(digest: Digest) -> str:
@@ -105,3 +108,7 @@ def referrer(name: str, subject: Digest, digest: Digest) -> str:
 def tag_of(name: str, key: str) -> str:
     """The tag a key under `tags(name)` names."""
     return key[len(tags(name)):]
+
+
+def mirror_checked(name: str, tag: str) -> str:
+    return f"{MIRROR_CHECKED}{name}/{tag}"

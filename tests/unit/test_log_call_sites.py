@@ -47,6 +47,7 @@ FIELDS = {
     "line": "a line number",
     "loaded_at": "when the keys in use were loaded",
     "method": "an HTTP method",
+    "mirror": "a pull-through mirror's prefix",
     "missing": "blobs removed while a manifest was written",
     "operation": "a storage operation and its key",
     "path": "an HTTP request path",

@@ -12,6 +12,7 @@ import pytest
 
 from sshreg.config import SECTIONS, Config, load_config, reference
 from sshreg.management.retention import RetentionPolicy
+from sshreg.mirror.settings import MirrorSettings
 from sshreg.settings import Address, ConfigError, declarations
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -23,22 +24,27 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_the_reference_is_a_config_file_of_the_defaults(tmp_path):
+def test_the_reference_is_a_config_file_of_the_defaults(tmp_path, monkeypatch):
     """Every key renders with a value its parser takes, and that value is the default."""
+    monkeypatch.setenv("DOCKERHUB_TOKEN", "a secret")  # the example mirror's password_env
     loaded = load_config(write(tmp_path, reference()))
     example = RetentionPolicy("team/*", keep_last=10, keep_tags="v[0-9.]+", max_age=90 * 86400.0)
-    assert loaded == replace(Config(), gc=replace(Config().gc, retention=(example,)))
+    mirror = MirrorSettings("docker.io", "https://registry-1.docker.io", username="me",
+                            password_env="DOCKERHUB_TOKEN")
+    assert loaded == replace(Config(), gc=replace(Config().gc, retention=(example,)),
+                             mirrors=(mirror,))
 
 
 def test_the_reference_names_every_key_once_with_a_doc():
     doc = tomllib.loads(reference())
     assert list(doc) == ["server", "storage", "registry", "limits", "metrics", "gc", "retention",
-                         "log"]
-    assert set(SECTIONS) == set(doc) - {"retention"}
+                         "mirror", "log"]
+    assert set(SECTIONS) == set(doc) - {"retention", "mirror"}
     for name, cls in SECTIONS.items():
         assert list(doc[name]) == list(declarations(cls)), name
         assert all(d.doc for d in declarations(cls).values()), name
     assert list(doc["retention"][0]) == [f.name for f in fields(RetentionPolicy)]
+    assert list(doc["mirror"][0]) == [f.name for f in fields(MirrorSettings)]
 
 
 def test_the_readme_shows_the_reference():
