@@ -91,7 +91,7 @@ class Service:
         self.collector = GarbageCollector(store, config.gc)
         self.gateway = Gateway(replace(config.server, limits=config.limits), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
-                               commands=Management(store, self.collector))
+                               commands=Management(store, self.collector, mirrors))
         self._sweeper: asyncio.Task[None] | None = None
         self._metrics_runner: web.AppRunner | None = None
 

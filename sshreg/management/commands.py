@@ -20,6 +20,8 @@ from typing import Any
 
 from ..access import Action, Identity
 from ..controls import visible
+from ..mirror.cache import Mirrors
+from ..mirror.names import by_prefix
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
 from ..store.registry_store import RegistryStore
@@ -36,6 +38,7 @@ commands:
   inspect REPO:TAG|REPO@DIGEST   manifest summary and sizes
   rm REPO:TAG|REPO@DIGEST  delete a tag, or a manifest with its tags
   du [REPO]                stored and shared bytes per repository
+  mirrors                  pull-through mirrors: hits, misses, bytes fetched, last error
   gc [--dry-run]           collect garbage (admin)
   help                     this text
 add --json to any command for machine-readable output
@@ -101,12 +104,15 @@ def split_reference(text: str) -> tuple[str, str, bool]:
 class Management:
     """The commands, over one store and collector."""
 
-    def __init__(self, store: RegistryStore, collector: GarbageCollector) -> None:
+    def __init__(self, store: RegistryStore, collector: GarbageCollector,
+                 mirrors: Mirrors | None = None) -> None:
         self.store = store
         self.collector = collector
+        self.mirrors = mirrors
         self._commands: dict[str, Callable[[Identity, list[str], bool], Awaitable[Any]]] = {
             "whoami": self.whoami, "repos": self.repos, "tags": self.tags,
             "inspect": self.inspect, "rm": self.rm, "du": self.du, "gc": self.gc,
+            "mirrors": self.list_mirrors,
         }
 
     async def run(self, identity: Identity, command_line: str) -> Result:
@@ -176,9 +182,31 @@ class Management:
                 f"from     {identity.peer}\nrights   {rights.describe()}\n")
 
     async def repos(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        """The names, each mirrored one followed by the upstream it mirrors (text only)."""
         self._args(args, 0)
         names = await self._readable_repositories(identity)
-        return names if as_json else "".join(f"{n}\n" for n in names)
+        if as_json:
+            return names
+        mirrors = self.mirrors.settings if self.mirrors else ()
+        lines = []
+        for name in names:
+            found = by_prefix(mirrors, name)
+            lines.append(f"{name}  (mirror of {found.mirror.upstream})\n" if found else f"{name}\n")
+        return "".join(lines)
+
+    async def list_mirrors(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        """Each mirror with this gateway process's hits, misses, upstream bytes and errors."""
+        self._args(args, 0)
+        rows = self.mirrors.describe() if self.mirrors else []
+        if as_json:
+            return rows
+        if not rows:
+            return "no mirrors are configured\n"
+        return _table([[r["prefix"], r["upstream"], "yes" if r["default"] else "",
+                        str(r["hits"]), str(r["misses"]), human_size(r["bytes_fetched"]),
+                        str(r["errors"]), visible(r["last_error"]) or "-"] for r in rows],
+                      ["PREFIX", "UPSTREAM", "DEFAULT", "HITS", "MISSES", "FETCHED", "ERRORS",
+                       "LAST ERROR"])
 
     async def tags(self, identity: Identity, args: list[str], as_json: bool) -> Any:
         (name,) = self._args(args, 1, 1)

@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..metrics import Metrics
 from ..oci import ManifestError, parse_manifest
@@ -51,7 +52,7 @@ class Mirrors:
         self.metrics = metrics or Metrics()
         self.upstreams = {m.prefix: Upstream(m) for m in mirrors}
         self.status = {m.prefix: MirrorStatus(m) for m in mirrors}
-        self.fills = Fills(store, spool, self._count_bytes)
+        self.fills = Fills(store, spool, self._count_bytes, self._failed)
 
     async def close(self) -> None:
         await self.fills.close()
@@ -79,7 +80,7 @@ class Mirrors:
         if is_digest(reference):
             digest = Digest.parse(reference)
             if await self.store.manifests.link(target.name, digest) is not None:
-                self._hit(target)
+                self.hit(target)
                 return
             await self._fetch_manifest(target, reference, expected=digest)
             return
@@ -87,7 +88,7 @@ class Mirrors:
         checked = await self.store.driver.stat(paths.mirror_checked(target.name, reference))
         if stored is not None and checked is not None and (
                 time.time() - checked.modified < target.mirror.tag_ttl):
-            self._hit(target)
+            self.hit(target)
             return
         try:
             head = await self.upstream(target).manifest(target.remote, reference, head=True)
@@ -95,7 +96,7 @@ class Mirrors:
             if stored is not None and current == str(stored) and (
                     await self.store.manifests.link(target.name, stored) is not None):
                 await self._checked(target, reference)
-                self._hit(target)
+                self.hit(target)
                 return
             await self._fetch_manifest(target, reference)
         except UpstreamUnavailable as exc:
@@ -148,7 +149,7 @@ class Mirrors:
         if isinstance(found, FillReader):
             self.metrics.inc("sshreg_mirror_misses_total", mirror=target.mirror.prefix)
         else:
-            self._hit(target)
+            self.hit(target)
         return found
 
     async def referrers(self, target: Mirrored, digest: Digest) -> dict[str, object] | None:
@@ -166,7 +167,26 @@ class Mirrors:
                 target.remote, f"/v2/{target.remote}/tags/list{suffix}")
         return None
 
-    def _hit(self, target: Mirrored) -> None:
+    def describe(self) -> list[dict[str, Any]]:
+        """Each mirror with this process's numbers (what `ssh reg.host mirrors` shows)."""
+        rows = []
+        for prefix, status in self.status.items():
+            def value(name: str, prefix: str = prefix) -> int:
+                return int(self.metrics.value(name, mirror=prefix))
+
+            rows.append({
+                "prefix": prefix, "upstream": status.settings.upstream,
+                "default": status.settings.default, "tag_ttl": status.settings.tag_ttl,
+                "hits": value("sshreg_mirror_hits_total"),
+                "misses": value("sshreg_mirror_misses_total"),
+                "bytes_fetched": value("sshreg_mirror_upstream_bytes_total"),
+                "errors": value("sshreg_mirror_upstream_errors_total"),
+                "last_error": status.last_error, "last_error_at": status.last_error_at or None,
+            })
+        return rows
+
+    def hit(self, target: Mirrored) -> None:
+        """Something was served from storage without asking upstream."""
         self.metrics.inc("sshreg_mirror_hits_total", mirror=target.mirror.prefix)
 
     def _count_bytes(self, target: Mirrored, size: int) -> None:

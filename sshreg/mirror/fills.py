@@ -117,10 +117,13 @@ class Fills:
     """The fills this process runs, and joining any fill on this box."""
 
     def __init__(self, store: RegistryStore, spool: Path,
-                 on_bytes: Callable[[Mirrored, int], None] = lambda target, n: None) -> None:
+                 on_bytes: Callable[[Mirrored, int], None] = lambda target, n: None,
+                 on_error: Callable[[Mirrored, Exception], None] = lambda target, e: None
+                 ) -> None:
         self.store = store
         self.spool = spool
         self.on_bytes = on_bytes  # upstream bytes received, for the mirror's numbers
+        self.on_error = on_error  # a fill that failed
         self._tasks: dict[Digest, asyncio.Task[None]] = {}
 
     async def open(self, target: Mirrored, upstream: Upstream, digest: Digest,
@@ -181,11 +184,13 @@ class Fills:
             outcome = FillState(fill_id, "missing", error=str(exc))
         except (UpstreamUnavailable, FillFailed) as exc:
             outcome = FillState(fill_id, "failed", error=str(exc))
+            self.on_error(target, exc)
             log.warning("mirror %(mirror)s: fill of %(repository)s@%(digest)s failed: %(error)s",
                         {"mirror": target.mirror.prefix, "repository": target.name,
                          "digest": str(digest), "error": str(exc)})
         except Exception as exc:
             outcome = FillState(fill_id, "failed", error=f"storage: {exc}")
+            self.on_error(target, exc)
             log.exception("mirror %(mirror)s: fill of %(repository)s@%(digest)s failed",
                           {"mirror": target.mirror.prefix, "repository": target.name,
                            "digest": str(digest)})

@@ -71,6 +71,7 @@ async def _blob(request: web.BaseRequest, ctx: Context, target: Mirrored,
                 mirrors: Mirrors) -> web.StreamResponse:
     digest = digest_param(ctx.params["digest"])
     if await ctx.store.repositories.blob_for_reading(target.name, digest) is not None:
+        mirrors.hit(target)
         return await blobs.get_blob(request, ctx)
     try:
         found = await mirrors.open_blob(target, digest, ctx.settings.body_idle_timeout)

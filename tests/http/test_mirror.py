@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 
 import aiohttp
 import pytest
 
+from sshreg.management.commands import Management
+from sshreg.management.gc import GarbageCollector
 from sshreg.mirror.settings import MirrorSettings
+from tests.conftest import IDENTITIES
 from tests.http.helpers_api import (
     as_identity,
     assert_error,
@@ -311,3 +315,24 @@ def test_docker_hub_one_segment_names_mean_library():
     assert by_prefix((hub, other), "docker.io/me/app").remote == "me/app"
     assert by_prefix((hub, other), "ghcr.io/app").remote == "app"
     assert by_prefix((hub, other), "team/app") is None
+
+
+async def test_the_mirrors_command_counts_hits_misses_bytes_and_the_last_error(
+        driver, upstream, tmp_path):
+    image = await pushed_upstream(upstream)
+    async with mirroring(driver, upstream, tmp_path / "spool") as (registry, client):
+        await pull(client, f"{PREFIX}/team/app", "1", image)
+        await pull(client, f"{PREFIX}/team/app", "1", image)
+        upstream.available = False
+        await client.get(f"/v2/{PREFIX}/team/other/manifests/1")
+        commands = Management(registry.store, GarbageCollector(registry.store), registry.mirrors)
+        result = await commands.run(IDENTITIES["reader"], "mirrors --json")
+        (row,) = json.loads(result.stdout)
+        assert (row["prefix"], row["upstream"]) == (PREFIX, upstream.url)
+        assert (row["misses"], row["hits"]) == (3, 3)  # manifest, config, layer; then again
+        assert row["bytes_fetched"] == sum(len(b) for b in image.blobs.values())
+        assert row["errors"] == 1 and "503" in row["last_error"]
+        text = (await commands.run(IDENTITIES["reader"], "mirrors")).stdout
+        assert text.splitlines()[1].split()[:2] == [PREFIX, upstream.url]
+        repos = (await commands.run(IDENTITIES["reader"], "repos")).stdout
+        assert repos == f"{PREFIX}/team/app  (mirror of {upstream.url})\n"
