@@ -106,14 +106,14 @@ def _check(config: Config) -> int:
 def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
     """`sshreg gc` on the host: the collector the `gc` SSH command runs, in its own process."""
     from .management.commands import human_size
-    from .management.gc import GarbageCollector
+    from .management.eviction import Collection
     from .storage.factory import open_driver
     from .store.registry_store import RegistryStore
 
     async def collect():
         driver = open_driver(config.storage, config.limits)
         try:
-            return await GarbageCollector(RegistryStore(driver), config.gc).run(dry_run)
+            return await Collection(RegistryStore(driver), config.gc, config.mirrors).run(dry_run)
         finally:
             await driver.close()
 

@@ -16,7 +16,7 @@ from .config import Config
 from .keys.entries import KeyList
 from .keys.local_file import AuthorizedKeys
 from .management.commands import Management
-from .management.gc import GarbageCollector
+from .management.eviction import Collection
 from .memory import HeapTrimmer
 from .metrics import Metrics
 from .mirror.cache import Mirrors
@@ -88,7 +88,7 @@ class Service:
                           ) if config.mirrors else None
         self.registry = Registry(store, registry, metrics=self.metrics, heap=self.heap,
                                  mirrors=mirrors)
-        self.collector = GarbageCollector(store, config.gc)
+        self.collector = Collection(store, config.gc, config.mirrors)
         self.gateway = Gateway(replace(config.server, limits=config.limits), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
                                commands=Management(store, self.collector, mirrors))

@@ -14,6 +14,7 @@ import json
 import logging
 import shlex
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from ..mirror.names import by_prefix
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
 from ..store.registry_store import RegistryStore
+from .eviction import Collection
 from .gc import GarbageCollector, GcBusy
 
 log = logging.getLogger("sshreg.management")
@@ -104,7 +106,7 @@ def split_reference(text: str) -> tuple[str, str, bool]:
 class Management:
     """The commands, over one store and collector."""
 
-    def __init__(self, store: RegistryStore, collector: GarbageCollector,
+    def __init__(self, store: RegistryStore, collector: GarbageCollector | Collection,
                  mirrors: Mirrors | None = None) -> None:
         self.store = store
         self.collector = collector
@@ -286,18 +288,9 @@ class Management:
 
     async def _usage(self, names: list[str]) -> list[dict[str, Any]]:
         """Bytes each repository links, and how much of it another repository links too."""
-        linked: dict[str, set[Digest]] = {}
-        users: dict[Digest, int] = {}
-        for name in names:
-            digests = {d async for d, _ in self.store.inventory.blob_links(name)}
-            digests |= {d async for d, _ in self.store.inventory.manifest_revisions(name)}
-            linked[name] = digests
-            for d in digests:
-                users[d] = users.get(d, 0) + 1
-        sizes: dict[Digest, int] = {}
-        for d in users:
-            record = await self.store.blobs.get(d)
-            sizes[d] = record.size if record else 0
+        linked = {name: await self.store.inventory.linked(name) for name in names}
+        users = Counter(d for digests in linked.values() for d in digests)
+        sizes = await self.store.inventory.sizes(set(users))
         return [{"repository": name, "blobs": len(ds), "bytes": sum(sizes[d] for d in ds),
                  "shared": sum(sizes[d] for d in ds if users[d] > 1)}
                 for name, ds in linked.items()]

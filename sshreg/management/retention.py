@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..access import glob_matches
 from ..settings import (
@@ -18,6 +18,15 @@ from ..settings import (
     parse_str,
     setting,
 )
+
+
+class TagPolicy(Protocol):
+    """What garbage collection asks of a policy: which repositories it covers, and which
+    of their tags (given with the time each was written) it removes."""
+
+    def applies_to(self, repository: str) -> bool: ...
+
+    def expired_tags(self, tags: Iterable[tuple[str, float]], now: float) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class RetentionPolicy:
         return sorted(expired)
 
 
-def expired_tags(policies: Iterable[RetentionPolicy], repository: str,
+def expired_tags(policies: Iterable[TagPolicy], repository: str,
                  tags: list[tuple[str, float]], now: float) -> list[str]:
     """Tags removed by any policy that applies to the repository."""
     expired: set[str] = set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..settings import parse_bool, parse_duration, setting
-from .retention import RetentionPolicy
+from .retention import TagPolicy
 
 
 @dataclass(frozen=True)
@@ -19,5 +19,5 @@ class GcSettings:
         "60s", "pause before deleting, then a second look at new pushes", parse_duration)
     keep_untagged: bool = setting(
         False, "true: manifests without a tag are kept (and their blobs)", parse_bool)
-    retention: tuple[RetentionPolicy, ...] = ()  # the [[retention]] tables
+    retention: tuple[TagPolicy, ...] = ()  # the [[retention]] tables (and a run's evictions)
     bloom_bits: int = 1 << 26  # 8 MiB: about 1 % false positives at 7 million blobs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ class Mirrors:
         self.upstreams = {m.prefix: Upstream(m) for m in mirrors}
         self.status = {m.prefix: MirrorStatus(m) for m in mirrors}
         self.fills = Fills(store, spool, self._count_bytes, self._failed)
+        self._pull_marked: dict[str, float] = {}  # repository -> when this process noted a pull
 
     async def close(self) -> None:
         await self.fills.close()
@@ -77,6 +79,7 @@ class Mirrors:
         """Make the manifest `reference` (a tag or digest) stored in `target.name` and, for a
         tag, current within the mirror's tag_ttl. Raises UpstreamMissing or
         UpstreamUnavailable when there is nothing to serve."""
+        await self._note_pull(target)
         if is_digest(reference):
             digest = Digest.parse(reference)
             if await self.store.manifests.link(target.name, digest) is not None:
@@ -128,6 +131,20 @@ class Mirrors:
         log.info("mirror %(mirror)s: %(repository)s:%(reference)s fetched as %(digest)s",
                  {"mirror": target.mirror.prefix, "repository": target.name,
                   "reference": reference, "digest": str(digest)})
+
+    async def _note_pull(self, target: Mirrored) -> None:
+        """Keep the time of the last pull for eviction: one small write per repository per
+        `pull_mark_interval` per process, not one per request."""
+        now = time.monotonic()
+        if now - self._pull_marked.get(target.name, -math.inf) < target.mirror.pull_mark_interval:
+            return
+        self._pull_marked[target.name] = now
+        try:
+            await self.store.driver.put(paths.mirror_pulled(target.name), b"")
+        except StorageError as exc:
+            log.info("mirror %(mirror)s: noting a pull of %(repository)s: %(error)s",
+                     {"mirror": target.mirror.prefix, "repository": target.name,
+                      "error": str(exc)})
 
     async def _checked(self, target: Mirrored, tag: str) -> None:
         """Note that upstream was asked about the tag now (one small write per tag_ttl)."""

@@ -14,6 +14,7 @@ from ..settings import (
     parse_bool,
     parse_duration,
     parse_section,
+    parse_size,
     parse_str,
     setting,
 )
@@ -63,6 +64,18 @@ class MirrorSettings:
     default: bool = setting(False, "serve names without a prefix that are no local "
                             "repository (docker's registry-mirrors); one mirror at most",
                             parse_bool)
+    keep: float = setting("30d", "garbage collection evicts cached images not pulled this long",
+                          parse_duration)
+    max_bytes: int | None = setting(
+        None, "beyond this, garbage collection evicts the least recently pulled images first",
+        parse_size, example="200GiB")
+
+    @property
+    def pull_mark_interval(self) -> float:
+        """How often a gateway notes that a repository was pulled: hourly, or sooner for a
+        short `keep`, so eviction is never more than a tenth of `keep` early."""
+        return min(3600.0, self.keep / 10)
+
     @property
     def host(self) -> str:
         return urlsplit(self.upstream).netloc

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from ..references import Digest
 from ..storage.base import Driver, ObjectInfo
 from . import paths
+from .blobs import BlobStore
 
 log = logging.getLogger("sshreg.store")
 
@@ -25,8 +26,9 @@ async def digests_under(driver: Driver, prefix: str) -> AsyncIterator[tuple[Dige
 
 
 class Inventory:
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, blobs: BlobStore) -> None:
         self.driver = driver
+        self._records = blobs  # for sizes: `blobs()` lists the records themselves
 
     async def blobs(self) -> AsyncIterator[tuple[Digest, ObjectInfo]]:
         """Every blob record in the store, in key order, page by page."""
@@ -47,6 +49,19 @@ class Inventory:
     def manifest_revisions(self, name: str) -> AsyncIterator[tuple[Digest, ObjectInfo]]:
         """The manifests of a repository, with their link objects (for age)."""
         return digests_under(self.driver, paths.manifest_revisions(name))
+
+    async def linked(self, name: str) -> set[Digest]:
+        """Every blob and manifest a repository links."""
+        digests = {d async for d, _ in self.blob_links(name)}
+        return digests | {d async for d, _ in self.manifest_revisions(name)}
+
+    async def sizes(self, digests: set[Digest]) -> dict[Digest, int]:
+        """The stored size of each digest (0 when it has no record)."""
+        sizes = {}
+        for digest in digests:
+            record = await self._records.get(digest)
+            sizes[digest] = record.size if record else 0
+        return sizes
 
     async def storage_now(self) -> float:
         """The current time by the storage's clock, at the storage's resolution.

@@ -13,8 +13,10 @@ Layout (every key below is a small object unless noted):
                                                        subject is the first digest
     gc/running                                         the lease of a collection that deletes
     gc/clock                                           written to read the storage's clock
-    mirror/checked/<name>/<tag>                        a mirrored tag was checked upstream at
+    mirror/checked/<name>/_tags/<tag>                  a mirrored tag was checked upstream at
                                                        this object's modification time
+    mirror/pulled/<name>/_pulled                       a mirrored repository was pulled about
+                                                       then (written at most hourly)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ HEALTH_PROBE = "catalog/_health"  # read, never written: any answer means storag
 GC_LEASE_KEY = "gc/running"  # held by a garbage collection that deletes (management/lease.py)
 GC_CLOCK_KEY = "gc/clock"
 MIRROR_CHECKED = "mirror/checked/"
+MIRROR_PULLED = "mirror/pulled/"
 
 
 def _digest_path(digest: Digest) -> str:
@@ -111,4 +114,11 @@ def tag_of(name: str, key: str) -> str:
 
 
 def mirror_checked(name: str, tag: str) -> str:
-    return f"{MIRROR_CHECKED}{name}/{tag}"
+    """`_tags` cannot be a name's component (they start with a letter or digit), so no key
+    here is also the folder of another repository's keys."""
+    return f"{MIRROR_CHECKED}{name}/_tags/{tag}"
+
+
+def mirror_pulled(name: str) -> str:
+    """As mirror_checked: `_pulled` is no name's component."""
+    return f"{MIRROR_PULLED}{name}/_pulled"

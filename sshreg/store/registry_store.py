@@ -42,7 +42,7 @@ class RegistryStore:
         self.referrers = ReferrerIndex(driver)
         self.manifests = ManifestStore(driver, self.blobs, self.repositories, self.tags,
                                        self.referrers, manifest_cache_bytes)
-        self.inventory = Inventory(driver)
+        self.inventory = Inventory(driver, self.blobs)
         # A second view of this gateway's storage (another driver wrapper) shares its pins.
         self.pins = pins if pins is not None else Pins()
 

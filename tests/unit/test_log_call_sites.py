@@ -54,7 +54,7 @@ FIELDS = {
     "peer": "the client's address",
     "pid": "a process id",
     "port": "a listening port",
-    "reason": "why a login or connection is refused",
+    "reason": "why a login or connection is refused, or a cached image evicted",
     "reference": "a manifest reference (tag or digest)",
     "report": "a garbage collection report",
     "repository": "a repository name",

@@ -30,7 +30,7 @@ def test_the_reference_is_a_config_file_of_the_defaults(tmp_path, monkeypatch):
     loaded = load_config(write(tmp_path, reference()))
     example = RetentionPolicy("team/*", keep_last=10, keep_tags="v[0-9.]+", max_age=90 * 86400.0)
     mirror = MirrorSettings("docker.io", "https://registry-1.docker.io", username="me",
-                            password_env="DOCKERHUB_TOKEN")
+                            password_env="DOCKERHUB_TOKEN", max_bytes=200 << 30)
     assert loaded == replace(Config(), gc=replace(Config().gc, retention=(example,)),
                              mirrors=(mirror,))
 
