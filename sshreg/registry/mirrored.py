@@ -78,6 +78,9 @@ async def _blob(request: web.BaseRequest, ctx: Context, target: Mirrored,
         if not isinstance(found, FillReader):
             return await blobs.get_blob(request, ctx)
         size = await _size(found)
+        if request.method == "HEAD" and size is not None:
+            found.close()  # the fill goes on; its size is all a HEAD needs
+            return web.Response(headers={**_blob_headers(digest), "Content-Length": str(size)})
         if request.method == "HEAD" or "Range" in request.headers:
             # a part of a blob being filled: served from storage once the fill is done
             async for _ in found.chunks():
@@ -100,9 +103,7 @@ async def _size(reader: FillReader) -> int | None:
 
 async def _stream_fill(request: web.BaseRequest, reader: FillReader, digest: Digest,
                        size: int | None) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers={
-        "Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream",
-        "ETag": f'"{digest}"'})
+    response = web.StreamResponse(status=200, headers=_blob_headers(digest))
     if size is not None:
         response.content_length = size
     await response.prepare(request)
@@ -116,6 +117,11 @@ async def _stream_fill(request: web.BaseRequest, reader: FillReader, digest: Dig
         return response
     await response.write_eof()
     return response
+
+
+def _blob_headers(digest: Digest) -> dict[str, str]:
+    return {"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream",
+            "ETag": f'"{digest}"'}
 
 
 async def _tags(request: web.BaseRequest, ctx: Context, target: Mirrored,

@@ -336,3 +336,20 @@ async def test_the_mirrors_command_counts_hits_misses_bytes_and_the_last_error(
         assert text.splitlines()[1].split()[:2] == [PREFIX, upstream.url]
         repos = (await commands.run(IDENTITIES["reader"], "repos")).stdout
         assert repos == f"{PREFIX}/team/app  (mirror of {upstream.url})\n"
+
+
+async def test_a_head_of_a_blob_being_filled_answers_its_size_without_waiting_for_it(
+        driver, upstream, tmp_path):
+    data = os.urandom(2 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    async with upstream.client() as up:
+        await push_blob(up, "team/big", data)
+    upstream.throttle = 0.01  # about 3 s for the whole blob
+    async with mirroring(driver, upstream, tmp_path / "spool") as (_, client):
+        started = asyncio.get_running_loop().time()
+        head = await client.head(f"/v2/{PREFIX}/team/big/blobs/{digest}")
+        assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
+        assert asyncio.get_running_loop().time() - started < 1.5
+        resp = await client.get(f"/v2/{PREFIX}/team/big/blobs/{digest}")  # joins the fill
+        assert await resp.read() == data
+    assert upstream.blob_fetches(digest) == 1
