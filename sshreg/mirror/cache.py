@@ -10,6 +10,7 @@ served and the staleness logged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -55,6 +56,14 @@ class Mirrors:
         self.status = {m.prefix: MirrorStatus(m) for m in mirrors}
         self.fills = Fills(store, spool, self._count_bytes, self._failed)
         self._pull_marked: dict[str, float] = {}  # repository -> when this process noted a pull
+
+    async def start(self) -> None:
+        """Clear what fills of an earlier run left in the spool."""
+        self.fills.spool.mkdir(parents=True, exist_ok=True)
+        removed = await asyncio.to_thread(self.fills.sweep)
+        if removed:
+            log.info("mirror: removed %(uploads)d file(s) of fills an earlier run left",
+                     {"uploads": removed})
 
     async def close(self) -> None:
         await self.fills.close()

@@ -126,6 +126,24 @@ class Fills:
         self.on_error = on_error  # a fill that failed
         self._tasks: dict[Digest, asyncio.Task[None]] = {}
 
+    def sweep(self) -> int:
+        """Remove the files of fills that nobody runs any more (a process stopped before
+        it cleaned up); their lock files stay, as another process may be opening one."""
+        removed = 0
+        for lock in self.spool.glob("*.lock"):
+            files = SpoolFiles(self.spool, Digest.parse(lock.stem.replace("-", ":", 1)))
+            fd = files.try_lock()
+            if fd is None:
+                continue  # a fill is running
+            try:
+                for path in (files.data, files.state):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        removed += 1
+            finally:
+                os.close(fd)
+        return removed
+
     async def open(self, target: Mirrored, upstream: Upstream, digest: Digest,
                    idle_timeout: float) -> BlobRecord | FillReader:
         """The stored blob if it is there by now, or a reader of a running fill of it

@@ -68,6 +68,8 @@ class Registry:
 
     async def start(self) -> None:
         self.sessions.start()
+        if self.mirrors is not None:
+            await self.mirrors.start()
 
     async def close(self) -> None:
         await self.sessions.close()
