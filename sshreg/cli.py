@@ -105,15 +105,18 @@ def _check(config: Config) -> int:
 
 def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
     """`sshreg gc` on the host: the collector the `gc` SSH command runs, in its own process."""
+    from .events.log import EventLog, gateway_name
+    from .management.collection import Collection
     from .management.commands import human_size
-    from .management.eviction import Collection
     from .storage.factory import open_driver
     from .store.registry_store import RegistryStore
 
     async def collect():
         driver = open_driver(config.storage, config.limits)
         try:
-            return await Collection(RegistryStore(driver), config.gc, config.mirrors).run(dry_run)
+            events = EventLog(driver, gateway_name(), config.events.poll)
+            return await Collection(RegistryStore(driver), config.gc, config.mirrors, events,
+                                    config.events.keep).run(dry_run)
         finally:
             await driver.close()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .events.settings import EventSettings, WebhookSettings, parse_webhooks
 from .limits import Limits
 from .logs import LogSettings
 from .management.retention import RetentionPolicy, parse_policies
@@ -36,14 +37,17 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     log: LogSettings = field(default_factory=LogSettings)
     mirrors: tuple[MirrorSettings, ...] = ()  # the [[mirror]] tables
+    webhooks: tuple[WebhookSettings, ...] = ()  # the [[webhook]] tables
     source: str = field(default="defaults", compare=False)
 
 
 SECTIONS: dict[str, type] = {
     "server": GatewaySettings, "storage": StorageSettings, "registry": RegistrySettings,
-    "limits": Limits, "metrics": MetricsSettings, "gc": GcSettings, "log": LogSettings}
+    "limits": Limits, "metrics": MetricsSettings, "gc": GcSettings, "events": EventSettings,
+    "log": LogSettings}
 # Command-line flags: flag -> (section, key)
 FLAGS = {"listen": ("server", "listen"), "keys": ("server", "keys"), "storage": ("storage", "url"),
          "log_format": ("log", "format"), "log_level": ("log", "level"),
@@ -89,6 +93,9 @@ def _read_file(path: Path) -> Config:
         if section == "mirror":
             sections["mirrors"] = parse_mirrors(table, f"{path}: mirror")
             continue
+        if section == "webhook":
+            sections["webhooks"] = parse_webhooks(table, f"{path}: webhook")
+            continue
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section!r} must be a [section]")
         cls = SECTIONS.get(section)
@@ -110,16 +117,21 @@ def validate(config: Config) -> None:
                           "(storage.parts_in_flight + 1)")
 
 
+# Tables of which there may be many, each rendered after the section it belongs with.
+TABLES_AFTER: dict[str, list[tuple[str, type, str]]] = {
+    "gc": [("retention", RetentionPolicy, "any number of policies; none by default"),
+           ("mirror", MirrorSettings, "any number of pull-through mirrors; none by default")],
+    "events": [("webhook", WebhookSettings, "any number of webhooks; none by default")],
+}
+
+
 def reference() -> str:
     """The annotated reference of every key with its default (README.md shows it)."""
     lines = ["# Sizes accept 32MiB-style strings, durations 90s, 10m, 24h, 7d or plain seconds."]
     for name, cls in SECTIONS.items():
-        if name == "log":  # after the retention policies, which belong to gc
-            lines += ["", *render_section("[[retention]]", RetentionPolicy,
-                                          "any number of policies; none by default")]
-            lines += ["", *render_section("[[mirror]]", MirrorSettings,
-                                          "any number of pull-through mirrors; none by default")]
         lines += ["", *render_section(f"[{name}]", cls)]
+        for table, table_cls, comment in TABLES_AFTER.get(name, []):
+            lines += ["", *render_section(f"[[{table}]]", table_cls, comment)]
     lines += ["", "# Secrets (S3 keys) never live here: they come from the environment or "
               "AWS profiles."]
     return "\n".join(lines) + "\n"

@@ -13,10 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from .config import Config
+from .events.log import EventLog, gateway_name
+from .events.webhooks import Delivery
 from .keys.entries import KeyList
 from .keys.local_file import AuthorizedKeys
+from .management.collection import Collection
 from .management.commands import Management
-from .management.eviction import Collection
 from .memory import HeapTrimmer
 from .metrics import Metrics
 from .mirror.cache import Mirrors
@@ -84,15 +86,19 @@ class Service:
         registry = replace(config.registry, limits=config.limits,
                            part_size=config.storage.part_size if config.storage.is_s3 else None,
                            redirect_expiry=int(config.storage.redirect_expiry))
-        mirrors = Mirrors(store, config.mirrors, config.registry.spool, self.metrics
-                          ) if config.mirrors else None
+        self.events = EventLog(store.driver, gateway_name(), config.events.poll)
+        mirrors = Mirrors(store, config.mirrors, config.registry.spool, self.metrics,
+                          self.events) if config.mirrors else None
         self.registry = Registry(store, registry, metrics=self.metrics, heap=self.heap,
-                                 mirrors=mirrors)
-        self.collector = Collection(store, config.gc, config.mirrors)
+                                 mirrors=mirrors, events=self.events)
+        self.collector = Collection(store, config.gc, config.mirrors, self.events,
+                                    config.events.keep)
         self.gateway = Gateway(replace(config.server, limits=config.limits), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
-                               commands=Management(store, self.collector, mirrors))
+                               commands=Management(store, self.collector, mirrors, self.events))
+        self.deliveries = [Delivery(self.events, hook, gateway_name()) for hook in config.webhooks]
         self._sweeper: asyncio.Task[None] | None = None
+        self._delivering: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
 
     @property
@@ -117,6 +123,7 @@ class Service:
         if self.housekeeping:
             self._sweeper = asyncio.create_task(
                 _sweep_stale_uploads(self.driver, self.config.storage.stale_upload_age))
+            self._delivering = [asyncio.create_task(d.run_forever()) for d in self.deliveries]
         if metrics_socket is not None:
             await self._start_metrics(web.UnixSite, metrics_socket)
         elif self.config.metrics.listen:
@@ -189,10 +196,10 @@ class Service:
         if not await self.registry.drain(grace):
             log.warning("%(requests)d request(s) still running at shutdown; aborting them",
                         {"requests": self.registry.in_flight})
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in [t for t in (self._sweeper, *self._delivering) if t is not None]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+                await task
         await self.gateway.close()
         await self.registry.close()
         await self.heap.close()

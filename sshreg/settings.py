@@ -199,6 +199,14 @@ def parse_str(value: Any, what: str) -> str:
     return value
 
 
+def parse_env_name(value: Any, what: str) -> str:
+    """The name of an environment variable (where a secret is read from)."""
+    name = parse_str(value, what)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(f"{what}: {value!r} is not the name of an environment variable")
+    return name
+
+
 def parse_path(value: Any, what: str) -> Path:
     return Path(parse_str(value, what))
 

@@ -21,13 +21,15 @@ from typing import Any
 
 from ..access import Action, Identity
 from ..controls import visible
+from ..events.log import EventLog
 from ..mirror.cache import Mirrors
 from ..mirror.names import by_prefix
 from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
 from ..store.registry_store import RegistryStore
-from .eviction import Collection
+from .collection import Collection
 from .gc import GarbageCollector, GcBusy
+from .watch import Follow, UsageError, follow_events, wait_for_tag
 
 log = logging.getLogger("sshreg.management")
 audit_log = logging.getLogger("sshreg.audit")
@@ -41,6 +43,8 @@ commands:
   rm REPO:TAG|REPO@DIGEST  delete a tag, or a manifest with its tags
   du [REPO]                stored and shared bytes per repository
   mirrors                  pull-through mirrors: hits, misses, bytes fetched, last error
+  events [--repo GLOB] [--since DURATION|TIME|ID]   pushes and deletes, live
+  wait REPO:TAG [--not DIGEST] [--timeout DURATION]  until the tag exists (or moves)
   gc [--dry-run]           collect garbage (admin)
   help                     this text
 add --json to any command for machine-readable output
@@ -60,6 +64,7 @@ class Result:
     status: int
     stdout: str = ""
     stderr: str = ""
+    follow: Follow | None = None  # output that goes on after stdout (events, wait)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -107,14 +112,15 @@ class Management:
     """The commands, over one store and collector."""
 
     def __init__(self, store: RegistryStore, collector: GarbageCollector | Collection,
-                 mirrors: Mirrors | None = None) -> None:
+                 mirrors: Mirrors | None = None, events: EventLog | None = None) -> None:
         self.store = store
         self.collector = collector
         self.mirrors = mirrors
+        self.events = events
         self._commands: dict[str, Callable[[Identity, list[str], bool], Awaitable[Any]]] = {
             "whoami": self.whoami, "repos": self.repos, "tags": self.tags,
             "inspect": self.inspect, "rm": self.rm, "du": self.du, "gc": self.gc,
-            "mirrors": self.list_mirrors,
+            "mirrors": self.list_mirrors, "events": self.follow_events, "wait": self.wait,
         }
 
     async def run(self, identity: Identity, command_line: str) -> Result:
@@ -133,7 +139,12 @@ class Management:
                          "comment": identity.comment})
             return Result(2, stderr=f"unknown command {argv[0]!r}\n{USAGE}")
         try:
-            output = await handler(identity, argv[1:], as_json)
+            try:
+                output = await handler(identity, argv[1:], as_json)
+            except UsageError as exc:
+                raise CommandError(str(exc), 2) from None
+            except PermissionError as exc:
+                raise CommandError(str(exc)) from None
         except CommandError as exc:
             if exc.status == 1:
                 log.warning("refused %(command)r for key %(fingerprint)s (%(comment)s): %(error)s",
@@ -143,6 +154,8 @@ class Management:
         except Exception:
             log.exception("command %(command)r failed", {"command": command_line})
             return Result(1, stderr=f"{argv[0]}: internal error, see the server log\n")
+        if isinstance(output, Follow):
+            return Result(0, follow=output)
         if as_json:
             return Result(0, stdout=json.dumps(output, indent=2, sort_keys=True) + "\n")
         return Result(0, stdout=output if isinstance(output, str) else str(output))
@@ -269,6 +282,12 @@ class Management:
         if not deleted:
             raise CommandError(f"no manifest {ref_text}", 3)
         self._audit(identity, "rm", repository=name, reference=ref)
+        if self.events is not None:
+            if is_digest:
+                await self.events.append("manifest.deleted", identity, repository=name,
+                                         digest=ref)
+            else:
+                await self.events.append("tag.deleted", identity, repository=name, tags=(ref,))
         return {"deleted": ref_text} if as_json else f"deleted {ref_text}\n"
 
     async def du(self, identity: Identity, args: list[str], as_json: bool) -> Any:
@@ -294,6 +313,17 @@ class Management:
         return [{"repository": name, "blobs": len(ds), "bytes": sum(sizes[d] for d in ds),
                  "shared": sum(sizes[d] for d in ds if users[d] > 1)}
                 for name, ds in linked.items()]
+
+    async def follow_events(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        return follow_events(self._event_log(), identity, args, as_json)
+
+    async def wait(self, identity: Identity, args: list[str], as_json: bool) -> Any:
+        return wait_for_tag(self.store, self._event_log(), identity, args, as_json)
+
+    def _event_log(self) -> EventLog:
+        if self.events is None:
+            raise CommandError("this gateway keeps no event log")
+        return self.events
 
     async def gc(self, identity: Identity, args: list[str], as_json: bool) -> Any:
         self._args(args, 0, flags=("--dry-run",))

@@ -15,18 +15,14 @@ one counts from its newest manifest.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..mirror.settings import MirrorSettings
 from ..store import paths
 from ..store.registry_store import RegistryStore
-from .gc import GarbageCollector, GcReport
-from .settings import GcSettings
 
 log = logging.getLogger("sshreg.gc")
 
@@ -43,26 +39,6 @@ class Eviction:
 
     def expired_tags(self, tags: Iterable[tuple[str, float]], now: float) -> list[str]:
         return sorted(tag for tag, _ in tags)
-
-
-class Collection:
-    """Garbage collection whose every run first decides what the mirrors evict."""
-
-    def __init__(self, store: RegistryStore, settings: GcSettings,
-                 mirrors: tuple[MirrorSettings, ...] = ()) -> None:
-        self.store = store
-        self.settings = settings
-        self.mirrors = mirrors
-        self._lock = asyncio.Lock()
-
-    async def run(self, dry_run: bool = False) -> GcReport:
-        async with self._lock:
-            evicted = await evictions(self.store, self.mirrors, time.time())
-            for eviction in evicted:
-                log.info("evicting the cached %(repository)s: %(reason)s",
-                         {"repository": eviction.repository, "reason": eviction.why})
-            settings = replace(self.settings, retention=self.settings.retention + evicted)
-            return await GarbageCollector(self.store, settings).run(dry_run)
 
 
 async def evictions(store: RegistryStore, mirrors: tuple[MirrorSettings, ...],

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..events.log import EventLog
 from ..metrics import Metrics
 from ..oci import ManifestError, parse_manifest
 from ..references import Digest, is_digest
@@ -48,8 +49,9 @@ class Mirrors:
     """Every configured mirror, its upstream client and this process's fills."""
 
     def __init__(self, store: RegistryStore, mirrors: tuple[MirrorSettings, ...], spool: Path,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, events: EventLog | None = None) -> None:
         self.store = store
+        self.events = events
         self.settings = mirrors
         self.metrics = metrics or Metrics()
         self.upstreams = {m.prefix: Upstream(m) for m in mirrors}
@@ -137,6 +139,11 @@ class Mirrors:
         if expected is None:
             await self.store.tags.set(target.name, reference, digest)
             await self._checked(target, reference)
+            if self.events is not None:
+                await self.events.append(
+                    "mirror.filled", repository=target.name, tags=(reference,),
+                    digest=str(digest), media_type=link.media_type, size=link.size,
+                    comment=f"mirror of {target.mirror.upstream}")
         log.info("mirror %(mirror)s: %(repository)s:%(reference)s fetched as %(digest)s",
                  {"mirror": target.mirror.prefix, "repository": target.name,
                   "reference": reference, "digest": str(digest)})

@@ -13,6 +13,7 @@ from ..settings import (
     ConfigError,
     parse_bool,
     parse_duration,
+    parse_env_name,
     parse_section,
     parse_size,
     parse_str,
@@ -36,13 +37,6 @@ def parse_upstream(value: Any, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
         raise ConfigError(f"{what}: {value!r} is not a registry URL (like https://ghcr.io)")
     return url
-
-
-def parse_env_name(value: Any, what: str) -> str:
-    name = parse_str(value, what)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ConfigError(f"{what}: {value!r} is not the name of an environment variable")
-    return name
 
 
 @dataclass(frozen=True)

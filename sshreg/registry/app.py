@@ -18,13 +18,14 @@ from urllib.parse import unquote
 from aiohttp import HttpVersion11, web
 
 from ..access import Action, Identity
+from ..events.log import EventLog
 from ..memory import HeapTrimmer
 from ..metrics import Metrics, method_label
 from ..mirror.cache import Mirrors
 from ..references import is_valid_name
 from ..storage.base import Overloaded, PreconditionFailed, StorageError, TooLarge
 from ..store.registry_store import RegistryStore
-from . import mirrored
+from . import mirrored, notify
 from .context import Access, Context, identity_from_transport
 from .errors import INTERNAL_ERROR, LIMIT_RETRY_AFTER, Code, RegistryError
 from .http_protocol import MALFORMED, RegistryServer
@@ -52,6 +53,7 @@ class Registry:
         metrics: Metrics | None = None,
         heap: HeapTrimmer | None = None,
         mirrors: Mirrors | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or RegistrySettings()
@@ -65,6 +67,7 @@ class Registry:
         self.in_flight = 0  # requests being handled right now
         self.heap = heap  # trimmed whenever no request is left
         self.mirrors = mirrors  # the pull-through cache, if mirrors are configured
+        self.events = events  # where pushes and deletes are announced
 
     async def start(self) -> None:
         self.sessions.start()
@@ -129,6 +132,8 @@ class Registry:
             self._authorize(ctx)
             await self._continue(request)
             response = await ctx.route.handler(request, ctx)
+            if self.events is not None and request.method in WRITE_METHODS:
+                await self._announce(self.events, request, ctx, response)
         except RegistryError as exc:
             response = self._refusal(request, identity, exc)
         except PreconditionFailed as exc:
@@ -162,6 +167,18 @@ class Registry:
         if response.status in (408, 413) or MALFORMED in request:
             await self._answer_and_close(request, response)
         return response
+
+    @staticmethod
+    async def _announce(events: EventLog, request: web.BaseRequest, ctx: Context,
+                        response: web.StreamResponse) -> None:
+        """The write's event; the write succeeded whatever happens to its event."""
+        try:
+            await notify.after_write(events, request, ctx, response)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("announcing %(method)s %(path)s failed",
+                          {"method": request.method, "path": request.path})
 
     @staticmethod
     async def _answer_and_close(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 import asyncssh
@@ -23,8 +23,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("sshreg.ssh")
 
 
+class Following(Protocol):
+    """Output that goes on: `run(out, err)` writes until done and returns the exit status."""
+
+    @property
+    def run(self) -> Callable[[Callable[[str], None], Callable[[str], None]], Awaitable[int]]: ...
+
+
 class CommandResult(Protocol):
-    """What a command printed and its exit status."""
+    """What a command printed and its exit status, or the output that follows."""
 
     @property
     def status(self) -> int: ...
@@ -34,6 +41,9 @@ class CommandResult(Protocol):
 
     @property
     def stderr(self) -> str: ...
+
+    @property
+    def follow(self) -> Following | None: ...
 
 
 class CommandRunner(Protocol):
@@ -143,12 +153,21 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         chan = self._chan
         if self._task is None:  # the channel went away while the command ran
             return
+        terminal = bool(chan.get_terminal_type())
+
+        def out(text: str) -> None:
+            chan.write(text.replace("\n", "\r\n") if terminal else text)
+
         if result.stdout:
-            chan.write(result.stdout.replace("\n", "\r\n") if chan.get_terminal_type()
-                       else result.stdout)
+            out(result.stdout)
         if result.stderr:
             chan.write_stderr(result.stderr)
-        chan.exit(result.status)
+        status = result.status
+        if result.follow is not None:
+            status = await result.follow.run(out, chan.write_stderr)
+        if self._task is None:
+            return
+        chan.exit(status)
 
     def eof_received(self) -> bool:
         # The client's stdin ended (ssh sends EOF as soon as it has nothing to send); the

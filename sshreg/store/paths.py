@@ -17,6 +17,8 @@ Layout (every key below is a small object unless noted):
                                                        this object's modification time
     mirror/pulled/<name>/_pulled                       a mirrored repository was pulled about
                                                        then (written at most hourly)
+    events/log/<ms>-<gateway>-<n>                      one event (JSON), in time order
+    events/deliveries/<webhook>/lease|cursor           who delivers to a webhook, and how far
 """
 
 from __future__ import annotations
@@ -122,3 +124,16 @@ def mirror_checked(name: str, tag: str) -> str:
 def mirror_pulled(name: str) -> str:
     """As mirror_checked: `_pulled` is no name's component."""
     return f"{MIRROR_PULLED}{name}/_pulled"
+
+
+EVENTS = "events/log/"
+EVENT_DELIVERIES = "events/deliveries/"
+
+
+def event(event_id: str) -> str:
+    return EVENTS + event_id
+
+
+def event_delivery(webhook: str, what: str) -> str:
+    """The lease or the cursor of one webhook's deliveries."""
+    return f"{EVENT_DELIVERIES}{webhook}/{what}"

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp.test_utils import RawTestServer, TestClient
 
+from sshreg.events.log import EventLog
 from sshreg.metrics import Metrics
 from sshreg.mirror.cache import Mirrors
 from sshreg.mirror.settings import MirrorSettings
@@ -24,7 +25,8 @@ PREFIX = "up.test"
 
 @asynccontextmanager
 async def mirroring(driver: Driver, upstream: Upstream, spool: Path, *,
-                    registry_settings: dict[str, Any] | None = None, **mirror: Any
+                    registry_settings: dict[str, Any] | None = None,
+                    events: EventLog | None = None, **mirror: Any
                     ) -> AsyncIterator[tuple[Registry, TestClient]]:
     """A registry on `driver` mirroring `upstream` under up.test/ (`mirror`: more keys of
     the [[mirror]] table), and a client talking to it."""
@@ -33,7 +35,7 @@ async def mirroring(driver: Driver, upstream: Upstream, spool: Path, *,
     metrics = Metrics()
     registry = Registry(store, RegistrySettings(**(registry_settings or {})),
                         identify=identify_from_test_header, metrics=metrics,
-                        mirrors=Mirrors(store, (settings,), spool, metrics))
+                        mirrors=Mirrors(store, (settings,), spool, metrics, events))
     await registry.start()
     try:
         async with TestClient(RawTestServer(registry.handle)) as client:

@@ -6,10 +6,12 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 
 import aiohttp
 import pytest
 
+from sshreg.events.log import EventLog, id_after
 from sshreg.management.commands import Management
 from sshreg.management.gc import GarbageCollector
 from sshreg.mirror.settings import MirrorSettings
@@ -353,3 +355,17 @@ async def test_a_head_of_a_blob_being_filled_answers_its_size_without_waiting_fo
         resp = await client.get(f"/v2/{PREFIX}/team/big/blobs/{digest}")  # joins the fill
         assert await resp.read() == data
     assert upstream.blob_fetches(digest) == 1
+
+
+async def test_a_tag_fetched_from_upstream_is_announced_as_a_mirror_fill(driver, upstream,
+                                                                         tmp_path):
+    image = await pushed_upstream(upstream)
+    events = EventLog(driver, "box-a")
+    async with mirroring(driver, upstream, tmp_path / "spool", events=events) as (_, client):
+        start = id_after(time.time() - 1)
+        await pull(client, f"{PREFIX}/team/app", "1", image)
+        await pull(client, f"{PREFIX}/team/app", "1", image)  # from storage: no event
+        (event,) = [e async for e in events.read_after(start)]
+    assert (event.type, event.repository, event.tags, event.digest) == (
+        "mirror.filled", f"{PREFIX}/team/app", ("1",), image.digest)
+    assert event.comment == f"mirror of {upstream.url}" and event.fingerprint == ""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sshreg.management.eviction import Collection, evictions
+from sshreg.management.collection import Collection
+from sshreg.management.eviction import evictions
 from sshreg.management.settings import GcSettings
 from sshreg.mirror.settings import MirrorSettings
 from sshreg.store import paths

@@ -12,6 +12,7 @@ import pytest
 
 from sshreg.config import SECTIONS, Config, load_config, reference
 from sshreg.management.retention import RetentionPolicy
+from sshreg.events.settings import WebhookSettings
 from sshreg.mirror.settings import MirrorSettings
 from sshreg.settings import Address, ConfigError, declarations
 
@@ -31,20 +32,23 @@ def test_the_reference_is_a_config_file_of_the_defaults(tmp_path, monkeypatch):
     example = RetentionPolicy("team/*", keep_last=10, keep_tags="v[0-9.]+", max_age=90 * 86400.0)
     mirror = MirrorSettings("docker.io", "https://registry-1.docker.io", username="me",
                             password_env="DOCKERHUB_TOKEN", max_bytes=200 << 30)
+    webhook = WebhookSettings("https://ci.example/hooks/registry", events=("manifest.pushed",),
+                              repos=("team/**",), secret_env="WEBHOOK_SECRET")
     assert loaded == replace(Config(), gc=replace(Config().gc, retention=(example,)),
-                             mirrors=(mirror,))
+                             mirrors=(mirror,), webhooks=(webhook,))
 
 
 def test_the_reference_names_every_key_once_with_a_doc():
     doc = tomllib.loads(reference())
     assert list(doc) == ["server", "storage", "registry", "limits", "metrics", "gc", "retention",
-                         "mirror", "log"]
-    assert set(SECTIONS) == set(doc) - {"retention", "mirror"}
+                         "mirror", "events", "webhook", "log"]
+    assert set(SECTIONS) == set(doc) - {"retention", "mirror", "webhook"}
     for name, cls in SECTIONS.items():
         assert list(doc[name]) == list(declarations(cls)), name
         assert all(d.doc for d in declarations(cls).values()), name
     assert list(doc["retention"][0]) == [f.name for f in fields(RetentionPolicy)]
     assert list(doc["mirror"][0]) == [f.name for f in fields(MirrorSettings)]
+    assert list(doc["webhook"][0]) == [f.name for f in fields(WebhookSettings)]
 
 
 def test_the_readme_shows_the_reference():
