@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -28,12 +29,14 @@ from ..store import paths
 from ..store.blobs import BlobRecord
 from ..store.manifests import ManifestLink
 from ..store.registry_store import RegistryStore
-from .fills import FillReader, Fills
+from .fills import FillReader, Fills, box_lock
 from .names import Mirrored, by_prefix, default_mirror, mirrored
 from .settings import MirrorSettings
 from .upstream import Upstream, UpstreamMissing, UpstreamUnavailable
 
 log = logging.getLogger("sshreg.mirror")
+
+LOCK_WAIT = 60.0  # seconds a worker waits for another's look upstream at one manifest
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Mirrors:
         self.status = {m.prefix: MirrorStatus(m) for m in mirrors}
         self.fills = Fills(store, spool, self._count_bytes, self._failed)
         self._pull_marked: dict[str, float] = {}  # repository -> when this process noted a pull
+        self._refreshing: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         """Clear what fills of an earlier run left in the spool."""
@@ -89,29 +93,55 @@ class Mirrors:
     async def ensure_manifest(self, target: Mirrored, reference: str) -> None:
         """Make the manifest `reference` (a tag or digest) stored in `target.name` and, for a
         tag, current within the mirror's tag_ttl. Raises UpstreamMissing or
-        UpstreamUnavailable when there is nothing to serve."""
+        UpstreamUnavailable when there is nothing to serve.
+
+        Concurrent requests for one manifest share one look upstream: in this process they
+        wait for the same task, and across the workers of the box for a lock file, after
+        which they find the manifest current (Docker Hub counts every manifest GET)."""
         await self._note_pull(target)
-        if is_digest(reference):
-            digest = Digest.parse(reference)
-            if await self.store.manifests.link(target.name, digest) is not None:
-                self.hit(target)
-                return
-            await self._fetch_manifest(target, reference, expected=digest)
-            return
-        stored = await self.store.tags.get(target.name, reference)
-        checked = await self.store.driver.stat(paths.mirror_checked(target.name, reference))
-        if stored is not None and checked is not None and (
-                time.time() - checked.modified < target.mirror.tag_ttl):
+        if await self._current(target, reference):
             self.hit(target)
             return
-        try:
-            head = await self.upstream(target).manifest(target.remote, reference, head=True)
-            current = head.headers.get("Docker-Content-Digest")
-            if stored is not None and current == str(stored) and (
-                    await self.store.manifests.link(target.name, stored) is not None):
-                await self._checked(target, reference)
+        key = (target.name, reference)
+        running = self._refreshing.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self._refresh_once(target, reference))
+            self._refreshing[key] = running
+            running.add_done_callback(lambda _: self._refreshing.pop(key, None))
+        else:
+            self.hit(target)  # served by the look another request is taking
+        await asyncio.shield(running)
+
+    async def _current(self, target: Mirrored, reference: str) -> bool:
+        """Whether the manifest is stored and, for a tag, checked within its tag_ttl."""
+        if is_digest(reference):
+            return await self.store.manifests.link(target.name, Digest.parse(reference)) is not None
+        if await self.store.tags.get(target.name, reference) is None:
+            return False
+        checked = await self.store.driver.stat(paths.mirror_checked(target.name, reference))
+        return checked is not None and time.time() - checked.modified < target.mirror.tag_ttl
+
+    async def _refresh_once(self, target: Mirrored, reference: str) -> None:
+        name = hashlib.sha256(f"{target.name}:{reference}".encode()).hexdigest()[:40]
+        async with box_lock(self.fills.spool / "manifests" / f"{name}.lock", LOCK_WAIT):
+            if await self._current(target, reference):  # another worker just looked
                 self.hit(target)
                 return
+            await self._refresh(target, reference)
+
+    async def _refresh(self, target: Mirrored, reference: str) -> None:
+        if is_digest(reference):
+            await self._fetch_manifest(target, reference, expected=Digest.parse(reference))
+            return
+        stored = await self.store.tags.get(target.name, reference)
+        try:
+            if stored is not None:  # a HEAD (which Docker Hub does not count) may be enough
+                head = await self.upstream(target).manifest(target.remote, reference, head=True)
+                if head.headers.get("Docker-Content-Digest") == str(stored) and (
+                        await self.store.manifests.link(target.name, stored) is not None):
+                    await self._checked(target, reference)
+                    self.hit(target)
+                    return
             await self._fetch_manifest(target, reference)
         except UpstreamUnavailable as exc:
             self._failed(target, exc)
@@ -184,6 +214,15 @@ class Mirrors:
         else:
             self.hit(target)
         return found
+
+    async def blob_size(self, target: Mirrored, digest: Digest) -> int | None:
+        """The size of a blob that is not stored, from upstream: a HEAD starts no fill (a
+        client pushing under the prefix asks HEAD first, and should not cause a download)."""
+        try:
+            return await self.upstream(target).blob_size(target.remote, str(digest))
+        except UpstreamUnavailable as exc:
+            self._failed(target, exc)
+            raise
 
     async def referrers(self, target: Mirrored, digest: Digest) -> dict[str, object] | None:
         """The upstream's referrers index of `digest`, None if it offers none."""

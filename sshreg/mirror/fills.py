@@ -113,6 +113,29 @@ class SpoolFiles:
                 path.unlink()
 
 
+@contextlib.asynccontextmanager
+async def box_lock(path: Path, timeout: float) -> AsyncIterator[bool]:
+    """An exclusive `flock` on `path` among the processes of this box, waited for (polling)
+    up to `timeout`; yields whether it was taken (on a timeout the caller goes on without)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    taken = False
+                    break
+                await asyncio.sleep(POLL)
+        yield taken
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class Fills:
     """The fills this process runs, and joining any fill on this box."""
 

@@ -93,6 +93,12 @@ class Upstream:
                 raise UpstreamUnavailable(f"{path}: the upstream answered no JSON") from None
             return doc if isinstance(doc, dict) else None
 
+    async def blob_size(self, remote: str, digest: str) -> int | None:
+        """The size of a blob upstream, by a HEAD (None if it did not say)."""
+        async with self._request("HEAD", f"/v2/{remote}/blobs/{digest}", remote, {}) as response:
+            self._raise_for(response, f"blob {remote}@{digest}")
+            return response.content_length
+
     @contextlib.asynccontextmanager
     async def blob(self, remote: str, digest: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response whose body is the blob (after redirects), status 200."""

@@ -74,14 +74,17 @@ async def _blob(request: web.BaseRequest, ctx: Context, target: Mirrored,
         mirrors.hit(target)
         return await blobs.get_blob(request, ctx)
     try:
+        if request.method == "HEAD":
+            size = await mirrors.blob_size(target, digest)
+            headers = _blob_headers(digest)
+            if size is not None:
+                headers["Content-Length"] = str(size)
+            return web.Response(headers=headers)
         found = await mirrors.open_blob(target, digest, ctx.settings.body_idle_timeout)
         if not isinstance(found, FillReader):
             return await blobs.get_blob(request, ctx)
         size = await _size(found)
-        if request.method == "HEAD" and size is not None:
-            found.close()  # the fill goes on; its size is all a HEAD needs
-            return web.Response(headers={**_blob_headers(digest), "Content-Length": str(size)})
-        if request.method == "HEAD" or "Range" in request.headers:
+        if "Range" in request.headers:
             # a part of a blob being filled: served from storage once the fill is done
             async for _ in found.chunks():
                 pass

@@ -96,7 +96,18 @@ async def test_after_the_ttl_an_unchanged_tag_costs_one_head_and_no_get(
         for _ in range(3):
             await pull(client, f"{PREFIX}/team/app", "1", image)
     assert upstream.requests[("GET", tag_path)] == gets == 1
-    assert upstream.requests[("HEAD", tag_path)] == 4
+    assert upstream.requests[("HEAD", tag_path)] == 3  # none before the first GET
+
+
+async def test_concurrent_first_pulls_of_a_tag_share_one_look_upstream(driver, upstream,
+                                                                       tmp_path):
+    image = await pushed_upstream(upstream)
+    async with mirroring(driver, upstream, tmp_path / "spool") as (_, client):
+        bodies = await asyncio.gather(*(pull(client, f"{PREFIX}/team/app", "1")
+                                        for _ in range(10)))
+    assert all(body == image.manifest for body in bodies)
+    assert upstream.requests[("GET", "/v2/team/app/manifests/1")] == 1
+    assert upstream.requests[("HEAD", "/v2/team/app/manifests/1")] == 0
 
 
 async def test_a_stored_tag_is_served_while_the_upstream_is_down(driver, upstream, tmp_path):
@@ -331,13 +342,27 @@ async def test_the_mirrors_command_counts_hits_misses_bytes_and_the_last_error(
         result = await commands.run(IDENTITIES["reader"], "mirrors --json")
         (row,) = json.loads(result.stdout)
         assert (row["prefix"], row["upstream"]) == (PREFIX, upstream.url)
-        assert (row["misses"], row["hits"]) == (3, 3)  # manifest, config, layer; then again
+        # manifest, config, layer, the manifest the upstream could not give; then 3 hits
+        assert (row["misses"], row["hits"]) == (4, 3)
         assert row["bytes_fetched"] == sum(len(b) for b in image.blobs.values())
         assert row["errors"] == 1 and "503" in row["last_error"]
         text = (await commands.run(IDENTITIES["reader"], "mirrors")).stdout
         assert text.splitlines()[1].split()[:2] == [PREFIX, upstream.url]
         repos = (await commands.run(IDENTITIES["reader"], "repos")).stdout
         assert repos == f"{PREFIX}/team/app  (mirror of {upstream.url})\n"
+
+
+async def test_a_head_of_a_missing_blob_asks_upstream_and_starts_no_fill(driver, upstream,
+                                                                         tmp_path):
+    image = await pushed_upstream(upstream)
+    layer, data = next((d, b) for d, b in image.blobs.items() if b.startswith(b"layer"))
+    async with mirroring(driver, upstream, tmp_path / "spool") as (_, client):
+        head = await client.head(f"/v2/{PREFIX}/team/app/blobs/{layer}")
+        assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
+        missing = await client.head(f"/v2/{PREFIX}/team/app/blobs/sha256:{'0' * 64}")
+        assert missing.status == 404
+    assert upstream.blob_fetches(layer) == 0
+    assert not await has_blob_record(driver, layer)
 
 
 async def test_a_head_of_a_blob_being_filled_answers_its_size_without_waiting_for_it(
