@@ -195,12 +195,19 @@ class Ctr:
         return self.run(*args, timeout=timeout)
 
     def pull(self, ref: str, *, plain_http: bool = True, all_platforms: bool = False,
-             platform: str | None = None, timeout: float | None = None,
+             platform: str | None = None, hosts_dir: Path | None = None,
+             http_dump: bool = False, timeout: float | None = None,
              ) -> subprocess.CompletedProcess[str]:
-        """`ctr images pull` (fetch + unpack into the `native` snapshotter)."""
+        """`ctr images pull` (fetch + unpack into the `native` snapshotter). `hosts_dir`: the
+        registries' `HOST/hosts.toml` (mirrors); `http_dump`: every request and answer on
+        stderr."""
         args: list[str | Path] = ["images", "pull", "--snapshotter", self.snapshotter]
         if plain_http:
             args.append("--plain-http")
+        if hosts_dir is not None:
+            args += ["--hosts-dir", hosts_dir]
+        if http_dump:
+            args.append("--http-dump")
         if all_platforms:
             args.append("--all-platforms")
         if platform:

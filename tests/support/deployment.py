@@ -12,10 +12,9 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tests.support.seaweedfs import SeaweedFS
-from tests.support.sshreg_server import ClientKey, S3Store, SshregServer, Tunnel
+from tests.support.sshreg_server import ClientKey, Config, S3Store, SshregServer, Tunnel
 
 # Who the client tests act as, and the authorized_keys options that give them their rights.
 KEY_OPTIONS = {
@@ -54,10 +53,11 @@ class Deployment:
 
 @contextlib.contextmanager
 def deploy(workdir: Path, kind: str, keys: Mapping[str, ClientKey], *,
-           s3: SeaweedFS | None = None, config: dict[str, dict[str, Any]] | None = None,
-           options: Mapping[str, str] = KEY_OPTIONS, metrics: bool = True
-           ) -> Iterator[Deployment]:
-    """Start sshreg on `kind` storage with `keys` authorized (rights from `options`)."""
+           s3: SeaweedFS | None = None, config: Config | None = None,
+           options: Mapping[str, str] = KEY_OPTIONS, metrics: bool = True,
+           env: Mapping[str, str] | None = None) -> Iterator[Deployment]:
+    """Start sshreg on `kind` storage with `keys` authorized (rights from `options`), with
+    `env` added to its environment (a mirror's `password_env`)."""
     store = None
     if kind == "s3":
         assert s3 is not None, "S3 storage needs a SeaweedFS"
@@ -65,7 +65,8 @@ def deploy(workdir: Path, kind: str, keys: Mapping[str, ClientKey], *,
     elif kind != "filesystem":
         raise ValueError(f"unknown storage kind {kind!r}")
     server = SshregServer(workdir, store.url if store else None,
-                          env=store.env if store else None, config=config, metrics=metrics)
+                          env={**(store.env if store else {}), **(env or {})}, config=config,
+                          metrics=metrics)
     server.authorize(*(key.line(options.get(name, "")) for name, key in keys.items()))
     server.start()
     try:

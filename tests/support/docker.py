@@ -12,6 +12,9 @@ Plain HTTP: dockerd treats 127.0.0.0/8 as insecure by default, and `localhost:PO
 resolves to 127.0.0.1), so `127.0.0.1:PORT/…` and `localhost:PORT/…` just work. It still tries
 HTTPS first and falls back to HTTP after the server answers the TLS ClientHello with an HTTP
 response ("server gave HTTP response to HTTPS client"). Other names need `insecure_registries`.
+`registry_mirrors` (daemon.json's `registry-mirrors`, e.g. `http://127.0.0.1:PORT`) are asked
+first for Docker Hub names only (`library/app:1` is `GET /v2/library/app/manifests/1` there);
+should they fail, dockerd falls back to Docker Hub itself (unreachable here).
 
 Wire behaviour (dockerd 20.10, seen against distribution 2.8): `GET /v2/` first (after the TLS
 attempt). Push: for each layer `POST /blobs/uploads/` (Content-Length 0), one `PATCH` with
@@ -88,9 +91,11 @@ class Dockerd(Daemon):
     stop_timeout = STOP_TIMEOUT
 
     def __init__(self, workdir: Path, *, insecure_registries: Sequence[str] = (),
-                 debug: bool = False, extra_args: Sequence[str] = ()) -> None:
+                 registry_mirrors: Sequence[str] = (), debug: bool = False,
+                 extra_args: Sequence[str] = ()) -> None:
         super().__init__(workdir)
         self.insecure_registries = list(insecure_registries)
+        self.registry_mirrors = list(registry_mirrors)
         self.debug = debug
         self.extra_args = list(extra_args)
 
@@ -126,7 +131,8 @@ class Dockerd(Daemon):
         self.data_root.mkdir(exist_ok=True)
         self._make_rundir()
         config = self.workdir / "daemon.json"
-        config.write_text(json.dumps({"insecure-registries": self.insecure_registries}))
+        config.write_text(json.dumps({"insecure-registries": self.insecure_registries,
+                                      "registry-mirrors": self.registry_mirrors}))
         args = [
             binary, f"--config-file={config}",
             "--storage-driver=vfs", "--iptables=false", "--ip6tables=false", "--bridge=none",

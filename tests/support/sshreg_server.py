@@ -1,10 +1,11 @@
 """The real thing for integration tests: `sshreg serve` as a subprocess, real `ssh` tunnels.
 
 `SshregServer(workdir, storage, config={...}, metrics=True)` writes the TOML `config` (a dict of
-sections) to `workdir/sshreg.toml`, adds `[metrics] listen` on a free loopback port when
-`metrics` is set, and runs `python -m sshreg serve --config ...`. What a test can read back
-from outside the process: `log()`, `audit()` (the `sshreg.audit` JSON lines), `metrics()` /
-`metric(name, **labels)` (the Prometheus text of `/metrics`), the pid for `psutil`.
+sections; a list of dicts for `[[mirror]]` tables) to `workdir/sshreg.toml`, adds `[metrics]
+listen` on a free loopback port when `metrics` is set, and runs `python -m sshreg serve
+--config ...`. What a test can read back from outside the process: `log()`, `audit()` (the
+`sshreg.audit` JSON lines), `metrics()` / `metric(name, **labels)` (the Prometheus text of
+`/metrics`), the pid for `psutil`.
 
 `S3Store.fresh(seaweedfs, name)` is a storage URL on a fresh prefix of a SeaweedFS bucket, with
 the environment sshreg needs to reach it, and views of what sshreg wrote there (blob objects,
@@ -44,7 +45,7 @@ AUDIT_MARK = "sshreg.audit: "
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
-__all__ = ["ClientKey", "S3Store", "SshregServer", "Tunnel", "connect", "free_port", "wait_for"]
+__all__ = ["ClientKey", "Config", "S3Store", "SshregServer", "Tunnel", "connect", "free_port", "wait_for"]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str,
@@ -62,14 +63,26 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def toml_text(config: dict[str, dict[str, Any]]) -> str:
-    """A TOML document of `[section]` tables with scalar or list values."""
+Config = dict[str, dict[str, Any] | list[dict[str, Any]]]
+
+
+def toml_text(config: Config) -> str:
+    """A TOML document of `[section]` tables with scalar or list values; a section given as a
+    list of dicts is written as that many `[[section]]` tables (`[[mirror]]`, `[[retention]]`)."""
     lines: list[str] = []
-    for section, table in config.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
-        lines.append("")
+    for section, value in config.items():
+        many = isinstance(value, list)
+        for table in value if many else [value]:
+            lines.append(f"[[{section}]]" if many else f"[{section}]")
+            lines += [f"{key} = {_toml_value(item)}" for key, item in table.items()]
+            lines.append("")
     return "\n".join(lines)
+
+
+def _copy_config(config: Config | None) -> Config:
+    """A copy of each table (and of each table of a `[[section]]` list) to change freely."""
+    return {section: [dict(t) for t in value] if isinstance(value, list) else dict(value)
+            for section, value in (config or {}).items()}
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -112,7 +125,7 @@ class SshregServer:
 
     def __init__(self, workdir: Path, storage: str | None = None, *,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 config: dict[str, dict[str, Any]] | None = None,
+                 config: Config | None = None,
                  metrics: bool = False, workers: int | None = None) -> None:
         self.workdir = workdir
         self.keys_dir = workdir / "keys"
@@ -123,16 +136,20 @@ class SshregServer:
         self.env = env or {}
         self.log_path = workdir / "sshreg.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.config = {section: dict(table) for section, table in (config or {}).items()}
+        self.config = _copy_config(config)
         # One process unless a test asks for more (`workers`, or [server] workers in
         # `config`): what most tests measure (RSS, timing) is of one process.
         # tests/integration/test_workers.py and the suites parametrized with workers=2 run
         # the supervisor. A flag, so that a config file in `extra_args` is left as it is.
-        self.workers = workers or int(self.config.get("server", {}).get("workers", 1))
+        server = self.config.get("server", {})
+        assert isinstance(server, dict), "[server] is one table"
+        self.workers = workers or int(server.get("workers", 1))
         self.metrics_port: int | None = None
         if metrics:
             self.metrics_port = free_port()
-            self.config.setdefault("metrics", {})["listen"] = f"127.0.0.1:{self.metrics_port}"
+            metrics_table = self.config.setdefault("metrics", {})
+            assert isinstance(metrics_table, dict), "[metrics] is one table"
+            metrics_table["listen"] = f"127.0.0.1:{self.metrics_port}"
 
     @property
     def config_path(self) -> Path:
