@@ -93,17 +93,43 @@ class Rights:
         return "; ".join(parts) or "no registry access"
 
 
+def union(*all_rights: Rights) -> Rights:
+    """What any of them may do (a certificate with several principals)."""
+    def globs(action: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g for r in all_rights for g in getattr(r, action)))
+
+    return Rights(pull=globs("pull"), push=globs("push"), delete=globs("delete"),
+                  admin=any(r.admin for r in all_rights))
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The user certificate a key logged in with: who its CA said it is."""
+
+    key_id: str
+    serial: int
+    ca: str  # the CA key's SHA256 fingerprint
+    principals: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Identity:
-    """The SSH key that opened the tunnel a request came through."""
+    """The SSH key that opened the tunnel a request came through (and its certificate,
+    when it logged in with one)."""
 
     fingerprint: str
     comment: str = ""
     rights: Rights = field(default_factory=Rights.full)
     peer: str = ""
+    certificate: Certificate | None = None
 
     def may(self, action: Action, repository: str) -> bool:
         return self.rights.may(action, repository)
 
-    def log_fields(self) -> dict[str, str]:
-        return {"key": self.fingerprint, "comment": self.comment, "peer": self.peer}
+    def log_fields(self) -> dict[str, str | int]:
+        fields: dict[str, str | int] = {"key": self.fingerprint, "comment": self.comment,
+                                        "peer": self.peer}
+        if self.certificate is not None:
+            fields.update(key_id=self.certificate.key_id, serial=self.certificate.serial,
+                          ca=self.certificate.ca)
+        return fields

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .config import Config
 from .keys.local_file import FILE_NAME, read_lines
+from .keys.revocation import RevocationError, RevocationList
 from .ssh.hostkey import HOST_KEY_NAME, HostKeyError, load_or_create_host_key
 from .storage.base import StorageError
 
@@ -49,6 +50,8 @@ def run_checks(config: Config) -> Report:
         report.warnings.append(f"port {config.server.port} needs CAP_NET_BIND_SERVICE "
                                "(the systemd unit grants it)")
     check_keys(config.server.keys, report, config.server.authorized_keys_location)
+    if config.server.revoked_keys:
+        check_revoked_keys(Path(config.server.revoked_keys), report)
     if config.server.shared_keys:
         asyncio.run(check_shared_keys(config, report))
     asyncio.run(check_storage(config, report))
@@ -112,12 +115,29 @@ def _check_authorized_keys(path: Path, report: Report) -> str:
         if line.ignored:
             report.warnings.append(f"{path} line {line.number} ignored: {line.error}")
     usable = sum(1 for line in lines if line.is_key)
+    authorities = sum(1 for line in lines if line.entry is not None and line.entry.cert_authority)
     if not usable:
         report.warnings.append(f"{path} has no usable key: no key can log in")
     if mode & 0o022:
         report.warnings.append(f"{path} is writable by group or others (mode {mode:04o}): "
                                "whoever can write it can grant themselves access")
+    if authorities:
+        return f"{usable} authorized key(s), {authorities} of them certificate authorities"
     return f"{usable} authorized key(s)"
+
+
+def check_revoked_keys(path: Path, report: Report) -> None:
+    """`[server] revoked_keys`: a KRL or public keys the server can read (it will not start
+    otherwise)."""
+    try:
+        revoked = RevocationList.parse(path.read_bytes())
+    except (OSError, RevocationError) as exc:
+        report.errors.append(f"server.revoked_keys {path}: {_one_line(exc)}")
+        return
+    rules = sum(len(r.serials) + len(r.ranges) + len(r.key_ids)
+                for r in revoked.certificates.values())
+    keys = len(revoked.keys) + len(revoked.sha1) + len(revoked.sha256)
+    report.facts.append(("revoked_keys", f"{path}: {keys} key(s), {rules} certificate rule(s)"))
 
 
 def _check_host_key(folder: Path, report: Report) -> str | None:

@@ -38,8 +38,12 @@ def _keys_parser(sub: argparse._SubParsersAction) -> None:
     actions = keys.add_subparsers(dest="keys_command", required=True)
 
     add = actions.add_parser("add", help="authorize a key (full access unless restricted)")
-    add.add_argument("key", metavar="FILE_OR_LINE",
+    add.add_argument("key", metavar="FILE_OR_LINE", nargs="?",
                      help="a .pub file, an authorized_keys line, or - to read stdin")
+    add.add_argument("--ca", metavar="CA_PUB", help="a CA's public key (file, line or -): its "
+                     "user certificates for --principals log in")
+    add.add_argument("--principals", metavar="NAMES",
+                     help="with --ca: the certificate principals it accepts, comma-separated")
     add.add_argument("--pull-only", action="store_true",
                      help="may only pull (from --repos, else from every repository)")
     add.add_argument("--repos", action="append", metavar="GLOB",
@@ -153,11 +157,21 @@ def _keys(args: argparse.Namespace) -> int:
                   else "\n".join(listing_text(lines)))
         elif args.keys_command == "add":
             grant = Grant.parse(args.repos, args.pull_only)
-            text, entry = new_line(read_key_source(args.key), grant, args.comment)
+            if (args.key is None) == (args.ca is None):
+                raise KeyAdminError("give a key, or --ca with a CA's public key")
+            if (args.ca is None) != (args.principals is None):
+                raise KeyAdminError("--ca and --principals go together")
+            principals = tuple(p.strip() for p in (args.principals or "").split(",") if p.strip())
+            if args.ca is not None and not principals:
+                raise KeyAdminError("--principals names no principal")
+            text, entry = new_line(read_key_source(args.key or args.ca), grant, args.comment,
+                                   principals)
             added = _keys_edit(config, args, lambda lines, where: with_key(
                 lines, text, entry, args.replace, where))
             verb = "replaced" if added.replaced else "added"
-            print(f"{verb} {added.entry.fingerprint} {added.entry.comment or '-'} on line "
+            what = (f"CA for principals {','.join(added.entry.principals)} "
+                    if added.entry.cert_authority else "")
+            print(f"{verb} {what}{added.entry.fingerprint} {added.entry.comment or '-'} on line "
                   f"{added.line}: {added.entry.rights.describe()}")
         else:
             gone = _keys_edit(config, args, lambda lines, where: without_key(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .access import Rights
 from .events.settings import EventSettings, WebhookSettings, parse_webhooks
 from .limits import Limits
 from .logs import LogSettings
@@ -22,7 +23,7 @@ from .metrics import MetricsSettings
 from .mirror.settings import MirrorSettings, check_mirrors, parse_mirror_flag, parse_mirrors
 from .registry.settings import RegistrySettings
 from .settings import ConfigError, declarations, parse_section, render_section
-from .ssh.settings import GatewaySettings
+from .ssh.settings import GatewaySettings, PrincipalRights, parse_principals
 from .storage.settings import StorageSettings
 
 
@@ -86,6 +87,7 @@ def _read_file(path: Path) -> Config:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     sections: dict[str, Any] = {}
     retention: tuple[RetentionPolicy, ...] = ()
+    principals: tuple[tuple[str, Rights], ...] = ()
     for section, table in doc.items():
         if section == "retention":
             retention = parse_policies(table, f"{path}: retention")
@@ -96,6 +98,9 @@ def _read_file(path: Path) -> Config:
         if section == "webhook":
             sections["webhooks"] = parse_webhooks(table, f"{path}: webhook")
             continue
+        if section == "principals":
+            principals = parse_principals(table, f"{path}: principals")
+            continue
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section!r} must be a [section]")
         cls = SECTIONS.get(section)
@@ -105,7 +110,8 @@ def _read_file(path: Path) -> Config:
             continue
         sections[section] = parse_section(cls, table, f"{path}: {section}")
     config = Config(**sections, source=str(path))
-    return replace(config, gc=replace(config.gc, retention=retention))
+    return replace(config, gc=replace(config.gc, retention=retention),
+                   server=replace(config.server, principals=principals))
 
 
 def validate(config: Config) -> None:
@@ -122,6 +128,8 @@ TABLES_AFTER: dict[str, list[tuple[str, type, str]]] = {
     "gc": [("retention", RetentionPolicy, "any number of policies; none by default"),
            ("mirror", MirrorSettings, "any number of pull-through mirrors; none by default")],
     "events": [("webhook", WebhookSettings, "any number of webhooks; none by default")],
+    "server": [("principals.ml-team", PrincipalRights, "the rights of a certificate "
+                "principal, one table per principal; none by default")],
 }
 
 
@@ -131,7 +139,8 @@ def reference() -> str:
     for name, cls in SECTIONS.items():
         lines += ["", *render_section(f"[{name}]", cls)]
         for table, table_cls, comment in TABLES_AFTER.get(name, []):
-            lines += ["", *render_section(f"[[{table}]]", table_cls, comment)]
+            brackets = "[{}]" if "." in table else "[[{}]]"
+            lines += ["", *render_section(brackets.format(table), table_cls, comment)]
     lines += ["", "# Secrets (S3 keys) never live here: they come from the environment or "
               "AWS profiles."]
     return "\n".join(lines) + "\n"

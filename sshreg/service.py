@@ -17,6 +17,8 @@ from .events.log import EventLog, gateway_name
 from .events.webhooks import Delivery
 from .keys.entries import KeyList
 from .keys.local_file import AuthorizedKeys
+from .keys.revocation import RevocationError
+from .keys.revoked_file import RevokedKeys
 from .management.collection import Collection
 from .management.commands import Management
 from .memory import HeapTrimmer
@@ -79,6 +81,10 @@ class Service:
         except (HostKeyError, OSError) as exc:
             raise ConfigError(f"host key: {exc}") from None
         self.keys = open_keys(config)
+        try:
+            revoked = RevokedKeys(config.server.revoked_keys)
+        except (OSError, RevocationError) as exc:
+            raise ConfigError(f"server.revoked_keys: {exc}") from None
         self.metrics = Metrics()
         self.driver = driver or open_driver(config.storage, config.limits)
         store = RegistryStore(InstrumentedDriver(self.driver, self.metrics))
@@ -95,7 +101,8 @@ class Service:
                                     config.events.keep)
         self.gateway = Gateway(replace(config.server, limits=config.limits), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
-                               commands=Management(store, self.collector, mirrors, self.events))
+                               commands=Management(store, self.collector, mirrors, self.events),
+                               revoked=revoked)
         self.deliveries = [Delivery(self.events, hook, gateway_name()) for hook in config.webhooks]
         self._sweeper: asyncio.Task[None] | None = None
         self._delivering: list[asyncio.Task[None]] = []

@@ -73,11 +73,13 @@ def read_key_source(source: str) -> str:
     return lines[0]
 
 
-def new_line(source_line: str, grant: Grant, comment: str | None = None) -> tuple[str, KeyEntry]:
+def new_line(source_line: str, grant: Grant, comment: str | None = None,
+             principals: tuple[str, ...] = ()) -> tuple[str, KeyEntry]:
     """The text `keys add` will write for the key, and its parsed entry.
 
     A bare key gets the grant's options; a line that already carries options keeps them as
-    written (and then takes no rights flags). `comment` replaces the key's comment.
+    written (and then takes no rights flags). `comment` replaces the key's comment. With
+    `principals`, the key is a CA: its user certificates for those principals log in.
     """
     try:
         given = parse_line(source_line, 0)
@@ -89,7 +91,15 @@ def new_line(source_line: str, grant: Grant, comment: str | None = None) -> tupl
     if existing and not grant.is_default:
         raise KeyAdminError("the line already has options: give a bare key with --pull-only or "
                             "--repos, or the full line without them")
+    if principals and existing:
+        raise KeyAdminError("--ca takes a bare CA public key, not a line with options")
+    for name in principals:
+        if not name or any(c in name for c in ',"\\ \t\r\n\0'):
+            raise KeyAdminError(f"--principals: {name!r} is not a principal name")
     prefix = _options_prefix(source_line) if existing else grant.options()
+    if principals:
+        prefix = ",".join(p for p in ('cert-authority', f'principals="{",".join(principals)}"',
+                                      prefix) if p)
     kind, blob = given.key.export_public_key().decode().split()[:2]
     text = " ".join(p for p in (prefix, kind, blob, (comment or given.comment).strip()) if p)
     try:

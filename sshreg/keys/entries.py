@@ -1,13 +1,14 @@
 """`authorized_keys` in OpenSSH format: who may connect, from where, until when, to do what.
 
 Standard options enforced here: `from=`, `expiry-time=`, `permitopen=`,
-`no-port-forwarding`, `port-forwarding`, `restrict`. `restrict` means what it means in
-OpenSSH: no forwarding of any kind, so such a key can use the help and management
-commands but not the registry tunnel, unless the line also says `port-forwarding` after it
-(`permitopen=` only narrows forwarding, it never turns it on). Options that would change
-what a key may run or which identity it has (`command=`, `environment=`, `principals=`,
-`cert-authority`, `tunnel=`) are not supported: a line carrying one is rejected with a
-warning rather than half-honoured. Options that only disable things we never offer
+`no-port-forwarding`, `port-forwarding`, `restrict`, and `cert-authority` with
+`principals=` (the key is a CA: user certificates it signed for one of those principals
+log in; `ssh/certificates.py`). `restrict` means what it means in OpenSSH: no forwarding of
+any kind, so such a key can use the help and management commands but not the registry
+tunnel, unless the line also says `port-forwarding` after it (`permitopen=` only narrows
+forwarding, it never turns it on). Options that would change what a key may run
+(`command=`, `environment=`, `tunnel=`) are not supported: a line carrying one is rejected
+with a warning rather than half-honoured. Options that only disable things we never offer
 (`no-pty`, `no-agent-forwarding`, `no-X11-forwarding`, `no-user-rc`, `pty`, ...) are
 accepted. How each option is checked: `options.py`.
 
@@ -49,6 +50,8 @@ class KeyEntry:
     expires: float | None = None
     port_forwarding: bool = True
     permit_open: frozenset[tuple[str, int | None]] = field(default_factory=frozenset)
+    cert_authority: bool = False  # the key signs user certificates; it never logs in itself
+    principals: tuple[str, ...] = ()
 
     def allows_address(self, host: str, addr: str) -> bool:
         if not self.from_patterns:
@@ -76,7 +79,7 @@ class KeyEntry:
         """What this line lets its key do: the same on a reloaded file unless the line changed
         (its position and comment do not count)."""
         return (self.key.public_data, self.rights, self.from_patterns, self.expires,
-                self.port_forwarding, self.permit_open)
+                self.port_forwarding, self.permit_open, self.cert_authority, self.principals)
 
 
 def parse_line(line: str, number: int) -> KeyEntry:
@@ -113,6 +116,8 @@ def _parse_line(line: str, number: int) -> KeyEntry:
         expires=granted.expires,
         port_forwarding=granted.port_forwarding,
         permit_open=granted.permit_open,
+        cert_authority=granted.cert_authority,
+        principals=granted.principals,
     )
 
 

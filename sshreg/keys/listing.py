@@ -23,6 +23,8 @@ def listing_json(lines: list[Line]) -> dict[str, object]:
         "rights_text": ln.entry.rights.describe(),
         "options": other_options(ln),
         "expired": ln.entry.expired(),
+        "cert_authority": ln.entry.cert_authority,
+        "principals": list(ln.entry.principals),
     } for ln in lines if ln.entry is not None]
     ignored = [{"line": ln.number, "reason": ln.error, "fingerprint": fingerprint_of(ln),
                 "text": ln.text} for ln in lines if ln.ignored]
@@ -35,8 +37,11 @@ def listing_text(lines: list[Line]) -> list[str]:
     for ln in lines:
         if ln.entry is None:
             continue
-        extra = other_options(ln) + (["EXPIRED"] if ln.entry.expired() else [])
-        out.append(f"{ln.number:>4}  {ln.entry.fingerprint}  {ln.entry.comment or '-'}  "
+        extra = [o for o in other_options(ln) if not o.startswith(("cert-authority", "principals"))]
+        extra += ["EXPIRED"] if ln.entry.expired() else []
+        kind = (f"CA for principals {','.join(ln.entry.principals)}  "
+                if ln.entry.cert_authority else "")
+        out.append(f"{ln.number:>4}  {kind}{ln.entry.fingerprint}  {ln.entry.comment or '-'}  "
                    f"[{ln.entry.rights.describe()}]" + (f"  {' '.join(extra)}" if extra else ""))
     for ln in lines:
         if ln.ignored:

@@ -6,7 +6,8 @@ the reason), as sshd refuses it: a restriction must never be silently dropped, a
 must never be guessed. So an empty or bare `from` / `expiry-time` / `permitopen`, a value
 that is not a date, an address pattern or a port, a flag given a value (`sshreg-admin="x"`,
 `restrict="no"`), an `sshreg-*` glob list that is empty, has an empty glob or is given twice,
-and `verify-required` (FIDO user verification, which asyncssh does not let a server check)
+a `cert-authority` line without `principals=` (or `principals=` without it), and
+`verify-required` (FIDO user verification, which asyncssh does not let a server check)
 each reject the line. Every failure here is a `KeyLineError`: one bad line costs that line,
 never the rest of the file.
 """
@@ -33,7 +34,7 @@ class KeyLineError(ValueError):
 
 GLOB_OPTIONS = ("sshreg-pull", "sshreg-push", "sshreg-delete")
 RIGHTS_OPTIONS = {*GLOB_OPTIONS, "sshreg-admin"}
-UNSUPPORTED_OPTIONS = {"command", "environment", "principals", "cert-authority", "tunnel"}
+UNSUPPORTED_OPTIONS = {"command", "environment", "tunnel"}
 REFUSED_OPTIONS = {
     "verify-required": "verify-required is not supported (sshreg cannot check FIDO user "
                        "verification)",
@@ -43,8 +44,8 @@ HARMLESS_OPTIONS = {
     "x11-forwarding", "no-user-rc", "user-rc", "no-touch-required",
 }
 FLAG_OPTIONS = {"restrict", "no-port-forwarding", "port-forwarding", "sshreg-admin",
-                *HARMLESS_OPTIONS}
-VALUE_OPTIONS = {"from", "expiry-time", "permitopen", *GLOB_OPTIONS}
+                "cert-authority", *HARMLESS_OPTIONS}
+VALUE_OPTIONS = {"from", "expiry-time", "permitopen", "principals", *GLOB_OPTIONS}
 EXPIRY_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 
 Option = tuple[str, str | None]
@@ -59,6 +60,8 @@ class KeyOptions:
     expires: float | None = None
     port_forwarding: bool = True
     permit_open: frozenset[tuple[str, int | None]] = field(default_factory=frozenset)
+    cert_authority: bool = False  # the key is a CA whose user certificates log in
+    principals: tuple[str, ...] = ()  # of a CA line: the certificate principals it accepts
 
 
 def split_options(text: str) -> tuple[list[Option], str]:
@@ -114,13 +117,35 @@ def parse_options(options: list[Option]) -> KeyOptions:
     from_patterns = tuple(_check_from(v) for v in values.get("from", []))
     expiries = [parse_expiry(v) for v in values.get("expiry-time", [])]
     permit_open = frozenset(parse_permitopen(v) for v in values.get("permitopen", []))
+    cert_authority = any(name == "cert-authority" for name, _ in options)
     return KeyOptions(
         rights=_rights(options, values),
         from_patterns=from_patterns,
         expires=min(expiries) if expiries else None,
         port_forwarding=_port_forwarding(options),
         permit_open=permit_open,
+        cert_authority=cert_authority,
+        principals=_principals(values.get("principals", []), cert_authority),
     )
+
+
+def _principals(given: list[str], cert_authority: bool) -> tuple[str, ...]:
+    """The principals of a CA line. Required: sshreg ignores the SSH login name, so a CA
+    line without them would let in every user certificate the CA ever signed (sshd would
+    at least match the login name)."""
+    if not cert_authority:
+        if given:
+            raise KeyLineError("principals= is only for cert-authority lines")
+        return ()
+    if not given:
+        raise KeyLineError("cert-authority needs principals=\"...\" (the login name means "
+                           "nothing here, so it would accept every certificate of the CA)")
+    if len(given) > 1:
+        raise KeyLineError("principals is given more than once (put every name in one)")
+    names = tuple(name.strip() for name in given[0].split(","))
+    if not all(names):
+        raise KeyLineError(f"principals={given[0]!r} has an empty name")
+    return names
 
 
 def _check_names(options: list[Option]) -> None:

@@ -189,12 +189,21 @@ class Management:
     async def whoami(self, identity: Identity, args: list[str], as_json: bool) -> Any:
         self._args(args, 0)
         rights = identity.rights
+        cert = identity.certificate
         if as_json:
-            return {"fingerprint": identity.fingerprint, "comment": identity.comment,
-                    "peer": identity.peer, "pull": list(rights.pull), "push": list(rights.push),
-                    "delete": list(rights.delete), "admin": rights.admin}
-        return (f"key      {identity.fingerprint}\ncomment  {visible(identity.comment)}\n"
+            doc = {"fingerprint": identity.fingerprint, "comment": identity.comment,
+                   "peer": identity.peer, "pull": list(rights.pull), "push": list(rights.push),
+                   "delete": list(rights.delete), "admin": rights.admin}
+            if cert is not None:
+                doc["certificate"] = {"key_id": cert.key_id, "serial": cert.serial,
+                                      "ca": cert.ca, "principals": list(cert.principals)}
+            return doc
+        text = (f"key      {identity.fingerprint}\ncomment  {visible(identity.comment)}\n"
                 f"from     {identity.peer}\nrights   {rights.describe()}\n")
+        if cert is not None:
+            text += (f"certificate  key ID {visible(cert.key_id)}, serial {cert.serial}, "
+                     f"CA {cert.ca}, principals {visible(', '.join(cert.principals))}\n")
+        return text
 
     async def repos(self, identity: Identity, args: list[str], as_json: bool) -> Any:
         """The names, each mirrored one followed by the upstream it mirrors (text only)."""

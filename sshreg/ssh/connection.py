@@ -19,12 +19,15 @@ from collections.abc import Callable
 from typing import Protocol
 
 import asyncssh
+from asyncssh.public_key import decode_ssh_certificate
 
 from ..access import Identity
 from ..keys.entries import KeyEntry, KeyList
+from ..keys.revoked_file import RevokedKeys
 from ..metrics import Metrics
 from .admission import PENDING_FULL, Refusal, admit
 from .bridge import HttpChannelSession
+from .certificates import CertificateLogin, CertificateRefused, check_certificate
 from .cork import CorkedTransport, cork
 from .exec_channel import CommandRunner, CommandSession, SessionChannel
 from .flow import FlowControlledTCPChannel, create_channel
@@ -37,11 +40,18 @@ from .slots import ChannelSlots, SlotChannel
 log = logging.getLogger("sshreg.ssh")
 
 
+def _algorithm(key_data: bytes) -> bytes:
+    """The algorithm name a public key or certificate blob starts with."""
+    size = int.from_bytes(key_data[:4], "big")
+    return key_data[4:4 + size] if len(key_data) >= 4 + size else b""
+
+
 class GatewayParts(Protocol):
     """What a connection uses of its `Gateway` (server.py), which owns every connection."""
 
     settings: GatewaySettings
     keys: KeyList
+    revoked: RevokedKeys
     metrics: Metrics
     failures: FailureTracker
     connections: dict[asyncssh.SSHServerConnection, GatewayConnection]
@@ -64,7 +74,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self._gateway = gateway
         self._conn: asyncssh.SSHServerConnection | None = None
         self._peer = ("", 0)
-        self._entry: KeyEntry | None = None
+        self._entry: KeyEntry | None = None  # the authorized_keys line it logged in with
+        self._certificate: CertificateLogin | None = None  # ... through this certificate
         self._keys_offered: set[bytes] = set()
         self._auth_begun = False
         self._revoked = False
@@ -94,6 +105,9 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        # asyncssh checks certificates against the SSH login name, which means nothing
+        # here, and refuses them silently: the rules of certificates.py decide instead.
+        conn._validate_client_certificate = self._validate_certificate  # type: ignore[method-assign]
         cork(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._peer = self._gateway.client_address((str(peer[0]), int(peer[1])))
@@ -173,8 +187,16 @@ class GatewayConnection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        fingerprint = key.get_fingerprint("sha256")
-        self._keys_offered.add(key.public_data)
+        if not self._may_try(key.public_data):
+            return False
+        accepted = self._check_key(username, key, key.get_fingerprint("sha256"))
+        if not accepted:
+            self._failed()
+        return accepted
+
+    def _may_try(self, key_data: bytes) -> bool:
+        """Whether another key may be tried on this connection (the limits of failures)."""
+        self._keys_offered.add(key_data)
         if self._gateway.failures.blocked(self.group):  # earned on other connections
             self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                              "too many failed logins from this address, try again later",
@@ -184,20 +206,59 @@ class GatewayConnection(asyncssh.SSHServer):
             self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
                              "too many authentication attempts", "too many keys offered")
             return False
-        accepted = self._check_key(username, key, fingerprint)
-        if not accepted:
-            self._gateway.failures.record(self.group)
-            self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
-        return accepted
+        return True
+
+    def _failed(self) -> None:
+        self._gateway.failures.record(self.group)
+        self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
+
+    async def _validate_certificate(self, username: str, key_data: bytes
+                                    ) -> asyncssh.SSHKey | None:
+        """The key of a user certificate that logs in, or None (a plain key, which
+        `validate_public_key` checks, or a refused certificate, logged)."""
+        algorithm = _algorithm(key_data)
+        if not algorithm.endswith(b"-cert-v01@openssh.com") and not algorithm.startswith(
+                b"x509v3-"):
+            return None
+        if not self._may_try(key_data):
+            return None
+        try:
+            cert = decode_ssh_certificate(key_data)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            log.warning("refused an unusable certificate from %(peer)s (user %(user)r): "
+                        "%(reason)s", {"peer": self.peer_text, "user": username,
+                                       "reason": str(exc)})
+            self._failed()
+            return None
+        fingerprint = cert.key.get_fingerprint("sha256")
+        try:
+            login = check_certificate(cert, self._gateway.keys.entries(),
+                                      dict(self._gateway.settings.principals),
+                                      self._gateway.revoked.current, self._peer[0])
+        except Exception as exc:  # a refusal, or a case the checks missed: never a login
+            if not isinstance(exc, CertificateRefused):
+                log.exception("checking the certificate of key %(fingerprint)s failed",
+                              {"fingerprint": fingerprint})
+            log.warning("refused certificate of key %(fingerprint)s from %(peer)s: %(reason)s",
+                        {"fingerprint": fingerprint, "peer": self.peer_text,
+                         "reason": str(exc)})
+            self._failed()
+            return None
+        self._entry, self._certificate = login.line, login
+        return cert.key
 
     def _check_key(self, username: str, key: asyncssh.SSHKey, fingerprint: str) -> bool:
-        entries = [e for e in self._gateway.keys.entries() if e.key.public_data == key.public_data]
+        entries = [e for e in self._gateway.keys.entries()
+                   if e.key.public_data == key.public_data and not e.cert_authority]
         if not entries:
             log.warning("refused unknown key %(fingerprint)s from %(peer)s (user %(user)r)",
                         {"fingerprint": fingerprint, "peer": self.peer_text, "user": username})
             return False
+        revoked = self._gateway.revoked.current.key_revoked(key.public_data)
         for entry in entries:
-            if entry.expired():
+            if revoked:
+                reason = "revoked (revoked_keys)"
+            elif entry.expired():
                 reason = "expired"
             elif not entry.allows_address("", self._peer[0]):
                 reason = f"not allowed from {self._peer[0]} (from= option)"
@@ -211,16 +272,33 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         assert self._entry is not None
-        self.identity = self._entry.identity(self._peer[0])
+        if self._certificate is not None:
+            self.identity = self._certificate.identity
+        else:
+            self.identity = self._entry.identity(self._peer[0])
         same_key = sum(1 for c in self._gateway.connections.values()
                        if c.identity and c.identity.fingerprint == self.identity.fingerprint)
         if same_key > self._gateway.settings.limits.max_connections_per_key:
             self._disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS,
                              "too many connections for this key", f"{same_key} connections of key")
             return
+        cert = self.identity.certificate
+        if cert is not None:
+            log.info("key %(fingerprint)s (%(comment)s) logged in from %(peer)s with "
+                     "certificate %(key_id)r serial %(serial)d of CA %(ca)s for %(principals)s",
+                     {"fingerprint": self.identity.fingerprint, "comment": self.identity.comment,
+                      "peer": self.peer_text, "key_id": cert.key_id, "serial": cert.serial,
+                      "ca": cert.ca, "principals": ",".join(cert.principals)})
+            return
         log.info("key %(fingerprint)s (%(comment)s) logged in from %(peer)s",
                  {"fingerprint": self.identity.fingerprint, "comment": self.identity.comment,
                   "peer": self.peer_text})
+
+    @property
+    def _rules(self) -> KeyEntry:
+        """What this login's channels may do: its line's, narrowed by its certificate."""
+        assert self._entry is not None
+        return self._certificate.rules if self._certificate is not None else self._entry
 
     # -- channels --------------------------------------------------------------------
 
@@ -240,9 +318,9 @@ class GatewayConnection(asyncssh.SSHServer):
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                              orig_port: int):
-        entry, identity = self._entry, self.identity
-        assert entry is not None and identity is not None and self._conn is not None
-        refusal = forward_refusal(entry, dest_host, dest_port,
+        identity = self.identity
+        assert self._entry is not None and identity is not None and self._conn is not None
+        refusal = forward_refusal(self._rules, dest_host, dest_port,
                                   self._gateway.settings.registry_port)
         if refusal is not None:
             what, told = refusal
@@ -279,19 +357,27 @@ class GatewayConnection(asyncssh.SSHServer):
         chan = SessionChannel.create(self._conn, self._refuse)
         chan.hold(self.slots.take())
         session = CommandSession(
-            self._gateway.render_help(self.identity, self._entry.port_forwarding),
+            self._gateway.render_help(self.identity, self._rules.port_forwarding),
             self.identity, self._gateway.commands, self)
         return chan, session
 
-    def still_authorized(self, grants: set[tuple[object, ...]]) -> bool:
-        """Whether the line this connection logged in with is still in authorized_keys,
-        unchanged and unexpired (`grants`: those of the current lines)."""
-        return self._entry is None or self.identity is None or self._entry.grant in grants
+    def still_authorized(self, grants: set[tuple[object, ...]]) -> str | None:
+        """None while the line this connection logged in with is still in authorized_keys,
+        unchanged and unexpired (`grants`: those of the current lines), and its key or
+        certificate is not revoked and has not expired; else why not."""
+        if self._entry is None or self.identity is None:
+            return None
+        if self._entry.grant not in grants:
+            return "key no longer authorized (removed, changed or expired in authorized_keys)"
+        revoked = self._gateway.revoked.current
+        if self._certificate is not None:
+            return self._certificate.still_valid(revoked)
+        if revoked.key_revoked(self._entry.key.public_data):
+            return "key revoked (revoked_keys)"
+        return None
 
-    def revoke(self) -> None:
+    def revoke(self, why: str) -> None:
         if self._revoked:
             return
         self._revoked = True
-        self._disconnect(asyncssh.DISC_BY_APPLICATION, "this key is no longer authorized",
-                         "key no longer authorized (removed, changed or expired in "
-                         "authorized_keys)")
+        self._disconnect(asyncssh.DISC_BY_APPLICATION, "this key is no longer authorized", why)

@@ -1,8 +1,9 @@
 """The SSH gateway in front of the registry: listens (itself, or behind a balancer speaking
 the PROXY protocol), owns the open connections (connection.py decides what each may do),
 closes idle ones, and disconnects keys no longer authorized: a key whose line is removed
-from authorized_keys, changes or expires loses its open connections within
-`KEY_CHECK_INTERVAL` seconds, not only its next login.
+from authorized_keys, changes or expires, a key or certificate revoked in `revoked_keys`,
+and a certificate past its valid-before lose their open connections within
+`KEY_CHECK_INTERVAL` seconds, not only their next login.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncssh
 
 from ..access import Identity
 from ..keys.entries import KeyList
+from ..keys.revoked_file import RevokedKeys
 from ..metrics import Metrics
 from .ciphers import default_ciphers
 from .connection import GatewayConnection
@@ -28,7 +30,7 @@ from .settings import GatewaySettings
 
 log = logging.getLogger("sshreg.ssh")
 
-KEY_CHECK_INTERVAL = 5.0  # seconds between checks of open connections against authorized_keys
+KEY_CHECK_INTERVAL = 2.0  # seconds between checks of open connections against authorized_keys
 
 
 class Gateway:
@@ -36,9 +38,11 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, keys: KeyList, host_key: asyncssh.SSHKey,
                  protocol_factory: Callable[[], asyncio.Protocol],
-                 metrics: Metrics | None = None, commands: CommandRunner | None = None) -> None:
+                 metrics: Metrics | None = None, commands: CommandRunner | None = None,
+                 revoked: RevokedKeys | None = None) -> None:
         self.settings = settings
         self.keys = keys
+        self.revoked = revoked or RevokedKeys()
         self.host_key = host_key
         self.protocol_factory = protocol_factory
         self.metrics = metrics or Metrics()
@@ -102,10 +106,12 @@ class Gateway:
                 log.exception("checking open connections against authorized_keys failed")
 
     def revoke_stale(self) -> None:
+        self.revoked.reload_if_changed()
         grants = {entry.grant for entry in self.keys.entries() if not entry.expired()}
         for state in list(self.connections.values()):
-            if not state.still_authorized(grants):
-                state.revoke()
+            why = state.still_authorized(grants)
+            if why is not None:
+                state.revoke(why)
 
     async def _close_idle_forever(self) -> None:
         timeout = self.settings.limits.idle_timeout

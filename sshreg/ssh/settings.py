@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..access import Rights
 from ..limits import Limits
 from ..settings import (
     Address,
     ConfigError,
     parse_address,
+    parse_bool,
     parse_duration,
     parse_networks,
     parse_path,
     parse_port,
     parse_positive,
+    parse_section,
     parse_str,
     parse_str_list,
     path_or_s3,
@@ -68,7 +71,12 @@ class GatewaySettings:
     workers: int = setting(
         "auto", "processes serving SSH connections on the one port; auto: one per CPU",
         parse_workers)
+    revoked_keys: str = setting(
+        "", "OpenSSH KRL (ssh-keygen -k) or public keys, one per line: revoked keys and "
+        "certificates; re-read when it changes", parse_str)
     limits: Limits = field(default_factory=Limits)  # the [limits] section, given by the service
+    # the [principals] table: certificate principal -> the rights it brings
+    principals: tuple[tuple[str, Rights], ...] = ()
 
     @property
     def host(self) -> str:
@@ -87,3 +95,25 @@ class GatewaySettings:
     def shared_keys(self) -> bool:
         """Whether authorized_keys lives in a bucket (polled, not re-read on login)."""
         return self.authorized_keys.startswith("s3://")
+
+
+@dataclass(frozen=True)
+class PrincipalRights:
+    """One `[principals.NAME]` table: what a certificate for that principal may do."""
+
+    pull: tuple[str, ...] = setting([], "globs it may pull", parse_str_list, example=["ml/**"])
+    push: tuple[str, ...] = setting([], "globs it may push (and pull)", parse_str_list,
+                                    example=["ml/*"])
+    delete: tuple[str, ...] = setting([], "globs it may delete in", parse_str_list)
+    admin: bool = setting(False, "garbage collection and host-wide management", parse_bool)
+
+    def rights(self) -> Rights:
+        return Rights(pull=self.pull, push=self.push, delete=self.delete, admin=self.admin)
+
+
+def parse_principals(value: Any, what: str) -> tuple[tuple[str, Rights], ...]:
+    """The [principals] table: a [principals.NAME] table per certificate principal."""
+    if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+        raise ConfigError(f"{what}: use [principals.NAME] tables")
+    return tuple((name, parse_section(PrincipalRights, table, f"{what}.{name}").rights())
+                 for name, table in value.items())

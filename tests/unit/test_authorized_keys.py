@@ -77,13 +77,26 @@ def fingerprints(entries: list[KeyEntry]) -> list[str]:
     ('sshreg-pull="a/*",sshreg-pull="b/*"', "sshreg-pull is given more than once"),
     ('from="10.0.0.0/8', "unbalanced quote in options"),
     ("no-pty,,restrict", "empty option"),
-    ('command="ls",cert-authority', "unsupported option(s) cert-authority, command"),
+    ('command="ls",tunnel="1"', "unsupported option(s) command, tunnel"),
+    ("cert-authority", "cert-authority needs principals="),
+    ('principals="ml-team"', "principals= is only for cert-authority lines"),
+    ('cert-authority,principals="a,,b"', "principals='a,,b' has an empty name"),
+    ('cert-authority,principals="a",principals="b"', "principals is given more than once"),
+    ('cert-authority="yes",principals="a"', "cert-authority takes no value"),
     ("x-b,no-pty,x-a", "unknown option(s) 'x-a', 'x-b'"),
 ])
 def test_an_option_that_cannot_be_honoured_exactly_refuses_the_line(options: str,
                                                                      reason: str) -> None:
     with pytest.raises(KeyLineError, match=re.escape(reason)):
         parse_line(f"{options} {PUBLIC[0]}", 1)
+
+
+def test_a_cert_authority_line_names_its_principals_and_its_rights() -> None:
+    entry = parse_line(f'cert-authority,principals="ml-team, infra",sshreg-push="ml/*" '
+                       f"{PUBLIC[0]}", 1)
+    assert entry.cert_authority and entry.principals == ("ml-team", "infra")
+    assert entry.rights.push == ("ml/*",)
+    assert not parse_line(PUBLIC[0], 1).cert_authority
 
 
 @pytest.mark.parametrize("line", ["no-pty", "ssh-ed25519 AAAAnot-base64", "no-pty just words",

@@ -16,6 +16,7 @@ import asyncssh
 
 from sshreg.keys.entries import parse_authorized_keys
 from sshreg.keys.local_file import AuthorizedKeys
+from sshreg.keys.revoked_file import RevokedKeys
 from sshreg.logs import JsonFormatter, TextFormatter
 from sshreg.metrics import Metrics
 from sshreg.ssh.connection import GatewayConnection
@@ -29,6 +30,7 @@ BASE_FIELDS = {"time", "level", "logger", "msg", "exception"}
 # One name for one thing, wherever it is logged. A new kind of datum gets a name here.
 FIELDS = {
     "bytes": "a size in bytes",
+    "ca": "the SHA256 fingerprint of a certificate's CA key",
     "code": "a registry error code",
     "command": "a management command line as the client sent it",
     "comment": "an SSH key's comment",
@@ -43,6 +45,7 @@ FIELDS = {
     "host": "a listening host",
     "host_key": "the host key's fingerprint",
     "key": "a storage key",
+    "key_id": "a certificate's key ID",
     "keys": "a number of authorized keys",
     "line": "a line number",
     "loaded_at": "when the keys in use were loaded",
@@ -54,6 +57,7 @@ FIELDS = {
     "peer": "the client's address",
     "pid": "a process id",
     "port": "a listening port",
+    "principals": "the certificate principals a login was accepted for",
     "reason": "why a login or connection is refused, or a cached image evicted",
     "reference": "a manifest reference (tag or digest)",
     "report": "a garbage collection report",
@@ -61,6 +65,7 @@ FIELDS = {
     "request": "an SSH channel request that is refused",
     "requests": "a number of HTTP requests",
     "seconds": "a duration",
+    "serial": "a certificate's serial number",
     "source": "where authorized keys come from (file or bucket object)",
     "status": "an HTTP status",
     "storage": "the storage backend",
@@ -222,6 +227,7 @@ def test_a_refused_key_logs_its_fingerprint_comment_peer_and_reason() -> None:
     gateway = SimpleNamespace(
         settings=GatewaySettings(), metrics=Metrics(), failures=FailureTracker(100),
         connections={}, keys=SimpleNamespace(entries=lambda: parse_authorized_keys(line)),
+        revoked=RevokedKeys(),
         client_address=lambda peer: peer)
     connection = GatewayConnection(gateway)  # type: ignore[arg-type]
     connection.connection_made(FakeConnection())  # type: ignore[arg-type]

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from sshreg.access import Rights
 from sshreg.config import SECTIONS, Config, load_config, reference
-from sshreg.management.retention import RetentionPolicy
 from sshreg.events.settings import WebhookSettings
+from sshreg.management.retention import RetentionPolicy
 from sshreg.mirror.settings import MirrorSettings
 from sshreg.settings import Address, ConfigError, declarations
+from sshreg.ssh.settings import PrincipalRights
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -34,21 +36,24 @@ def test_the_reference_is_a_config_file_of_the_defaults(tmp_path, monkeypatch):
                             password_env="DOCKERHUB_TOKEN", max_bytes=200 << 30)
     webhook = WebhookSettings("https://ci.example/hooks/registry", events=("manifest.pushed",),
                               repos=("team/**",), secret_env="WEBHOOK_SECRET")
+    ml_team = Rights(pull=("ml/**",), push=("ml/*",))
     assert loaded == replace(Config(), gc=replace(Config().gc, retention=(example,)),
-                             mirrors=(mirror,), webhooks=(webhook,))
+                             mirrors=(mirror,), webhooks=(webhook,),
+                             server=replace(Config().server, principals=(("ml-team", ml_team),)))
 
 
 def test_the_reference_names_every_key_once_with_a_doc():
     doc = tomllib.loads(reference())
-    assert list(doc) == ["server", "storage", "registry", "limits", "metrics", "gc", "retention",
-                         "mirror", "events", "webhook", "log"]
-    assert set(SECTIONS) == set(doc) - {"retention", "mirror", "webhook"}
+    assert list(doc) == ["server", "principals", "storage", "registry", "limits", "metrics",
+                         "gc", "retention", "mirror", "events", "webhook", "log"]
+    assert set(SECTIONS) == set(doc) - {"retention", "mirror", "webhook", "principals"}
     for name, cls in SECTIONS.items():
         assert list(doc[name]) == list(declarations(cls)), name
         assert all(d.doc for d in declarations(cls).values()), name
     assert list(doc["retention"][0]) == [f.name for f in fields(RetentionPolicy)]
     assert list(doc["mirror"][0]) == [f.name for f in fields(MirrorSettings)]
     assert list(doc["webhook"][0]) == [f.name for f in fields(WebhookSettings)]
+    assert list(doc["principals"]["ml-team"]) == [f.name for f in fields(PrincipalRights)]
 
 
 def test_the_readme_shows_the_reference():
