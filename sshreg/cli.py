@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import logs
+from . import logs, tunnel
 from .config import Config, load_config
 from .memory import tune_malloc
 from .settings import EXIT_CONFIG, ConfigError, run_main
@@ -79,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_flags(gc)
     gc.add_argument("--dry-run", action="store_true", help="report what would go, delete nothing")
     gc.add_argument("--json", action="store_true", help="machine-readable report")
+    tunnel.add_parser(sub)
     return parser
 
 
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys":
         return _keys(args)
+    if args.command == "tunnel":
+        return tunnel.main(args)
     try:
         config = _load(args)
     except ConfigError as exc:

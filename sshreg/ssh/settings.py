@@ -33,8 +33,9 @@ MAX_WORKERS = 64
 def parse_workers(value: Any, what: str) -> int:
     """`auto` (one per CPU this process may run on), or a count (a string of digits from
     the command line too)."""
-    if value == "auto":
-        return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    if value == "auto":  # the CPUs this process may run on (all of them where the OS cannot say)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return min(MAX_WORKERS, cpus or 1)
     if isinstance(value, str) and value.isdigit():
         value = int(value)
     workers = parse_positive(value, what)
