@@ -111,8 +111,8 @@ def _check(config: Config) -> int:
 def _gc(config: Config, dry_run: bool, as_json: bool) -> int:
     """`sshreg gc` on the host: the collector the `gc` SSH command runs, in its own process."""
     from .events.log import EventLog, gateway_name
+    from .inspection import human_size
     from .management.collection import Collection
-    from .management.commands import human_size
     from .storage.factory import open_driver
     from .store.registry_store import RegistryStore
 

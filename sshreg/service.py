@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .browser.app import Browser
 from .config import Config
 from .events.log import EventLog, gateway_name
 from .events.webhooks import Delivery
@@ -95,10 +96,12 @@ class Service:
         self.events = EventLog(store.driver, gateway_name(), config.events.poll)
         mirrors = Mirrors(store, config.mirrors, config.registry.spool, self.metrics,
                           self.events) if config.mirrors else None
-        self.registry = Registry(store, registry, metrics=self.metrics, heap=self.heap,
-                                 mirrors=mirrors, events=self.events)
         self.collector = Collection(store, config.gc, config.mirrors, self.events,
                                     config.events.keep)
+        browser = Browser(store, self.events, config.mirrors, self._gc_dry_run
+                          ) if config.registry.browser else None
+        self.registry = Registry(store, registry, metrics=self.metrics, heap=self.heap,
+                                 mirrors=mirrors, events=self.events, browser=browser)
         self.gateway = Gateway(replace(config.server, limits=config.limits), self.keys, self.host_key,
                                self.registry.server(), self.metrics,
                                commands=Management(store, self.collector, mirrors, self.events),
@@ -107,6 +110,9 @@ class Service:
         self._sweeper: asyncio.Task[None] | None = None
         self._delivering: list[asyncio.Task[None]] = []
         self._metrics_runner: web.AppRunner | None = None
+
+    async def _gc_dry_run(self) -> dict[str, Any]:
+        return (await self.collector.run(dry_run=True)).to_dict()
 
     @property
     def port(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import collections
 import contextlib
 import itertools
 import json
@@ -145,30 +146,50 @@ class EventLog:
             if event is not None:
                 yield event
 
+    async def read(self, event_id: str) -> Event | None:
+        """One event by its id (None if it was pruned)."""
+        return await self._read(paths.event(event_id))
+
+    async def latest_ids(self, count: int, within: float = 7 * 86400.0) -> list[str]:
+        """The ids of the latest `count` events of the last `within` seconds, oldest first
+        (a listing: the events themselves are read by whoever needs them)."""
+        newest: collections.deque[str] = collections.deque(maxlen=count)
+        async for obj in self.driver.list(paths.EVENTS,
+                                          start_after=paths.event(id_after(time.time() - within))):
+            newest.append(obj.key[len(paths.EVENTS):])
+        return list(newest)
+
     async def _read(self, key: str) -> Event | None:
         obj = await self.driver.get(key)
         if obj is None:
             return None  # pruned meanwhile
         try:
             return Event.from_json(json.loads(obj.data))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable event %(key)s: %(error)s",
                         {"key": key, "error": str(exc)})
             return None
 
     async def follow(self, position: str) -> AsyncIterator[Event]:
-        """The events after `position`, then each new one as it appears, forever."""
+        """The events after `position`, then each new one as it appears, forever (through
+        storage errors, which are logged and retried at the next poll)."""
         seen: dict[str, float] = {}
         newest = id_time(position)
         while True:
             # ids start with their time, so the later of the two strings is the later point
             floor = max(position, id_after(max(0.0, newest - LOOKBACK)))
-            async for event in self.read_after(floor):
-                if event.id <= position or event.id in seen:
-                    continue
-                seen[event.id] = event.time
-                newest = max(newest, event.time)
-                yield event
+            try:
+                async for event in self.read_after(floor):
+                    if event.id <= position or event.id in seen:
+                        continue
+                    seen[event.id] = event.time
+                    newest = max(newest, event.time)
+                    yield event
+            except StorageError as exc:
+                # A storage blip ends no follower (an `events` stream, a `wait`, a webhook's
+                # deliveries): the next poll lists from the same point again.
+                log.warning("following events: %(error)s; trying again in %(seconds)gs",
+                            {"error": str(exc), "seconds": self.poll})
             for old in [i for i, t in seen.items() if t < newest - 2 * LOOKBACK]:
                 del seen[old]
             self._written.clear()

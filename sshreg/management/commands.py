@@ -14,7 +14,6 @@ import json
 import logging
 import shlex
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +21,9 @@ from typing import Any
 from ..access import Action, Identity
 from ..controls import visible
 from ..events.log import EventLog
+from ..inspection import Unreadable, describe_manifest, human_size, usage
 from ..mirror.cache import Mirrors
 from ..mirror.names import by_prefix
-from ..oci import INDEXES, ManifestError, parse_manifest
 from ..references import Digest, is_valid_name, is_valid_tag
 from ..store.registry_store import RegistryStore
 from .collection import Collection
@@ -72,15 +71,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]
     return "\n".join(lines) + "\n"
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _when(timestamp: float) -> str:
@@ -249,35 +239,12 @@ class Management:
         name, ref, is_digest = split_reference(ref_text)
         self._require(identity, Action.PULL, name)
         digest = Digest.parse(ref) if is_digest else await self.store.tags.get(name, ref)
-        found = await self.store.manifests.get(name, digest) if digest else None
-        if found is None:
-            raise CommandError(f"no manifest {ref_text}", 3)
-        link, data = found
         try:
-            manifest = parse_manifest(data, link.media_type)
-        except ManifestError as exc:
-            raise CommandError(f"stored manifest cannot be read: {exc}") from None
-        info: dict[str, Any] = {"repository": name, "digest": str(digest),
-                                "mediaType": link.media_type, "size": len(data)}
-        if link.artifact_type:
-            info["artifactType"] = link.artifact_type
-        if link.subject:
-            info["subject"] = str(link.subject)
-        if manifest.media_type in INDEXES:
-            doc = json.loads(data)
-            info["manifests"] = [{"digest": str(c.digest), "size": c.size, "platform":
-                                  _platform(doc["manifests"][i].get("platform"))}
-                                 for i, c in enumerate(manifest.children)]
-        else:
-            config, *layers = manifest.blobs
-            info["config"] = {"digest": str(config.digest), "size": config.size,
-                              "mediaType": config.media_type}
-            info["layers"] = [{"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
-                              for d in layers]
-            info["totalSize"] = len(data) + sum(d.size for d in manifest.blobs)
-        referrers = await self.store.referrers.descriptors(name, digest)
-        info["referrers"] = [{"digest": r["digest"], "artifactType": r.get("artifactType")}
-                             for r in referrers]
+            info = await describe_manifest(self.store, name, digest) if digest else None
+        except Unreadable as exc:
+            raise CommandError(str(exc)) from None
+        if info is None:
+            raise CommandError(f"no manifest {ref_text}", 3)
         return info if as_json else _describe(info)
 
     async def rm(self, identity: Identity, args: list[str], as_json: bool) -> Any:
@@ -306,22 +273,13 @@ class Management:
         readable = await self._readable_repositories(identity)
         if names and names[0] not in readable:
             raise CommandError(f"no repository {names[0]}", 3)
-        usage = await self._usage(readable)
-        rows = [u for u in usage if not names or u["repository"] == names[0]]
+        usage_rows = await usage(self.store, readable)
+        rows = [u for u in usage_rows if not names or u["repository"] == names[0]]
         if as_json:
             return rows
         return _table([[u["repository"], human_size(u["bytes"]), human_size(u["shared"]),
                         str(u["blobs"])] for u in rows],
                       ["REPOSITORY", "STORED", "SHARED", "BLOBS"])
-
-    async def _usage(self, names: list[str]) -> list[dict[str, Any]]:
-        """Bytes each repository links, and how much of it another repository links too."""
-        linked = {name: await self.store.inventory.linked(name) for name in names}
-        users = Counter(d for digests in linked.values() for d in digests)
-        sizes = await self.store.inventory.sizes(set(users))
-        return [{"repository": name, "blobs": len(ds), "bytes": sum(sizes[d] for d in ds),
-                 "shared": sum(sizes[d] for d in ds if users[d] > 1)}
-                for name, ds in linked.items()]
 
     async def follow_events(self, identity: Identity, args: list[str], as_json: bool) -> Any:
         return follow_events(self._event_log(), identity, args, as_json)
@@ -361,14 +319,6 @@ class Management:
         if hidden:
             lines.append(f"  ({hidden} more in repositories this key may not pull)")
         return "\n".join(lines) + "\n"
-
-
-def _platform(platform: Any) -> str:
-    """`os/architecture/variant`, as the pusher wrote them (any JSON type)."""
-    if not isinstance(platform, dict):
-        return ""
-    parts = [platform.get(k) for k in ("os", "architecture", "variant")]
-    return "/".join(str(p) for p in parts if p)
 
 
 def _describe(info: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from aiohttp import HttpVersion11, web
 
 from ..access import Action, Identity
+from ..browser.app import Browser
 from ..events.log import EventLog
 from ..memory import HeapTrimmer
 from ..metrics import Metrics, method_label
@@ -54,6 +55,7 @@ class Registry:
         heap: HeapTrimmer | None = None,
         mirrors: Mirrors | None = None,
         events: EventLog | None = None,
+        browser: Browser | None = None,
     ) -> None:
         self.store = store
         self.settings = settings or RegistrySettings()
@@ -68,6 +70,7 @@ class Registry:
         self.heap = heap  # trimmed whenever no request is left
         self.mirrors = mirrors  # the pull-through cache, if mirrors are configured
         self.events = events  # where pushes and deletes are announced
+        self.browser = browser  # the pages at / (None: only /v2/)
 
     async def start(self) -> None:
         self.sessions.start()
@@ -125,6 +128,8 @@ class Registry:
             if identity is None:
                 raise RegistryError(Code.UNAUTHORIZED, "no SSH identity on this connection")
             path = unquote(request.rel_url.raw_path)
+            if self.browser is not None and (path == "/" or path.startswith("/ui/")):
+                return await self._page(request, identity)
             route, params = resolve(request.method, path)
             ctx = Context(self, identity, route, params)
             if self.mirrors is not None:
@@ -166,6 +171,14 @@ class Registry:
             self._audit(request, ctx.identity, response.status, ctx, started)
         if response.status in (408, 413) or MALFORMED in request:
             await self._answer_and_close(request, response)
+        return response
+
+    async def _page(self, request: web.BaseRequest, identity: Identity) -> web.StreamResponse:
+        """A page of the browser (it answers its own errors, as HTML)."""
+        assert self.browser is not None
+        response = await self.browser.handle(request, identity)
+        self.metrics.inc("sshreg_http_requests_total", method=method_label(request.method),
+                         route="/ui/", status=str(response.status))
         return response
 
     @staticmethod

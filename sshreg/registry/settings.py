@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..limits import Limits
 from ..settings import (
+    parse_bool,
     parse_duration,
     parse_host_names,
     parse_path,
@@ -37,6 +38,8 @@ class RegistrySettings:
     spool: Path = setting("spool", "a local folder where blobs being pulled through a mirror "
                           "are shared with every client and worker waiting for them",
                           parse_path)
+    browser: bool = setting(True, "serve the registry browser at / (http://localhost:5000/ "
+                            "through the tunnel)", parse_bool)
     # Not file keys: given by the service from other sections, or fixed.
     limits: Limits = field(default_factory=Limits)  # the [limits] section (upload counts)
     part_size: int | None = None  # storage part size for blob uploads (S3); backend default if None
