@@ -28,6 +28,7 @@ from ..metrics import Metrics
 from .admission import PENDING_FULL, Refusal, admit
 from .bridge import HttpChannelSession
 from .certificates import CertificateLogin, CertificateRefused, check_certificate
+from .cipher_offer import offer_after_client
 from .cork import CorkedTransport, cork
 from .exec_channel import CommandRunner, CommandSession, SessionChannel
 from .flow import FlowControlledTCPChannel, create_channel
@@ -52,6 +53,7 @@ class GatewayParts(Protocol):
     settings: GatewaySettings
     keys: KeyList
     revoked: RevokedKeys
+    cipher_offer: tuple[str, ...] | None
     metrics: Metrics
     failures: FailureTracker
     connections: dict[asyncssh.SSHServerConnection, GatewayConnection]
@@ -108,6 +110,8 @@ class GatewayConnection(asyncssh.SSHServer):
         # asyncssh checks certificates against the SSH login name, which means nothing
         # here, and refuses them silently: the rules of certificates.py decide instead.
         conn._validate_client_certificate = self._validate_certificate  # type: ignore[method-assign]
+        if self._gateway.cipher_offer is not None:
+            offer_after_client(conn, self._gateway.cipher_offer)
         cork(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self._peer = self._gateway.client_address((str(peer[0]), int(peer[1])))
@@ -231,6 +235,7 @@ class GatewayConnection(asyncssh.SSHServer):
             self._failed()
             return None
         fingerprint = cert.key.get_fingerprint("sha256")
+        self._gateway.revoked.reload_if_changed()  # as authorized_keys: revoked means now
         try:
             login = check_certificate(cert, self._gateway.keys.entries(),
                                       dict(self._gateway.settings.principals),
@@ -254,6 +259,7 @@ class GatewayConnection(asyncssh.SSHServer):
             log.warning("refused unknown key %(fingerprint)s from %(peer)s (user %(user)r)",
                         {"fingerprint": fingerprint, "peer": self.peer_text, "user": username})
             return False
+        self._gateway.revoked.reload_if_changed()  # as authorized_keys: revoked means now
         revoked = self._gateway.revoked.current.key_revoked(key.public_data)
         for entry in entries:
             if revoked:

@@ -59,6 +59,12 @@ class Gateway:
     def ciphers(self) -> tuple[str, ...]:
         return self.settings.ciphers or default_ciphers()
 
+    @property
+    def cipher_offer(self) -> tuple[str, ...] | None:
+        """The fast ciphers offered to clients that list one of them (others get the
+        fallbacks too: cipher_offer.py); None when `[server] ciphers` fixes the list."""
+        return None if self.settings.ciphers else default_ciphers()
+
     def render_help(self, identity: Identity, forwarding: bool) -> str:
         name = self.settings.public_name or socket.gethostname()
         target = name if self.settings.port == 22 else f"-p {self.settings.port} {name}"

@@ -227,7 +227,7 @@ def test_a_refused_key_logs_its_fingerprint_comment_peer_and_reason() -> None:
     gateway = SimpleNamespace(
         settings=GatewaySettings(), metrics=Metrics(), failures=FailureTracker(100),
         connections={}, keys=SimpleNamespace(entries=lambda: parse_authorized_keys(line)),
-        revoked=RevokedKeys(),
+        revoked=RevokedKeys(), cipher_offer=None,
         client_address=lambda peer: peer)
     connection = GatewayConnection(gateway)  # type: ignore[arg-type]
     connection.connection_made(FakeConnection())  # type: ignore[arg-type]
