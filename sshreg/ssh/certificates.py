@@ -20,17 +20,20 @@ and the certificate's `permit-port-forwarding` extension.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from ipaddress import ip_address
 
 import asyncssh
-from asyncssh.public_key import SSHOpenSSHCertificate
+from asyncssh.public_key import SSHOpenSSHCertificate, decode_ssh_certificate
 
 from ..access import Certificate, Identity, Rights, union
 from ..keys.entries import KeyEntry
 from ..keys.revocation import RevocationList
+
+log = logging.getLogger("sshreg.ssh")
 
 CERT_TYPE_USER = 1  # PROTOCOL.certkeys: SSH2_CERT_TYPE_USER
 
@@ -48,8 +51,12 @@ class CertificateLogin:
     rules: KeyEntry  # the line with the certificate's rights and forwarding
     identity: Identity
     valid_before: float
-    key_blob: bytes
+    key: asyncssh.SSHKey  # the certified key, which signs the login
     ca_blob: bytes
+
+    @property
+    def key_blob(self) -> bytes:
+        return self.key.public_data
 
     def still_valid(self, revoked: RevocationList, now: float | None = None) -> str | None:
         """Why the login is no longer valid, or None."""
@@ -59,6 +66,36 @@ class CertificateLogin:
         assert cert is not None
         return revoked.certificate_revoked(self.key_blob, self.ca_blob, cert.serial,
                                            cert.key_id)
+
+
+def is_certificate(key_data: bytes) -> bool:
+    """Whether a public key blob offered in a login is a certificate (by its algorithm)."""
+    size = int.from_bytes(key_data[:4], "big")
+    algorithm = key_data[4:4 + size] if len(key_data) >= 4 + size else b""
+    return algorithm.endswith(b"-cert-v01@openssh.com") or algorithm.startswith(b"x509v3-")
+
+
+def certificate_login(key_data: bytes, entries: Iterable[KeyEntry],
+                      principal_rights: Mapping[str, Rights], revoked: RevocationList,
+                      peer: str, where: str) -> CertificateLogin | None:
+    """The login a certificate offered from `where` makes, or None (the refusal logged,
+    with the key's fingerprint when the certificate could be read)."""
+    try:
+        cert = decode_ssh_certificate(key_data)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        log.warning("refused an unusable certificate from %(peer)s: %(reason)s",
+                    {"peer": where, "reason": str(exc)})
+        return None
+    fingerprint = cert.key.get_fingerprint("sha256")
+    try:
+        return check_certificate(cert, entries, principal_rights, revoked, peer)
+    except Exception as exc:  # a refusal, or a case the checks missed: never a login
+        if not isinstance(exc, CertificateRefused):
+            log.exception("checking the certificate of key %(fingerprint)s failed",
+                          {"fingerprint": fingerprint})
+        log.warning("refused certificate of key %(fingerprint)s from %(peer)s: %(reason)s",
+                    {"fingerprint": fingerprint, "peer": where, "reason": str(exc)})
+        return None
 
 
 def check_certificate(cert: asyncssh.SSHCertificate, entries: Iterable[KeyEntry],
@@ -125,4 +162,4 @@ def _login(cert: SSHOpenSSHCertificate, line: KeyEntry, accepted: list[str],
     return CertificateLogin(
         line=line, rules=replace(line, rights=rights, port_forwarding=forwarding),
         identity=identity, valid_before=float(cert._valid_before),
-        key_blob=cert.key.public_data, ca_blob=cert.signing_key.public_data)
+        key=cert.key, ca_blob=cert.signing_key.public_data)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Protocol
 
 import asyncssh
-from asyncssh.public_key import decode_ssh_certificate
 
 from ..access import Identity
 from ..keys.entries import KeyEntry, KeyList
@@ -27,7 +26,7 @@ from ..keys.revoked_file import RevokedKeys
 from ..metrics import Metrics
 from .admission import PENDING_FULL, Refusal, admit
 from .bridge import HttpChannelSession
-from .certificates import CertificateLogin, CertificateRefused, check_certificate
+from .certificates import CertificateLogin, certificate_login, is_certificate
 from .cipher_offer import offer_after_client
 from .cork import CorkedTransport, cork
 from .exec_channel import CommandRunner, CommandSession, SessionChannel
@@ -39,12 +38,6 @@ from .settings import GatewaySettings
 from .slots import ChannelSlots, SlotChannel
 
 log = logging.getLogger("sshreg.ssh")
-
-
-def _algorithm(key_data: bytes) -> bytes:
-    """The algorithm name a public key or certificate blob starts with."""
-    size = int.from_bytes(key_data[:4], "big")
-    return key_data[4:4 + size] if len(key_data) >= 4 + size else b""
 
 
 class GatewayParts(Protocol):
@@ -79,6 +72,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self._entry: KeyEntry | None = None  # the authorized_keys line it logged in with
         self._certificate: CertificateLogin | None = None  # ... through this certificate
         self._keys_offered: set[bytes] = set()
+        # plain keys refused as unknown: ssh offers a key before its certificate beside it
+        self._unknown_keys: dict[bytes, tuple[str, str]] = {}  # blob -> (fingerprint, user)
         self._auth_begun = False
         self._revoked = False
         self._closing = False  # disconnected by us, on its way out
@@ -143,6 +138,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._gateway.connections.pop(self._conn, None)
         self._gateway.metrics.set("sshreg_ssh_connections", len(self._gateway.connections))
+        self._settle_unknown_keys(None)
         if self.identity is None:
             log.info("connection from %(peer)s closed before authentication",
                      {"peer": self.peer_text})
@@ -195,7 +191,7 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         accepted = self._check_key(username, key, key.get_fingerprint("sha256"))
         if not accepted:
-            self._failed()
+            self._failed(counted=key.public_data not in self._unknown_keys)
         return accepted
 
     def _may_try(self, key_data: bytes) -> bool:
@@ -212,52 +208,35 @@ class GatewayConnection(asyncssh.SSHServer):
             return False
         return True
 
-    def _failed(self) -> None:
+    def _failed(self, counted: bool = True) -> None:
+        """A refused key: it counts against the address at once (`counted` False: its
+        metric waits until it is known to be no key before its certificate)."""
         self._gateway.failures.record(self.group)
-        self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
+        if counted:
+            self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
 
     async def _validate_certificate(self, username: str, key_data: bytes
                                     ) -> asyncssh.SSHKey | None:
         """The key of a user certificate that logs in, or None (a plain key, which
         `validate_public_key` checks, or a refused certificate, logged)."""
-        algorithm = _algorithm(key_data)
-        if not algorithm.endswith(b"-cert-v01@openssh.com") and not algorithm.startswith(
-                b"x509v3-"):
+        if not is_certificate(key_data) or not self._may_try(key_data):
             return None
-        if not self._may_try(key_data):
-            return None
-        try:
-            cert = decode_ssh_certificate(key_data)
-        except (asyncssh.KeyImportError, ValueError) as exc:
-            log.warning("refused an unusable certificate from %(peer)s (user %(user)r): "
-                        "%(reason)s", {"peer": self.peer_text, "user": username,
-                                       "reason": str(exc)})
-            self._failed()
-            return None
-        fingerprint = cert.key.get_fingerprint("sha256")
         self._gateway.revoked.reload_if_changed()  # as authorized_keys: revoked means now
-        try:
-            login = check_certificate(cert, self._gateway.keys.entries(),
-                                      dict(self._gateway.settings.principals),
-                                      self._gateway.revoked.current, self._peer[0])
-        except Exception as exc:  # a refusal, or a case the checks missed: never a login
-            if not isinstance(exc, CertificateRefused):
-                log.exception("checking the certificate of key %(fingerprint)s failed",
-                              {"fingerprint": fingerprint})
-            log.warning("refused certificate of key %(fingerprint)s from %(peer)s: %(reason)s",
-                        {"fingerprint": fingerprint, "peer": self.peer_text,
-                         "reason": str(exc)})
+        login = certificate_login(key_data, self._gateway.keys.entries(),
+                                  dict(self._gateway.settings.principals),
+                                  self._gateway.revoked.current, self._peer[0],
+                                  f"{self.peer_text} (user {username!r})")
+        if login is None:
             self._failed()
             return None
         self._entry, self._certificate = login.line, login
-        return cert.key
+        return login.key
 
     def _check_key(self, username: str, key: asyncssh.SSHKey, fingerprint: str) -> bool:
         entries = [e for e in self._gateway.keys.entries()
                    if e.key.public_data == key.public_data and not e.cert_authority]
         if not entries:
-            log.warning("refused unknown key %(fingerprint)s from %(peer)s (user %(user)r)",
-                        {"fingerprint": fingerprint, "peer": self.peer_text, "user": username})
+            self._unknown_keys[key.public_data] = (fingerprint, username)
             return False
         self._gateway.revoked.reload_if_changed()  # as authorized_keys: revoked means now
         revoked = self._gateway.revoked.current.key_revoked(key.public_data)
@@ -276,12 +255,27 @@ class GatewayConnection(asyncssh.SSHServer):
                          "peer": self.peer_text, "reason": reason})
         return False
 
+    def _settle_unknown_keys(self, logged_in_with: bytes | None) -> None:
+        """Log the plain keys refused as unknown, except the one whose certificate logged in:
+        ssh offers `id_ed25519` before `id_ed25519-cert.pub`, and that is no failed login
+        (its failure is taken back, or a team behind one address would soon be blocked)."""
+        for blob, (fingerprint, user) in self._unknown_keys.items():
+            if blob == logged_in_with:
+                self._gateway.failures.forgive(self.group)
+                continue
+            log.warning("refused unknown key %(fingerprint)s from %(peer)s (user %(user)r)",
+                        {"fingerprint": fingerprint, "peer": self.peer_text, "user": user})
+            self._gateway.metrics.inc("sshreg_ssh_auth_failures_total")
+        self._unknown_keys.clear()
+
     def auth_completed(self) -> None:
         assert self._entry is not None
         if self._certificate is not None:
             self.identity = self._certificate.identity
+            self._settle_unknown_keys(self._certificate.key_blob)
         else:
             self.identity = self._entry.identity(self._peer[0])
+            self._settle_unknown_keys(None)
         same_key = sum(1 for c in self._gateway.connections.values()
                        if c.identity and c.identity.fingerprint == self.identity.fingerprint)
         if same_key > self._gateway.settings.limits.max_connections_per_key:

@@ -54,5 +54,12 @@ class FailureTracker:
         self._recent(address, now)
         self._failures.setdefault(address, deque()).append(now)
 
+    def forgive(self, address: str) -> None:
+        """Take back the latest failure of an address (a key that then logged in with its
+        certificate on the same connection)."""
+        times = self._failures.get(address)
+        if times:
+            times.pop()
+
     def blocked(self, address: str) -> bool:
         return len(self._recent(address, time.monotonic())) >= self.limit

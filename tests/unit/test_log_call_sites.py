@@ -234,7 +234,9 @@ def test_a_refused_key_logs_its_fingerprint_comment_peer_and_reason() -> None:
     with json_lines("sshreg.ssh") as lines:
         assert not connection.validate_public_key("git", allowed)
         assert not connection.validate_public_key("git", unknown)
-    (refused_text, refused), (unknown_text, stranger) = lines
+        # an unknown key is logged once it is known not to precede its certificate
+        connection.connection_lost(None)
+    (refused_text, refused), (unknown_text, stranger), _closed = lines
     assert refused_text == (f"refused key {allowed.get_fingerprint('sha256')} (ci@test) from "
                             "192.0.2.7:50022: not allowed from 192.0.2.7 (from= option)")
     assert refused["msg"] == refused_text
