@@ -179,8 +179,12 @@ class EventLog:
             # ids start with their time, so the later of the two strings is the later point
             floor = max(position, id_after(max(0.0, newest - LOOKBACK)))
             try:
-                async for event in self.read_after(floor):
-                    if event.id <= position or event.id in seen:
+                async for obj in self.driver.list(paths.EVENTS, start_after=paths.event(floor)):
+                    event_id = obj.key[len(paths.EVENTS):]
+                    if event_id <= position or event_id in seen:
+                        continue  # listed again for the look back: not read again
+                    event = await self._read(obj.key)
+                    if event is None:
                         continue
                     seen[event.id] = event.time
                     newest = max(newest, event.time)

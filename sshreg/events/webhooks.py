@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -133,7 +134,9 @@ class Delivery:
                     if renewing.done():
                         return  # the lease is lost: another gateway delivers now
                     if self.wants(event):
-                        await self._deliver(session, event)
+                        await self._deliver(session, event, renewing.done)
+                        if renewing.done():
+                            return  # not delivered here: the new holder starts at `cursor`
                     cursor = event.id
                     if time.monotonic() - written_at >= CURSOR_EVERY:
                         await self.driver.put(self._cursor_key, cursor.encode())
@@ -162,7 +165,10 @@ class Delivery:
         await self.driver.put(self._cursor_key, start.encode())
         return start
 
-    async def _deliver(self, session: aiohttp.ClientSession, event: Event) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession, event: Event,
+                       lease_lost: Callable[[], bool]) -> None:
+        """POST one event until it is taken, `retry_for` runs out, or the lease is lost
+        (another gateway then delivers it)."""
         body = json.dumps(cloudevent(event)).encode()
         headers = {"Content-Type": "application/cloudevents+json"}
         if self.hook.secret_env:
@@ -177,6 +183,8 @@ class Delivery:
                     problem = f"answered {response.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+            if lease_lost():
+                return
             if time.monotonic() + delay > deadline:
                 log.error("webhook %(path)s: giving up event %(operation)s after %(seconds).0fs: "
                           "%(error)s", {"path": self.hook.url, "operation": event.id,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..access import Action, Identity, glob_matches
 from ..events.log import Event, EventLog, id_after
 from ..settings import ConfigError, parse_duration
+from ..storage.base import StorageError
 from ..store.registry_store import RegistryStore
 
 Write = Callable[[str], None]
@@ -119,9 +120,14 @@ def wait_for_tag(store: RegistryStore, events: EventLog, identity: Identity, arg
 
         watcher = asyncio.get_running_loop().create_task(watch())
         deadline = time.monotonic() + timeout
+        problem = ""
         try:
             while True:
-                digest = await store.tags.get(name, tag)
+                try:
+                    digest = await store.tags.get(name, tag)
+                    problem = ""
+                except StorageError as exc:  # look again until the timeout
+                    digest, problem = None, f" (storage: {exc})"
                 if digest is not None and str(digest) != unwanted:
                     out(json.dumps({"digest": str(digest)}) + "\n" if as_json
                         else f"{digest}\n")
@@ -129,7 +135,8 @@ def wait_for_tag(store: RegistryStore, events: EventLog, identity: Identity, arg
                 left = deadline - time.monotonic()
                 if left <= 0:
                     err(f"wait: {name}:{tag} did not "
-                        f"{'move' if unwanted and digest else 'appear'} within {timeout:g}s\n")
+                        f"{'move' if unwanted and digest else 'appear'} within {timeout:g}s"
+                        f"{problem}\n")
                     return 1
                 landed.clear()
                 with contextlib.suppress(TimeoutError):

@@ -164,7 +164,14 @@ class CommandSession(asyncssh.SSHServerSession[str]):
             chan.write_stderr(result.stderr)
         status = result.status
         if result.follow is not None:
-            status = await result.follow.run(out, chan.write_stderr)
+            try:
+                status = await result.follow.run(out, chan.write_stderr)
+            except Exception:  # output that goes on must still end, or the client waits forever
+                log.exception("command %(command)r failed", {"command": command})
+                if self._task is None:
+                    return
+                chan.write_stderr(f"{command.split()[0]}: internal error, see the server log\n")
+                status = 1
         if self._task is None:
             return
         chan.exit(status)
