@@ -6,9 +6,10 @@ tunnel needs: `ExitOnForwardFailure` (a forward that cannot be set up ends ssh i
 leaving a useless session), and `ServerAliveInterval`/`CountMax` (a dead network or a
 sleeping laptop ends it within a minute instead of never). Whenever ssh exits it is started
 again with backoff, saying so on one line; a failure no retry can fix (the local port is
-taken, the host key is unknown or changed, the key is refused) ends the command with a
-message saying what to do and a non-zero status. Once the local port answers `/v2/`, it
-prints who the registry thinks you are (`ssh HOST whoami`).
+taken, the host key is unknown or changed, the key is refused or may not forward, the remote
+port is not the registry's) ends the command with a message saying what to do and a non-zero
+status. Once the local port answers `/v2/`, it prints who the registry thinks you are
+(`ssh HOST whoami`).
 
 Only the standard library is used, so the command runs wherever `pip install sshreg` does
 (Linux, macOS; Windows with OpenSSH for Windows).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import signal
 import socket
@@ -50,24 +52,41 @@ class Fatal:
     status: int
 
 
-# What ssh prints (stderr) for the failures a retry cannot fix, and what to tell the user.
-FATAL_PATTERNS: list[tuple[tuple[str, ...], Fatal]] = [
-    (("REMOTE HOST IDENTIFICATION HAS CHANGED",), Fatal(
+PORT_TAKEN = Fatal(
+    "the local port {local} is taken (another tunnel, or a registry running on this machine?): "
+    "stop it, or use --local 127.0.0.1:PORT", EXIT_PORT_TAKEN)
+
+# What ssh prints (stderr) for the failures a retry cannot fix, and what to tell the user; the
+# first pattern found in ssh's output wins. Both "bind [127.0.0.1]:80: Permission denied" (a
+# port below 1024 without root) and "user@host: Permission denied (publickey)." (a refused
+# key) say "Permission denied".
+FATAL_PATTERNS: list[tuple[re.Pattern[str], Fatal]] = [
+    (re.compile("REMOTE HOST IDENTIFICATION HAS CHANGED"), Fatal(
         "the host key of {host} has CHANGED since you last connected. This is what a "
         "man-in-the-middle attack looks like; it is also what a reinstalled server looks "
         "like. Ask the registry's admin for its fingerprint (`sshreg check-config` prints "
         "it), and only if it matches, remove the old key: ssh-keygen -R '{known_host}'",
         EXIT_HOST_KEY)),
-    (("Host key verification failed",), Fatal(
+    (re.compile("Host key verification failed"), Fatal(
         "the host key of {host} is not known yet. Connect once with `ssh {ssh_host}` and "
         "compare the fingerprint it shows with the one your registry's admin gave you "
         "before you answer yes (or add the known_hosts line they gave you)", EXIT_HOST_KEY)),
-    (("Permission denied",), Fatal(
+    (re.compile(r"bind \[.*\]:\d+: Permission denied"), Fatal(
+        "ssh may not listen on the local port {local}: a port below 1024 needs root; use "
+        "--local 127.0.0.1:PORT with a port above 1023", EXIT_PORT_TAKEN)),
+    (re.compile("Address already in use|cannot listen to port|Could not request local forwarding"),
+     PORT_TAKEN),
+    (re.compile(r": Permission denied \("), Fatal(
         "{host} refused your key: ask the registry's admin to add your public key "
         "(`sshreg keys add`), or pick the key with -i", EXIT_KEY_REFUSED)),
-    (("Address already in use", "cannot listen to port", "Could not request local forwarding"),
-     Fatal("the local port {local} is taken (another tunnel, or a registry running on this "
-           "machine?): stop it, or use --local 127.0.0.1:PORT", EXIT_PORT_TAKEN)),
+    # The server refuses the forwarded connection itself (our first /v2/ through the tunnel).
+    (re.compile("port forwarding is not permitted for this key"), Fatal(
+        "{host} accepted your key but does not let it open tunnels (its authorized_keys line "
+        "has restrict or no-port-forwarding): ask the registry's admin for a line that "
+        "allows port-forwarding", EXIT_KEY_REFUSED)),
+    (re.compile("administratively prohibited"), Fatal(
+        "{host} refused to forward to localhost:{remote_port}: that is not the registry's "
+        "port there (80 unless its admin says otherwise); fix --remote-port", EXIT_USAGE)),
 ]
 
 
@@ -118,10 +137,11 @@ class Options:
     def fatal(self, stderr: str) -> Fatal | None:
         """The failure no retry fixes that ssh's output shows, worded for this host."""
         known = f"[{self.host}]:{self.port}" if self.port and self.port != 22 else self.host
-        for needles, fatal in FATAL_PATTERNS:
-            if any(needle in stderr for needle in needles):
+        for pattern, fatal in FATAL_PATTERNS:
+            if pattern.search(stderr):
                 return Fatal(fatal.message.format(host=self.host, ssh_host=self._ssh_host(),
-                                                  known_host=known, local=self.local),
+                                                  known_host=known, local=self.local,
+                                                  remote_port=self.remote_port),
                              fatal.status)
         return None
 
@@ -177,6 +197,8 @@ class Tunnel:
         while time.monotonic() < deadline and not stop.is_set():
             if self.proc.poll() is not None:
                 return False
+            if self.options.fatal(self.output) is not None:
+                return False  # e.g. the server refused to forward: waiting cannot help
             if registry_answers(self.options):
                 return True
             time.sleep(0.2)
@@ -226,7 +248,7 @@ def run(options: Options, stop: threading.Event,
     """Keep the tunnel up until `stop` is set (or once, with --check)."""
     wait = sleep or stop.wait
     if port_taken(options.local_host, options.local_port):
-        say(FATAL_PATTERNS[-1][1].message.format(local=options.local, host=options.host))
+        say(PORT_TAKEN.message.format(local=options.local))
         return EXIT_PORT_TAKEN
     delay = FIRST_RETRY
     while not stop.is_set():
@@ -286,6 +308,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="one connection, one /v2/, one whoami; exit 0 if all worked")
 
 
+def _setter(stop: threading.Event) -> Callable[..., None]:
+    """A signal handler that sets `stop`. Handlers run in the main thread, which may be inside
+    `stop.wait()` holding the event's (non-reentrant) lock: `stop.set()` there would wait for
+    itself forever. Another thread sets it instead (an RLock guards thread start-up)."""
+    return lambda *_: threading.Thread(target=stop.set, daemon=True).start()
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         local_port = int(args.local.rpartition(":")[2])
@@ -302,7 +331,7 @@ def main(args: argparse.Namespace) -> int:
                       args.ssh_config, args.ssh_options, args.check)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, _setter(stop))
     with contextlib.suppress(KeyboardInterrupt):
         return run(options, stop)
     return 0

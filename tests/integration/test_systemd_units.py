@@ -41,8 +41,15 @@ def analyze(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=TIMEOUT, env=env)
 
 
+# A unit for the user's own session (`systemctl --user`), verified as one in
+# tests/integration/test_tunnel_cli.py: as a system unit its %h is root's home.
+USER_UNITS = {"sshreg-tunnel@.service"}
+
+
 def unit_files() -> list[Path]:
-    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".timer", ".socket"))
+    """The server's system units."""
+    return sorted(p for p in UNITS.iterdir()
+                  if p.suffix in (".service", ".timer", ".socket") and p.name not in USER_UNITS)
 
 
 def exec_paths(text: str) -> set[str]:
