@@ -287,7 +287,10 @@ def _security_headers(nonce: str) -> dict[str, str]:
                                     "base-uri 'none'"),
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        # Not "no-referrer": under it a browser sends `Origin: null` with the pages' own
+        # POSTs (the delete form), which the origin check must refuse. "same-origin" still
+        # gives no other site a page's address.
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
 

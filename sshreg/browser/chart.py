@@ -15,8 +15,9 @@ def bars(rows: list[tuple[str, int, int]], size_text: Callable[[int], str]) -> s
         return "<p>Nothing is stored yet.</p>"
     top = max(total for _, total, _ in rows) or 1
     height = len(rows) * (BAR + GAP)
-    parts = [f'<svg role="img" aria-labelledby="chart-title" viewBox="0 0 {LABEL + WIDTH + 90} '
-             f'{height}" width="100%" xmlns="http://www.w3.org/2000/svg">',
+    parts = [f'<svg class="chart" role="img" aria-labelledby="chart-title" '
+             f'viewBox="0 0 {LABEL + WIDTH + 90} {height}" width="100%" '
+             'xmlns="http://www.w3.org/2000/svg">',
              '<title id="chart-title">Bytes stored per repository; the darker part is '
              'shared with other repositories</title>']
     for i, (name, total, shared) in enumerate(rows):

@@ -8,9 +8,10 @@ per-response nonce: the pages' Content-Security-Policy allows no other script.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
-from html import escape
+from html import escape, unescape
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -34,6 +35,8 @@ h1 { font-size: 1.5rem; margin: 8px 0; word-break: break-all; } h2 { font-size: 
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--line);
   vertical-align: top; }
+/* A long tag without spaces (cosign's sha256-….sig) must not widen a table. */
+.ref { overflow-wrap: anywhere; }
 td.num, th.num { text-align: right; white-space: nowrap; }
 code, .digest { font-family: ui-monospace, monospace; font-size: 0.9em; word-break: break-all; }
 .muted { color: var(--muted); } .mirror { font-size: 0.85em; color: var(--muted); }
@@ -45,7 +48,15 @@ input[type=search] { font: inherit; padding: 4px 8px; width: min(100%, 320px); }
 svg text { fill: var(--fg); font-size: 12px; } svg rect.own { fill: var(--own); }
 svg rect.shared { fill: var(--shared); }
 .pager a { margin-right: 12px; }
-@media (max-width: 640px) { .wide { display: none; } td, th { padding: 4px; } }
+time { white-space: nowrap; }
+/* A phone: each row a card of labelled lines, nothing wider than the screen; the chart's
+   labels would shrink below reading size, and the table under it has the same numbers. */
+@media (max-width: 640px) { .wide, .chart { display: none; }
+  table, caption, tbody, tr, td { display: block; } caption { text-align: left; }
+  thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); }
+  tr { border-bottom: 1px solid var(--line); padding: 6px 0; }
+  td, td.num { border: 0; padding: 2px 0; text-align: left; overflow-wrap: anywhere; }
+  td::before { content: attr(data-label) ": "; color: var(--muted); } }
 """
 
 SCRIPT = """
@@ -64,11 +75,24 @@ document.querySelectorAll('form[data-confirm]').forEach(function (f) {
 """
 
 
+IMAGE_CONFIGS = ("application/vnd.oci.image.config.v1+json",
+                 "application/vnd.docker.container.image.v1+json")  # an image, no artifact
+
+
+def plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 def when(timestamp: float | None) -> str:
     if not timestamp:
         return "-"
     text = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
     return f'<time datetime="{time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))}">{text}</time>'
+
+
+def breakable(text: str) -> str:
+    """Escaped, with a line allowed to break after each `/`, `.` and `+` (media types)."""
+    return re.sub(r"([/.+])", r"\1<wbr>", escape(text))
 
 
 def repo_link(name: str) -> str:
@@ -90,6 +114,7 @@ def layout(title: str, body: str, nonce: str, identity_text: str) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)} - sshreg</title>
+<link rel="icon" href="data:,">
 <style nonce="{nonce}">{STYLE}</style></head>
 <body><a class="skip" href="#main">Skip to content</a>
 <header><strong>sshreg</strong><nav aria-label="Main"><a href="/ui/">Repositories</a>
@@ -107,8 +132,12 @@ def table(header: Iterable[str], rows: Iterable[Iterable[str]], caption: str,
         names = (["num"] if i in numeric else []) + (["wide"] if i in wide else [])
         return f' class="{" ".join(names)}"' if names else ""
 
-    head = "".join(f'<th scope="col"{cls(i)}>{h}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row))
+    columns = list(header)
+    # Each cell names its column too, for the phone layout (a column per line, labelled).
+    labels = [escape(unescape(re.sub(r"<[^>]*>", "", h))) for h in columns]
+    head = "".join(f'<th scope="col"{cls(i)}>{h}</th>' for i, h in enumerate(columns))
+    body = "".join("<tr>" + "".join(f'<td{cls(i)} data-label="{labels[i]}">{c}</td>'
+                                    for i, c in enumerate(row))
                    + "</tr>" for row in rows)
     return (f'<table><caption class="muted">{escape(caption)}</caption><thead><tr>{head}</tr>'
             f"</thead><tbody>{body}</tbody></table>")
@@ -124,7 +153,8 @@ def repositories_page(rows: list[dict[str, Any]], query: str, page: int, pages: 
         [[repo_link(r["name"]) + (f' <span class="mirror">mirror of {escape(r["mirror"])}</span>'
                                   if r["mirror"] else ""),
           str(r["tags"]), human_size(r["bytes"]), when(r["last_push"])] for r in rows],
-        f"{total} repositories you may pull" + (f" matching “{query}”" if query else ""),
+        f"{plural(total, 'repository', 'repositories')} you may pull"
+        + (f" matching “{query}”" if query else ""),
         numeric=(1, 2))
     pager = []
     if page > 1:
@@ -138,7 +168,8 @@ def repositories_page(rows: list[dict[str, Any]], query: str, page: int, pages: 
     recent_html = table(
         ["When", "What", "Repository", "By"],
         [[when(e["time"]), escape(e["type"]), repo_link(e["repository"]) +
-          (escape(":" + ",".join(e["tags"])) if e["tags"] else ""),
+          (f'<span class="ref">{escape(":" + ",".join(e["tags"]))}</span>' if e["tags"]
+           else ""),
           escape(e["comment"] or e["fingerprint"] or "-")] for e in recent],
         "The latest pushes and deletes you may see") if recent else "<p>No events yet.</p>"
     return (f"<h1>Repositories</h1>{search}{listed}{pager_html}"
@@ -164,9 +195,10 @@ def repository_page(name: str, mirror: str | None, tags: list[dict[str, Any]], h
         referrers = ", ".join(f'{manifest_link(name, r["digest"], r["artifactType"] or "referrer")}'
                               for r in tag["referrers"]) or "-"
         rows.append([
-            f"<strong>{escape(tag['tag'])}</strong>",
+            f"<strong class=\"ref\">{escape(tag['tag'])}</strong>",
             manifest_link(name, tag["digest"], tag["digest"][:19] + "…"),
-            escape(tag["media_type"]), escape(", ".join(tag["platforms"]) or "-"),
+            breakable(tag["media_type"]),
+            escape(", ".join(tag["platforms"]) or "-"),
             human_size(tag["size"]), when(tag["pushed"]) + (
                 f'<br><span class="muted">{escape(tag["by"])}</span>' if tag["by"] else ""),
             referrers, commands + " " + delete])
@@ -175,13 +207,14 @@ def repository_page(name: str, mirror: str | None, tags: list[dict[str, Any]], h
         heading += f'<p class="mirror">Pulled through the mirror of {escape(mirror)}</p>'
     return heading + table(
         ["Tag", "Digest", "Media type", "Platforms", "Size", "Pushed", "Referrers", "Commands"],
-        rows, f"{len(tags)} tags", numeric=(4,), wide=(2, 6))
+        rows, plural(len(tags), "tag", "tags"), numeric=(4,), wide=(2, 6))
 
 
 def manifest_page(name: str, info: dict[str, Any], config: dict[str, Any] | None) -> str:
     parts = [f'<h1>{escape(name)}@<span class="digest">{escape(info["digest"])}</span></h1>',
              f"<p>{escape(info['mediaType'])}"
-             + (f" · artifact type {escape(info['artifactType'])}" if "artifactType" in info
+             + (f" · artifact type {escape(info['artifactType'])}"
+                if info.get("artifactType") not in (None, *IMAGE_CONFIGS)
                 else "")
              + (f" · subject {manifest_link(name, info['subject'])}" if "subject" in info
                 else "") + "</p>"]

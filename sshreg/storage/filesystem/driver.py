@@ -23,6 +23,9 @@ TMP_DIR = "_tmp"
 READ_CHUNK = 4 << 20  # per thread hop: each hop wakes a worker and the loop
 
 
+LIST_PAGE = 1000  # keys a listing reads per call on the thread pool
+
+
 class FilesystemDriver:
     """Objects as files under `root`; see `base.Driver` for the contract."""
 
@@ -122,6 +125,9 @@ class FilesystemDriver:
     # -- listing -------------------------------------------------------------------
 
     async def list(self, prefix: str, start_after: str = "") -> AsyncIterator[ObjectInfo]:
+        """Walked in pages of `LIST_PAGE` keys, each in one call on the thread pool (as S3
+        answers a page per request): a listing of thousands of small folders (the catalog)
+        costs a few thread hops, not two per key."""
         directory, _, name_prefix = prefix.rpartition("/")
         base = self._path(directory) if directory else self.root
         stack: list[tuple[Path, str, list[str]]] = []
@@ -135,28 +141,37 @@ class FilesystemDriver:
                 return []
             return sorted(names, reverse=True)  # popped from the end
 
-        hidden = "" if directory else TMP_DIR + "/"
-        top = [n for n in await self._run(entries, base) if n.startswith(name_prefix) and n != hidden]
-        stack.append((base, directory + "/" if directory else "", top))
-        while stack:
-            path, key_prefix, names = stack[-1]
-            if not names:
-                stack.pop()
-                continue
-            name = names.pop()
-            key = key_prefix + name
-            is_dir = name.endswith("/")
-            if key <= start_after and not (is_dir and start_after.startswith(key)):
-                continue
-            if is_dir:
-                child = path / name[:-1]
-                stack.append((child, key, await self._run(entries, child)))
-                continue
-            try:
-                st = await self._run(os.stat, path / name)
-            except FileNotFoundError:
-                continue
-            yield ObjectInfo(key, st.st_size, st.st_mtime, file_etag(st))
+        def start() -> None:
+            hidden = "" if directory else TMP_DIR + "/"
+            top = [n for n in entries(base) if n.startswith(name_prefix) and n != hidden]
+            stack.append((base, directory + "/" if directory else "", top))
+
+        def page() -> list[ObjectInfo]:
+            found: list[ObjectInfo] = []
+            while stack and len(found) < LIST_PAGE:
+                path, key_prefix, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    continue
+                name = names.pop()
+                key = key_prefix + name
+                is_dir = name.endswith("/")
+                if key <= start_after and not (is_dir and start_after.startswith(key)):
+                    continue
+                if is_dir:
+                    stack.append((path / name[:-1], key, entries(path / name[:-1])))
+                    continue
+                try:
+                    st = os.stat(path / name)
+                except FileNotFoundError:
+                    continue
+                found.append(ObjectInfo(key, st.st_size, st.st_mtime, file_etag(st)))
+            return found
+
+        await self._run(start)
+        while batch := await self._run(page):
+            for info in batch:
+                yield info
 
     # -- large objects -------------------------------------------------------------
 
