@@ -27,6 +27,7 @@ from sshreg.management.gc import GcBusy, GcSettings
 from sshreg.references import Digest
 from sshreg.registry.app import Registry
 from sshreg.storage.base import PreconditionFailed
+from sshreg.storage.filesystem import FilesystemDriver
 from sshreg.store import paths
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
@@ -287,23 +288,35 @@ class HeldCollector(SettledCollector):
 
 RIVAL = b'{"owner": "box3 pid 42", "started": 0}'
 
+# The lease tests count their waits in these seconds. On S3 they are real seconds: S3 keeps
+# whole seconds, and R2 takes one write a second per key. The filesystem keeps finer times,
+# so the mutation run (tests/MUTATION.md), where every mutant of the push path re-runs these
+# tests, shortens its second with $SSHREG_TEST_FS_SECOND. Every wait keeps its ratio to the
+# lease's REFRESH and STALE, so each test proves the same order of events.
+FS_SECOND = float(os.environ.get("SSHREG_TEST_FS_SECOND", "1"))
+
+
+def second(driver) -> float:
+    return FS_SECOND if isinstance(driver, FilesystemDriver) else 1.0
+
 
 @pytest.mark.parametrize("taken_over", [False, True])  # a fresh lease, or an abandoned one
 async def test_a_long_collection_renews_its_lease_so_it_never_looks_abandoned(
         driver, registry, client, monkeypatch, taken_over):
     # R2 takes one write a second per key: renewals every second would leave no room for
     # the other collection's attempt, so every 2 s.
-    monkeypatch.setattr(lease, "REFRESH", 2.0)
+    s = second(driver)
+    monkeypatch.setattr(lease, "REFRESH", 2.0 * s)
     await garbage_image(client, "lease/long")
     if taken_over:
         await driver.put(lease.KEY, RIVAL)
-        monkeypatch.setattr(lease, "STALE", 0.5)
-        await asyncio.sleep(1.1)  # S3 keeps whole seconds
+        monkeypatch.setattr(lease, "STALE", 0.5 * s)
+        await asyncio.sleep(1.1 * s)  # S3 keeps whole seconds
     first = HeldCollector(registry)
     running = asyncio.create_task(first.run())
     await asyncio.wait_for(first.pausing.wait(), 30)
-    monkeypatch.setattr(lease, "STALE", 5.0)
-    await asyncio.sleep(6.5)  # longer than STALE since the lease was taken
+    monkeypatch.setattr(lease, "STALE", 5.0 * s)
+    await asyncio.sleep(6.5 * s)  # longer than STALE since the lease was taken
     with pytest.raises(GcBusy, match="already running"):
         await SettledCollector(RegistryStore(driver), GcSettings(**NOW)).run()
     first.finish.set()
@@ -315,13 +328,14 @@ async def test_a_collection_whose_lease_was_taken_over_leaves_the_new_holders_le
         driver, registry, client, monkeypatch):
     """Its lease looked abandoned (a stopped VM, say) and another collection took it over:
     the first one neither renews the lease over the new holder's nor removes it at its end."""
-    monkeypatch.setattr(lease, "REFRESH", 2.0)
+    s = second(driver)
+    monkeypatch.setattr(lease, "REFRESH", 2.0 * s)
     await garbage_image(client, "lease/lost")
     first = HeldCollector(registry)
     running = asyncio.create_task(first.run())
     await asyncio.wait_for(first.pausing.wait(), 30)
     await driver.put(lease.KEY, RIVAL)  # the take-over
-    await asyncio.sleep(4.5)  # two renewals due
+    await asyncio.sleep(4.5 * s)  # two renewals due
     assert (await driver.get(lease.KEY)).data == RIVAL
     first.finish.set()
     await asyncio.wait_for(running, 30)
@@ -332,8 +346,8 @@ async def test_of_two_collections_taking_over_an_abandoned_lease_only_one_gets_i
         driver, registry, client, monkeypatch):
     await garbage_image(client, "lease/race")
     await driver.put(lease.KEY, b'{"owner": "dead pid 1", "started": 0}')
-    monkeypatch.setattr(lease, "STALE", 0.5)
-    await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    monkeypatch.setattr(lease, "STALE", 0.5 * second(driver))
+    await asyncio.sleep(1.1 * second(driver))  # S3 keeps whole seconds
     took: list[str] = []
 
     async def rival_takes_it_first(key: str) -> None:
@@ -401,8 +415,8 @@ async def test_a_lease_left_by_a_dead_collection_is_taken_over_once_stale(
     await driver.put(lease.KEY, body)
     with pytest.raises(GcBusy, match=rf"already running \({holder}\)"):
         await collector_on(registry, HookedDriver(driver)).run()
-    monkeypatch.setattr(lease, "STALE", 0.5)
-    await asyncio.sleep(1.1)  # S3 keeps whole seconds
+    monkeypatch.setattr(lease, "STALE", 0.5 * second(driver))
+    await asyncio.sleep(1.1 * second(driver))  # S3 keeps whole seconds
     report = await collector_on(registry, HookedDriver(driver)).run()
     assert f"lease/dead@{image.digest}" not in report.manifests  # deleted by digest already
     assert report.blobs == 3
