@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.hashing import sha256_file
 from tests.support.processes import run
 
 from .httpclient import HttpConnection
 from .image import OciImage
 from .metrics import Measure, Measured
+from .mirror import Upstream, UpstreamImage
 from .payload import Payload
 from .regclient import (
     PushedImage,
@@ -27,7 +29,7 @@ from .regclient import (
     push_image,
     push_monolithic,
 )
-from .stacks import Stack, Tunnel, wait_tunnels
+from .stacks import Stack, Tunnel, open_tunnel, wait_tunnels
 
 MIB = 1 << 20
 SKOPEO_TIMEOUT = 1800.0
@@ -46,16 +48,18 @@ class Sizes:
     small_image: int
     heads: int
     tunnels: int
+    mirror: int = 0  # the upstream image of the pull-through cases, in `mirror_layers` layers
+    mirror_layers: int = 1
 
     @classmethod
     def full(cls) -> Sizes:
         return cls(raw=1 << 30, image=1 << 30, big=10 << 30, small_image=20 * MIB, heads=2000,
-                   tunnels=50)
+                   tunnels=50, mirror=1 << 30, mirror_layers=4)
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(raw=32 * MIB, image=32 * MIB, big=64 * MIB, small_image=2 * MIB, heads=50,
-                   tunnels=3)
+                   tunnels=3, mirror=16 * MIB, mirror_layers=2)
 
 
 @dataclass
@@ -148,6 +152,105 @@ def skopeo_pull(ctx: RunContext) -> Metrics:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return transfer_metrics(m.result(image.layer_size))
+
+
+# -- pull-through cache ---------------------------------------------------------------
+
+
+def _verify_pulled(out: Path, image: UpstreamImage) -> None:
+    """The OCI layout skopeo wrote holds the manifest and every blob, each hashing to its
+    digest (checked after the clock stopped)."""
+    for digest, size in [(image.manifest_digest, None), *image.blobs.items()]:
+        path = out / "blobs" / Path(*digest.split(":", 1))
+        if not path.is_file():
+            raise RuntimeError(f"the pull lacks {digest}")
+        if size is not None and path.stat().st_size != size:
+            raise RuntimeError(f"{digest}: {path.stat().st_size} bytes pulled, not {size}")
+        if sha256_file(path) != digest:
+            raise RuntimeError(f"{digest}: the bytes pulled do not match it")
+
+
+def _pull_oci(ctx: RunContext, target: str, repo: str, pids: list[int]) -> Metrics:
+    """skopeo pulls the upstream's image as `repo` through a tunnel of its own to `target`,
+    into an OCI layout (layers fetched concurrently, as docker and containerd do; `dir:`
+    fetches one at a time); metrics, and the blob GETs the upstream answered meanwhile."""
+    upstream: Upstream = ctx.state["upstream"]
+    image = upstream.image
+    assert image is not None
+    out = ctx.scratch / f"mirror-{ctx.stack.name}"
+    index = ctx.state["mirror_tunnels"] = ctx.state.get("mirror_tunnels", 100) + 1
+    tunnel = open_tunnel(ctx.stack, ctx.log_dir, index, target=target)
+    try:
+        since = upstream.log_offset()
+        with Measure(pids) as m:
+            _skopeo("--src-tls-verify=false", f"docker://127.0.0.1:{tunnel.port}/{repo}:{image.tag}",
+                    f"oci:{out}:{image.tag}")
+        _verify_pulled(out, image)
+    finally:
+        tunnel.close()
+        shutil.rmtree(out, ignore_errors=True)
+    gets = sum(upstream.blob_gets(since).values())
+    return {**transfer_metrics(m.result(image.size)), "upstream_blob_gets": gets}
+
+
+def _mirror_pull(ctx: RunContext) -> Metrics:
+    """A pull of the upstream's image through the stack's cache."""
+    image: UpstreamImage = ctx.state["upstream"].image
+    stack = ctx.stack
+    metrics = _pull_oci(ctx, stack.mirror_target, stack.mirror_repo(image.repo),
+                        stack.mirror_pids())
+    ctx.state["mirror_pulls"] = ctx.state.get("mirror_pulls", 0) + 1
+    return metrics
+
+
+def mirror_cold_pull(ctx: RunContext) -> Metrics:
+    """The first pull through the cache of a stack started on empty storage: the upstream
+    sends every blob (distribution's proxy fetches each twice: one stream for the client,
+    one to store), the cache stores them while the client receives them."""
+    if ctx.state.get("mirror_pulls") or ctx.state.get("mirror_local"):
+        raise RuntimeError("the cache is not cold: run mirror_cold_pull before "
+                           "mirror_warm_pull and mirror_normal_pull")
+    metrics = _mirror_pull(ctx)
+    blobs = len(ctx.state["upstream"].image.blobs)
+    gets = metrics["upstream_blob_gets"]
+    if gets < blobs or (ctx.stack.name == "sshreg" and gets != blobs):
+        ctx.notes.append(f"cold pull: the upstream answered {gets:.0f} blob GETs for {blobs} "
+                         "blobs")
+    return metrics
+
+
+def mirror_warm_pull(ctx: RunContext) -> Metrics:
+    """The same pull again, served from the cache (a cold pull goes first, unmeasured, if
+    mirror_cold_pull was not selected)."""
+    if not ctx.state.get("mirror_pulls"):
+        _mirror_pull(ctx)
+    metrics = _mirror_pull(ctx)
+    # distribution's proxy stores a blob by a second fetch that may still run when the
+    # client has it all (its lines then land here): only sshreg's count must be 0
+    if ctx.stack.name == "sshreg" and metrics["upstream_blob_gets"]:
+        ctx.notes.append(f"warm pull: the upstream answered {metrics['upstream_blob_gets']:.0f} "
+                         "blob GETs")
+    return metrics
+
+
+def mirror_normal_pull(ctx: RunContext) -> Metrics:
+    """The baseline of "a warm pull is as fast as a normal pull": the same image pushed
+    (untimed, skopeo from the upstream) into a repository of the stack's own, then pulled
+    exactly as the cases above pull it (same client, layout, tunnel set-up)."""
+    image: UpstreamImage = ctx.state["upstream"].image
+    stack = ctx.stack
+    local = f"{image.repo}-local"
+    if not ctx.state.get("mirror_local"):
+        index = ctx.state["mirror_tunnels"] = ctx.state.get("mirror_tunnels", 100) + 1
+        tunnel = open_tunnel(stack, ctx.log_dir, index)
+        try:
+            _skopeo("--src-tls-verify=false", "--dest-tls-verify=false", "--preserve-digests",
+                    f"docker://{image.url.removeprefix('http://')}/{image.repo}:{image.tag}",
+                    f"docker://127.0.0.1:{tunnel.port}/{local}:{image.tag}")
+        finally:
+            tunnel.close()
+        ctx.state["mirror_local"] = True
+    return _pull_oci(ctx, stack.target, local, stack.server_pids())
 
 
 # -- small requests --------------------------------------------------------------------
@@ -257,5 +360,8 @@ CASES: dict[str, Callable[[RunContext], Metrics]] = {
     "head_manifest": head_manifests,
     "head_blob": head_blobs,
     "concurrent_pull": concurrent_pulls,
+    "mirror_cold_pull": mirror_cold_pull,
+    "mirror_warm_pull": mirror_warm_pull,
+    "mirror_normal_pull": mirror_normal_pull,
     "big_push": big_push,
 }

@@ -4,6 +4,8 @@ For each storage (filesystem, S3 on a local SeaweedFS) and each run, both stacks
 started fresh, measured through an `ssh -N -L` tunnel in turn (sshreg, reference,
 sshreg, reference, ...), stopped, and their storage wiped. Medians and ratios are printed
 as a table and written to a JSON file (and to bench/README.md with --write-readme).
+The pull-through cases (`mirror_cold_pull`, `mirror_warm_pull`, `mirror_normal_pull`) pull
+from one upstream registry started once for the whole bench run (bench/mirror.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.support.seaweedfs import SeaweedFS
 from . import report
 from .cases import CASES, Metrics, RunContext, Sizes
 from .image import build_oci_image
+from .mirror import MIRROR_CASES, Upstream
 from .stacks import Knobs, ReferenceStack, SshregStack, Stack, Storage, open_tunnel
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -84,14 +87,17 @@ def _summary(metrics: Metrics) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
-def _make_stack(name: str, directory: Path, storage: Storage, knobs: Knobs) -> Stack:
+def _make_stack(name: str, directory: Path, storage: Storage, knobs: Knobs,
+                mirror_upstream: str | None = None) -> Stack:
     cls = SshregStack if name == "sshreg" else ReferenceStack
-    return cls(directory, storage, knobs)
+    return cls(directory, storage, knobs, mirror_upstream)
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path, client_dir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, client_dir: Path,
+                 upstream: Upstream | None = None) -> None:
         self.args = args
+        self.upstream = upstream  # for the pull-through cases (set by main)
         self.sizes = Sizes.quick() if args.quick else Sizes.full()
         self.workdir = workdir
         self.client_dir = client_dir
@@ -118,7 +124,8 @@ class Bench:
         self.troubled = False
         try:
             storage.prepare()
-            stack = _make_stack(name, directory, storage, self.args.knobs)
+            stack = _make_stack(name, directory, storage, self.args.knobs,
+                                self._mirror_upstream(run))
             try:
                 stack.start()
                 self._run_cases(kind, stack, run, directory, state, results)
@@ -135,6 +142,13 @@ class Bench:
             storage.cleanup()
             shutil.rmtree(directory, ignore_errors=True)
         return results
+
+    def _mirror_upstream(self, run: int) -> str | None:
+        """The upstream URL when this run has a pull-through case (stacks stay as they are
+        for the other cases)."""
+        if self.upstream is None or self.upstream.image is None:
+            return None
+        return self.upstream.image.url if set(MIRROR_CASES) & set(self.cases_for(run)) else None
 
     def keep_logs(self, directory: Path) -> None:
         """Copy the server and tunnel logs of a stack that had trouble next to the results."""
@@ -169,6 +183,8 @@ class Bench:
         with self._seaweed(kind) as seaweed:
             for run in range(self.args.runs):
                 with self._image(run) as state:
+                    if self.upstream is not None:
+                        state["upstream"] = self.upstream
                     for name in self.stacks:  # alternating: sshreg, reference, sshreg, ...
                         runs[name].append(self.run_stack(kind, name, run, seaweed, state))
         return runs
@@ -200,6 +216,20 @@ class Bench:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _upstream(args: argparse.Namespace, sizes: Sizes, workdir: Path,
+              client_dir: Path) -> Iterator[Upstream | None]:
+    """The upstream of the pull-through cases, if any is selected: started once, with its
+    image pushed, and stopped when the bench ends."""
+    if not set(MIRROR_CASES) & set(args.cases):
+        yield None
+        return
+    progress(f"starting the upstream registry with a {sizes.mirror >> 20} MiB image in "
+             f"{sizes.mirror_layers} layers")
+    with Upstream(workdir / "upstream", client_dir, sizes.mirror, sizes.mirror_layers) as up:
+        yield up
+
+
 def _client_dir(args: argparse.Namespace) -> Path:
     base = args.client_dir
     if base is None:
@@ -226,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, workdir, client_dir)
     runs: dict[str, Any] = {}
     try:
-        for kind in kinds:
-            runs[kind] = bench.run_storage(kind)
+        with _upstream(args, bench.sizes, workdir, client_dir) as bench.upstream:
+            for kind in kinds:
+                runs[kind] = bench.run_storage(kind)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(client_dir, ignore_errors=True)

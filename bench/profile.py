@@ -1,11 +1,13 @@
 """Where sshreg's time goes: py-spy attached to `sshreg serve` during raw push and pull.
 
-    python bench/profile.py [--size-mib 1024] [--storage fs|s3] [--native] [--gil]
+    python bench/profile.py [--size-mib 1024] [--storage fs|s3] [--native] [--gil] [--mirror]
 
 Starts sshreg (and SeaweedFS for s3) on loopback, opens an `ssh -N -L` tunnel, and for each
 of the raw cases (PUT, PATCH, GET) attaches `py-spy record --pid` for exactly that
 transfer, then prints the top functions by self time (share of all samples), the share of
 each thread, and the share by package. Raw stacks are kept in --out-dir for flame graphs.
+With `--mirror`, the cases are a cold and a warm pull through the pull-through cache of an
+image of --size-mib in --mirror-layers layers on a local upstream (bench/mirror.py).
 py-spy itself needs CPU: on 2 cores the profiled throughput is lower than the bench's.
 """
 
@@ -25,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.cases import RunContext, Sizes, raw_get, raw_patch, raw_put
+from bench.cases import RunContext, Sizes, mirror_cold_pull, mirror_warm_pull, raw_get, raw_patch, raw_put
+from bench.mirror import Upstream
 from bench.stacks import Knobs, SshregStack, Storage, open_tunnel
 from tests.support.processes import wait_until
 from tests.support.seaweedfs import SeaweedFS
@@ -33,6 +36,8 @@ from tests.support.seaweedfs import SeaweedFS
 FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 CASES: dict[str, Callable[[RunContext], dict[str, float]]] = {
     "raw_put": raw_put, "raw_patch": raw_patch, "raw_get": raw_get}
+MIRROR_CASES: dict[str, Callable[[RunContext], dict[str, float]]] = {
+    "mirror_cold_pull": mirror_cold_pull, "mirror_warm_pull": mirror_warm_pull}
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gil", action="store_true", help="only samples holding the GIL")
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--mirror", action="store_true",
+                        help="profile a cold and a warm pull through the pull-through cache")
+    parser.add_argument("--mirror-layers", type=int, default=4)
     parser.add_argument("--out-dir", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "profile")
     return parser.parse_args()
@@ -151,7 +159,7 @@ def pyspy(pid: int, out: Path, args: argparse.Namespace) -> Iterator[None]:
 
 
 def profile_cases(ctx: RunContext, args: argparse.Namespace) -> None:
-    for name, case in CASES.items():
+    for name, case in (MIRROR_CASES if args.mirror else CASES).items():
         out = args.out_dir / f"{args.storage}-{name}.txt"
         with pyspy(ctx.stack.server_pids()[0], out, args):
             metrics = case(ctx)
@@ -167,24 +175,29 @@ def main() -> int:
         return 2
     args.out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="sshreg-profile-"))
-    sizes = Sizes(raw=args.size_mib << 20, image=0, big=0, small_image=0, heads=0, tunnels=0)
+    sizes = Sizes(raw=args.size_mib << 20, image=0, big=0, small_image=0, heads=0, tunnels=0,
+                  mirror=args.size_mib << 20, mirror_layers=args.mirror_layers)
     seaweed = (SeaweedFS(workdir / "seaweedfs", bucket="bench-ready").start()
                if args.storage == "s3" else None)
     storage = (Storage("s3", s3=seaweed, bucket="profile") if seaweed
                else Storage("fs", path=workdir / "storage"))
     try:
-        storage.prepare()
-        stack = SshregStack(workdir, storage, Knobs(sshreg_workers=1))  # py-spy: one pid
-        stack.start()
-        try:
+        with contextlib.ExitStack() as cleanup:
+            state: dict[str, object] = {}
+            if args.mirror:
+                state["upstream"] = cleanup.enter_context(
+                    Upstream(workdir / "upstream", workdir, sizes.mirror, sizes.mirror_layers))
+            upstream = state.get("upstream")
+            storage.prepare()
+            stack = SshregStack(workdir, storage, Knobs(sshreg_workers=1),  # py-spy: one pid
+                                upstream.image.url if isinstance(upstream, Upstream)
+                                and upstream.image else None)
+            stack.start()
+            cleanup.callback(stack.stop)
             tunnel = open_tunnel(stack, workdir)
-            try:
-                print(f"cipher: {tunnel.cipher()}")
-                profile_cases(RunContext(stack, tunnel, workdir, workdir, sizes, 0), args)
-            finally:
-                tunnel.close()
-        finally:
-            stack.stop()
+            cleanup.callback(tunnel.close)
+            print(f"cipher: {tunnel.cipher()}")
+            profile_cases(RunContext(stack, tunnel, workdir, workdir, sizes, 0, state), args)
     finally:
         if seaweed is not None:
             seaweed.stop()

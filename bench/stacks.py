@@ -4,6 +4,12 @@
 - `ReferenceStack`: Debian's OpenSSH `sshd` (own config, host key, client key, port)
   forwarding to Debian's `docker-registry` (distribution 2.8) with a config we write.
 
+Given a `mirror_upstream` URL (the pull-through cases), sshreg also serves
+`--mirror upstream=URL`, and the reference starts a second `docker-registry` in proxy mode
+(`proxy: {remoteurl: URL}`, which makes it read-only) on its own storage, which its sshd may
+forward to as well. `mirror_target`, `mirror_repo()` and `mirror_pids()` say where a pull
+through the cache goes and which processes serve it.
+
 Both are reached the same way: an OpenSSH `ssh -N -L` tunnel (`Tunnel`) with the client's
 default cipher preferences (`-F /dev/null`), so each negotiates what a user would get.
 """
@@ -90,6 +96,15 @@ class Stack(Protocol):
 
     def server_pids(self) -> list[int]: ...
 
+    @property
+    def mirror_target(self) -> str: ...  # what a tunnel for pulls through the cache forwards to
+
+    def mirror_repo(self, upstream_repo: str) -> str: ...  # the name pulled through the cache
+
+    def mirror_pids(self) -> list[int]: ...  # the processes serving pulls through the cache
+
+
+MIRROR_PREFIX = "upstream"  # sshreg's name prefix of the bench's upstream
 
 UVLOOP_LAUNCHER = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
                    "from sshreg.cli import main; sys.exit(main(sys.argv[1:]))")
@@ -102,10 +117,12 @@ class SshregStack:
     target = "localhost:80"
     user = "bench"
 
-    def __init__(self, workdir: Path, storage: Storage, knobs: Knobs = Knobs()) -> None:
+    def __init__(self, workdir: Path, storage: Storage, knobs: Knobs = Knobs(),
+                 mirror_upstream: str | None = None) -> None:
         self.workdir = workdir
         self.storage = storage
         self.knobs = knobs
+        self.mirror_upstream = mirror_upstream
         self.keys = workdir / "keys"
         self.keys.mkdir(parents=True, exist_ok=True)
         self.key = ClientKey.generate(workdir, "client").path
@@ -131,6 +148,8 @@ class SshregStack:
         config = ["--config", str(self.knobs.sshreg_config)] if self.knobs.sshreg_config else []
         if self.knobs.sshreg_workers:
             config += ["--workers", str(self.knobs.sshreg_workers)]
+        if self.mirror_upstream:  # its spool is the default, `spool` in the working dir
+            config += ["--mirror", f"{MIRROR_PREFIX}={self.mirror_upstream}"]
         self.proc = Process.start([sys.executable, *launcher, "serve", "--listen",
                                    f"127.0.0.1:{self.ssh_port}", "--keys", self.keys,
                                    "--storage", url, *config], log, env=env, cwd=self.workdir)
@@ -144,6 +163,16 @@ class SshregStack:
     def server_pids(self) -> list[int]:
         assert self.proc is not None
         return [self.proc.pid]
+
+    @property
+    def mirror_target(self) -> str:
+        return self.target
+
+    def mirror_repo(self, upstream_repo: str) -> str:
+        return f"{MIRROR_PREFIX}/{upstream_repo}"
+
+    def mirror_pids(self) -> list[int]:
+        return self.server_pids()
 
 
 SSHD_CONFIG = """\
@@ -160,7 +189,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 AuthenticationMethods publickey
 AllowTcpForwarding local
-PermitOpen 127.0.0.1:{registry_port}
+PermitOpen {permit_open}
 AllowAgentForwarding no
 X11Forwarding no
 PermitTTY no
@@ -170,23 +199,32 @@ LogLevel ERROR
 """
 
 
-def registry_config(storage: Storage, port: int) -> dict[str, object]:
-    """distribution's configuration (JSON is valid YAML), pulls kept in the tunnel."""
+def registry_config(storage: Storage, port: int, proxy: str | None = None
+                    ) -> dict[str, object]:
+    """distribution's configuration (JSON is valid YAML), pulls kept in the tunnel.
+
+    With `proxy` (an upstream URL): a pull-through cache of it (read-only), kept apart from
+    the plain registry's data (`proxy` under the folder, `/proxy` in the bucket)."""
     if storage.s3 is not None:
         driver: dict[str, object] = {"s3": {
             "accesskey": storage.s3.access_key, "secretkey": storage.s3.secret_key,
             "region": "us-east-1", "regionendpoint": storage.s3.endpoint_url,
-            "bucket": storage.bucket, "rootdirectory": "/registry", "forcepathstyle": True,
-            "secure": False, "v4auth": True}}
+            "bucket": storage.bucket, "rootdirectory": "/proxy" if proxy else "/registry",
+            "forcepathstyle": True, "secure": False, "v4auth": True}}
     else:
-        driver = {"filesystem": {"rootdirectory": str(storage.path)}}
-    return {
+        assert storage.path is not None
+        root = storage.path / "proxy" if proxy else storage.path
+        driver = {"filesystem": {"rootdirectory": str(root)}}
+    config: dict[str, object] = {
         "version": "0.1",
         "log": {"level": "error", "accesslog": {"disabled": True}},
         "storage": {**driver, "delete": {"enabled": True}, "redirect": {"disable": True},
                     "maintenance": {"uploadpurging": {"enabled": False}}},
         "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
     }
+    if proxy:
+        config["proxy"] = {"remoteurl": proxy}
+    return config
 
 
 class ReferenceStack:
@@ -195,7 +233,8 @@ class ReferenceStack:
     name = "reference"
     user = "root"
 
-    def __init__(self, workdir: Path, storage: Storage, knobs: Knobs = Knobs()) -> None:
+    def __init__(self, workdir: Path, storage: Storage, knobs: Knobs = Knobs(),
+                 mirror_upstream: str | None = None) -> None:
         self.workdir = workdir
         self.storage = storage
         self.knobs = knobs
@@ -207,6 +246,12 @@ class ReferenceStack:
         self.registry = DistributionRegistry(workdir, port=registry_port,
                                              config=registry_config(storage, registry_port))
         self.target = self.registry.address
+        self.proxy: DistributionRegistry | None = None
+        if mirror_upstream:
+            proxy_port = free_port(outside_ephemeral=True)
+            self.proxy = DistributionRegistry(
+                workdir / "proxy", port=proxy_port,
+                config=registry_config(storage, proxy_port, proxy=mirror_upstream))
         self.sshd: Process | None = None
 
     def _write_config(self) -> Path:
@@ -215,12 +260,15 @@ class ReferenceStack:
         sshd_config = self.workdir / "sshd_config"
         sshd_config.write_text(SSHD_CONFIG.format(
             port=self.ssh_port, host_key=self.host_key, pid_file=self.workdir / "sshd.pid",
-            authorized_keys=authorized, registry_port=self.registry.port))
+            authorized_keys=authorized,
+            permit_open=" ".join(r.address for r in (self.registry, self.proxy) if r)))
         return sshd_config
 
     def start(self) -> None:
         sshd_config = self._write_config()
         self.registry.start(START_TIMEOUT)
+        if self.proxy is not None:
+            self.proxy.start(START_TIMEOUT)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         self.sshd = Process.start([SSHD, "-D", "-e", "-f", sshd_config], self.workdir / "sshd.log",
                                   cwd=self.workdir)
@@ -229,11 +277,28 @@ class ReferenceStack:
     def stop(self) -> None:
         if self.sshd is not None:
             self.sshd.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
         self.registry.stop()
 
     def server_pids(self) -> list[int]:
         assert self.sshd is not None and self.registry.process is not None
         return [self.sshd.pid, self.registry.process.pid]
+
+    @property
+    def mirror_target(self) -> str:
+        if self.proxy is None:
+            raise RuntimeError("the reference was started without a mirror upstream")
+        return self.proxy.address
+
+    def mirror_repo(self, upstream_repo: str) -> str:
+        return upstream_repo  # distribution's proxy serves the upstream's names as they are
+
+    def mirror_pids(self) -> list[int]:
+        """sshd and the proxy registry (the plain registry idles meanwhile)."""
+        assert self.sshd is not None and self.proxy is not None
+        assert self.proxy.process is not None
+        return [self.sshd.pid, self.proxy.process.pid]
 
 
 CIPHER_LINE = re.compile(r"kex: server->client cipher: (\S+) MAC: (\S+)")
@@ -242,7 +307,8 @@ CIPHER_LINE = re.compile(r"kex: server->client cipher: (\S+) MAC: (\S+)")
 class Tunnel:
     """`ssh -N -L 127.0.0.1:PORT:TARGET` to a stack, with OpenSSH's default preferences."""
 
-    def __init__(self, stack: Stack, log_dir: Path, index: int = 0) -> None:
+    def __init__(self, stack: Stack, log_dir: Path, index: int = 0,
+                 target: str | None = None) -> None:
         self.port = free_port(outside_ephemeral=True)
         self.log_path = log_dir / f"ssh-{stack.name}-{index}-{self.port}.log"
         args = ["ssh", "-v", "-F", "/dev/null", "-p", str(stack.ssh_port), "-i", str(stack.key),
@@ -250,7 +316,8 @@ class Tunnel:
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
                 "-o", "ConnectTimeout=15", "-o", "ExitOnForwardFailure=yes",
                 *(["-c", stack.knobs.cipher] if stack.knobs.cipher else []),
-                "-N", "-L", f"127.0.0.1:{self.port}:{stack.target}", f"{stack.user}@127.0.0.1"]
+                "-N", "-L", f"127.0.0.1:{self.port}:{target or stack.target}",
+                f"{stack.user}@127.0.0.1"]
         self.proc = Process.start(args, self.log_path)
 
     @property
@@ -271,8 +338,9 @@ class Tunnel:
         self.proc.stop()
 
 
-def open_tunnel(stack: Stack, log_dir: Path, index: int = 0) -> Tunnel:
-    tunnel = Tunnel(stack, log_dir, index)
+def open_tunnel(stack: Stack, log_dir: Path, index: int = 0,
+                target: str | None = None) -> Tunnel:
+    tunnel = Tunnel(stack, log_dir, index, target)
     try:
         tunnel.wait_ready()
     except BaseException:

@@ -1,8 +1,8 @@
 """The benchmark keeps working: `python bench/run.py --quick` end to end (no timing asserted).
 
-It starts sshreg, OpenSSH sshd + distribution and SeaweedFS itself on loopback, runs every
-case with tiny sizes on both storages, and must produce a number for every case and both
-stacks.
+It starts sshreg, OpenSSH sshd + distribution and SeaweedFS itself on loopback (and an
+upstream distribution for the pull-through cases), runs every case with tiny sizes on both
+storages, and must produce a number for every case and both stacks.
 """
 
 from __future__ import annotations
@@ -42,4 +42,13 @@ def test_quick_bench_reports_every_case_for_both_stacks(tmp_path: Path) -> None:
                 for stack in STACKS:
                     assert isinstance(row.get(stack), int | float), (storage, case, metric, row)
     assert all(t["value"] is not None for t in result["targets"])
+    blobs = result["config"]["sizes"]["mirror_layers"] + 1  # and the config
+    for storage, cases in result["medians"].items():
+        # through each stack's cache: first cold (the upstream sends every blob; distribution's
+        # proxy fetches each twice, the second time to store it, which may end later), then
+        # warm (sshreg's upstream sends none)
+        cold = cases["mirror_cold_pull"]["upstream_blob_gets"]
+        warm = cases["mirror_warm_pull"]["upstream_blob_gets"]
+        assert cold["sshreg"] == blobs and cold["reference"] >= blobs, (storage, cold)
+        assert warm["sshreg"] == 0, (storage, warm)
     assert "sshreg/ref" in proc.stdout  # the table was printed
