@@ -41,8 +41,14 @@ UNKNOWN_DIGEST = "sha256:b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7a
 @asynccontextmanager
 async def serving(driver: Driver, **settings: Any) -> AsyncIterator[tuple[Registry, TestClient]]:
     """A registry on `driver` with these settings, started, and a client talking to it."""
-    registry = Registry(RegistryStore(driver), RegistrySettings(**settings),
-                        identify=identify_from_test_header)
+    async with started(Registry(RegistryStore(driver), RegistrySettings(**settings),
+                                identify=identify_from_test_header)) as served:
+        yield served
+
+
+@asynccontextmanager
+async def started(registry: Registry) -> AsyncIterator[tuple[Registry, TestClient]]:
+    """`registry` started, with a client talking to it; closed on the way out."""
     await registry.start()
     try:
         async with TestClient(RawTestServer(registry.handle)) as client:

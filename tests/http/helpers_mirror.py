@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.test_utils import TestClient
 
 from sshreg.events.log import EventLog
 from sshreg.metrics import Metrics
@@ -18,6 +18,7 @@ from sshreg.registry.settings import RegistrySettings
 from sshreg.storage.base import Driver
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
+from tests.http.helpers_api import started
 from tests.support.upstream import Upstream
 
 PREFIX = "up.test"
@@ -36,9 +37,5 @@ async def mirroring(driver: Driver, upstream: Upstream, spool: Path, *,
     registry = Registry(store, RegistrySettings(**(registry_settings or {})),
                         identify=identify_from_test_header, metrics=metrics,
                         mirrors=Mirrors(store, (settings,), spool, metrics, events))
-    await registry.start()
-    try:
-        async with TestClient(RawTestServer(registry.handle)) as client:
-            yield registry, client
-    finally:
-        await registry.close()
+    async with started(registry) as served:
+        yield served

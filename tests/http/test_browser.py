@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import RawTestServer, TestClient
+from aiohttp.test_utils import TestClient
 
 from sshreg.browser.app import Browser
 from sshreg.events.log import EventLog
@@ -15,7 +15,7 @@ from sshreg.registry.app import Registry
 from sshreg.registry.settings import RegistrySettings
 from sshreg.store.registry_store import RegistryStore
 from tests.conftest import identify_from_test_header
-from tests.http.helpers_api import as_identity, push_image, push_index, tags_of
+from tests.http.helpers_api import as_identity, push_image, push_index, started, tags_of
 
 SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
 
@@ -24,12 +24,9 @@ SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
 async def site(driver) -> AsyncIterator[TestClient]:
     store = RegistryStore(driver)
     events = EventLog(driver, "box-a")
-    registry = Registry(store, RegistrySettings(), identify=identify_from_test_header,
-                        events=events, browser=Browser(store, events))
-    await registry.start()
-    async with TestClient(RawTestServer(registry.handle)) as client:
+    async with started(Registry(store, RegistrySettings(), identify=identify_from_test_header,
+                                events=events, browser=Browser(store, events))) as (_, client):
         yield client
-    await registry.close()
 
 
 async def page(client, path, identity="full", **headers) -> str:
