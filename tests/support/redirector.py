@@ -31,7 +31,7 @@ import contextlib
 import secrets
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -179,10 +179,12 @@ class Redirector(LoopServer):
                 self.requests.append(ProxiedRequest("GET", request.path, 307, True))
                 return web.Response(status=307, headers={"Location": location})
         digest = match["digest"] if match and request.method == "GET" else None
-        response = await self._forward(request, self.registry_url + origin_form(request.raw_path),
-                                       end_to_end(request.headers), digest)
-        self.requests.append(ProxiedRequest(request.method, request.path, response.status, False))
-        return response
+
+        def record(status: int) -> None:
+            self.requests.append(ProxiedRequest(request.method, request.path, status, False))
+
+        return await self._forward(request, self.registry_url + origin_form(request.raw_path),
+                                   end_to_end(request.headers), digest, record)
 
     async def _redirect_location(self, request: web.Request, repository: str,
                                  digest: str) -> str | None:
@@ -203,6 +205,11 @@ class Redirector(LoopServer):
     async def _blob_host(self, request: web.Request) -> web.StreamResponse:
         digest = request.path.removeprefix("/blobs/")
         ticket = self._tickets.get(request.query.get("ticket", ""))
+
+        def record(status: int) -> None:
+            self.blob_requests.append(BlobHostRequest(
+                request.method, digest, request.headers.get("Authorization"), status))
+
         if not request.path.startswith("/blobs/"):
             response: web.StreamResponse = web.Response(status=404)
         elif request.method != "GET":
@@ -216,22 +223,22 @@ class Redirector(LoopServer):
                 headers["Authorization"] = ticket.authorization
             url = f"{self.registry_url}/v2/{ticket.repository}/blobs/{digest}"
             self.blob_fetches[digest] += 1
-            response = await self._forward(request, url, headers, digest)
-        self.blob_requests.append(BlobHostRequest(request.method, digest,
-                                                  request.headers.get("Authorization"),
-                                                  response.status))
+            return await self._forward(request, url, headers, digest, record)
+        record(response.status)
         return response
 
     # -- relaying ------------------------------------------------------------------------
 
     async def _forward(self, request: web.Request, url: str, headers: CIMultiDict[str],
-                       digest: str | None) -> web.StreamResponse:
+                       digest: str | None, record: Callable[[int], None]) -> web.StreamResponse:
         """Send `request` on to `url` and stream the answer back (a blob's bytes corrupted if
-        `digest` is to be)."""
+        `digest` is to be). `record` gets the status before the client can see any of the
+        answer: a test that reads the records right after its request finds this one."""
         assert self._session is not None
         data = request.content if request.body_exists else None
         async with self._session.request(request.method, url, headers=headers, data=data,
                                          allow_redirects=False) as upstream:
+            record(upstream.status)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                           headers=end_to_end(upstream.headers))
             await response.prepare(request)
